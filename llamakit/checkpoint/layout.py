@@ -1,0 +1,107 @@
+"""Which tensor of a Meta checkpoint is split along which dimension across model-parallel shards."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+# Meta's model.py: ColumnParallelLinear splits dim 0 (outputs), RowParallelLinear dim 1 (inputs),
+# ParallelEmbedding splits the embedding dim (1). Norms and rope.freqs are replicated (None).
+_RULES: list[tuple[re.Pattern[str], int | None]] = [
+    (re.compile(r"^tok_embeddings\.weight$"), 1),
+    (re.compile(r"^output\.weight$"), 0),
+    (re.compile(r"^norm\.weight$"), None),
+    (re.compile(r"^rope\.freqs$"), None),
+    (re.compile(r"^layers\.\d+\.attention\.w[qkv]\.weight$"), 0),
+    (re.compile(r"^layers\.\d+\.attention\.wo\.weight$"), 1),
+    (re.compile(r"^layers\.\d+\.feed_forward\.w[13]\.weight$"), 0),
+    (re.compile(r"^layers\.\d+\.feed_forward\.w2\.weight$"), 1),
+    (re.compile(r"^layers\.\d+\.(attention_norm|ffn_norm)\.weight$"), None),
+]
+
+
+class UnknownKey(KeyError):
+    """A key that is not part of the Meta LLaMA layout."""
+
+
+def split_dim(key: str) -> int | None:
+    """Return the dimension `key` is split on across shards, or None if every shard holds a full copy."""
+    for pattern, dim in _RULES:
+        if pattern.match(key):
+            return dim
+    raise UnknownKey(key)
+
+
+def is_known(key: str) -> bool:
+    return any(p.match(key) for p, _ in _RULES)
+
+
+def expected_shapes(config, vocab_size: int, mp: int, with_rope_freqs: bool = False) -> dict[str, tuple[int, ...]]:
+    """Per-shard shape of every key for this config at model-parallel size `mp` (what a shard must hold)."""
+    d, hd, kv, hid = config.dim, config.head_dim, config.kv_heads, config.ffn_hidden
+    full: dict[str, tuple[int, ...]] = {
+        "tok_embeddings.weight": (vocab_size, d),
+        "norm.weight": (d,),
+        "output.weight": (vocab_size, d),
+    }
+    if with_rope_freqs:
+        full["rope.freqs"] = (hd // 2,)
+    for i in range(config.n_layers):
+        p = f"layers.{i}."
+        full[p + "attention.wq.weight"] = (config.n_heads * hd, d)
+        full[p + "attention.wk.weight"] = (kv * hd, d)
+        full[p + "attention.wv.weight"] = (kv * hd, d)
+        full[p + "attention.wo.weight"] = (d, config.n_heads * hd)
+        full[p + "feed_forward.w1.weight"] = (hid, d)
+        full[p + "feed_forward.w2.weight"] = (d, hid)
+        full[p + "feed_forward.w3.weight"] = (hid, d)
+        full[p + "attention_norm.weight"] = (d,)
+        full[p + "ffn_norm.weight"] = (d,)
+    out = {}
+    for key, shape in full.items():
+        dim = split_dim(key)
+        if dim is None:
+            out[key] = shape
+        else:
+            s = list(shape)
+            s[dim] //= mp
+            out[key] = tuple(s)
+    return out
+
+
+def merge_tensors(key: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Join one key's per-shard tensors into the full tensor (replicated keys: the first copy)."""
+    dim = split_dim(key)
+    if dim is None or len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts, dim=dim)
+
+
+def split_tensor(key: str, full: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Cut one full tensor into `n` per-shard tensors (contiguous copies; replicated keys are shared)."""
+    dim = split_dim(key)
+    if dim is None or n == 1:
+        return [full] * n
+    if full.shape[dim] % n:
+        raise ValueError(f"{key}: size {full.shape[dim]} along dim {dim} is not divisible by {n}")
+    return [t.contiguous() for t in torch.chunk(full, n, dim=dim)]
+
+
+def reslice(key: str, parts: list[torch.Tensor], n_out: int, index: int) -> torch.Tensor:
+    """Output shard `index` of `n_out` for one key, touching only the input shards that overlap it."""
+    dim = split_dim(key)
+    if dim is None:
+        return parts[0]
+    n_in = len(parts)
+    size_in = parts[0].shape[dim]
+    total = size_in * n_in
+    if total % n_out:
+        raise ValueError(f"{key}: size {total} along dim {dim} is not divisible by {n_out}")
+    size_out = total // n_out
+    lo, hi = index * size_out, (index + 1) * size_out
+    pieces = []
+    for j in range(lo // size_in, (hi - 1) // size_in + 1):
+        a, b = max(lo, j * size_in) - j * size_in, min(hi, (j + 1) * size_in) - j * size_in
+        pieces.append(parts[j].narrow(dim, a, b - a))
+    return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces, dim=dim)

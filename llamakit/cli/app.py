@@ -1,0 +1,23 @@
+"""The typer application object and the shared console; command modules attach themselves to `app`."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="llamakit",
+    help="Run Meta-format LLaMA checkpoints on the GPUs you have.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def not_yet(name: str) -> None:
+    """For commands whose body has not landed yet: say so clearly and exit 2."""
+    err_console.print(f"llamakit {name}: not implemented yet in this version")
+    raise typer.Exit(2)

@@ -1,0 +1,11 @@
+"""`llamakit inspect` (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+from llamakit.cli.app import app, not_yet
+
+
+@app.command("inspect", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def inspect_cmd() -> None:
+    """(not implemented yet)"""
+    not_yet("inspect")

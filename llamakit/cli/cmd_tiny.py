@@ -1,0 +1,22 @@
+"""`llamakit make-tiny`: write a tiny Meta-format checkpoint for demos and tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from llamakit.checkpoint.tiny import STYLES, make_tiny
+from llamakit.cli.app import app, console
+
+
+@app.command("make-tiny")
+def make_tiny_cmd(
+    out_dir: Path = typer.Argument(..., help="Folder to create (must be new or empty)."),
+    mp: int = typer.Option(1, "--mp", help="Number of shards (model-parallel size): 1, 2, 4 or 8."),
+    style: str = typer.Option("llama2", "--style", help=f"Checkpoint style: {', '.join(STYLES)}."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+) -> None:
+    """Write a tiny random-weight checkpoint in exact Meta format (seconds on CPU, no download)."""
+    path = make_tiny(out_dir, mp=mp, style=style, seed=seed)
+    console.print(f"wrote tiny {style} checkpoint, MP={mp}: {path}")
