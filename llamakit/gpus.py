@@ -1,0 +1,64 @@
+"""What GPUs this machine has, read through NVML (nvidia-ml-py) without initialising CUDA; [] when none."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+    compute_capability: tuple[int, int] | None
+
+
+def _visible(indices: list[int]) -> list[int]:
+    """Apply CUDA_VISIBLE_DEVICES (numeric form) to NVML's indices, as CUDA would."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return indices
+    picked = []
+    for part in env.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            break  # CUDA stops at the first entry it cannot parse (UUIDs are not mapped here)
+        if int(part) in indices:
+            picked.append(int(part))
+    return picked
+
+
+def detect_gpus(respect_visible: bool = True) -> list[GpuInfo]:
+    """List NVIDIA GPUs via NVML; returns [] when NVML, the driver or GPUs are absent."""
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded: no NVIDIA driver here
+        return []
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        indices = _visible(list(range(count))) if respect_visible else list(range(count))
+        out = []
+        for i in indices:
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            name = name.decode() if isinstance(name, bytes) else name
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            try:
+                cc = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h))
+            except Exception:
+                cc = None
+            out.append(GpuInfo(i, name, int(mem.total), int(mem.free), cc))  # type: ignore[arg-type]
+        return out
+    except Exception:
+        return []
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
