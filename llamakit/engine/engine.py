@@ -1,0 +1,86 @@
+"""The engine behind `llamakit run`: builds this rank's model and cache, then runs continuous batching."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Iterator
+
+import torch
+
+from llamakit.checkpoint.shards import Checkpoint
+from llamakit.engine.api import Completion, EngineConfig, Request
+from llamakit.engine.runner import ModelRunner
+from llamakit.engine.scheduler import Scheduler
+from llamakit.model.kv_cache import KVCache
+from llamakit.model.linear import quantize_int8_
+from llamakit.model.llama import ColumnLinear, RowLinear, Transformer, model_parallel_info
+
+log = logging.getLogger("llamakit.engine")
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+EOS_ID = 2  # Meta's tokenizer: bos 1, eos 2
+
+
+class BatchEngine:
+    """Continuous batching over a fixed set of KV-cache slots (see Scheduler), one model step at a time."""
+
+    def __init__(self, runner: ModelRunner, cfg: EngineConfig, eos_id: int = EOS_ID):
+        self.runner = runner
+        self.cfg = cfg
+        self.eos_id = eos_id
+        self.n_slots = runner.cache.n_slots
+        prefill_tokens = 8192 if runner.device.type == "cuda" else 2048
+        self.prefill_tokens = max(prefill_tokens, cfg.max_seq_len)
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
+        sched = Scheduler(self.n_slots, self.cfg.max_seq_len, self.eos_id, self.prefill_tokens)
+        sched.add(requests)
+        while sched.has_work():
+            for group in sched.admit():
+                yield from sched.record(group, self.runner.prefill(group))
+            for src, dst, length in sched.compact():
+                self.runner.move(src, dst, length)
+            running = sched.running
+            if running:
+                yield from sched.record(running, self.runner.decode(running))
+
+
+def _kv_slots(cfg: EngineConfig, model_cfg, n_kv_local: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Slots for the KV cache: max_batch_size, fewer if the GPU's free memory cannot hold them (logged)."""
+    want = cfg.max_batch_size
+    if device.type != "cuda":
+        return want
+    free, _ = torch.cuda.mem_get_info(device)
+    per_slot = KVCache.bytes_needed(model_cfg.n_layers, 1, n_kv_local, cfg.max_seq_len, model_cfg.head_dim, dtype)
+    budget = int(free * 0.9) - (1 << 30)  # keep ~1 GiB for activations and logits
+    fit = max(1, budget // per_slot)
+    if fit < want:
+        log.warning("KV cache: %d slots of %d tokens fit in free GPU memory (asked for max_batch_size=%d)",
+                    fit, cfg.max_seq_len, want)
+    return int(min(want, fit))
+
+
+def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -> BatchEngine:
+    """Build the engine on this rank (after torch.distributed and fairscale model parallel are initialised).
+
+    `rank` is the model-parallel rank (defaults to fairscale's); it picks shard consolidated.<rank>.pth.
+    """
+    mp_rank, mp_size = model_parallel_info()
+    rank = mp_rank if rank is None else rank
+    if mp_size != ckpt.mp:
+        raise RuntimeError(f"model-parallel size {mp_size} != checkpoint shards {ckpt.mp}")
+    device = torch.device("cuda", torch.cuda.current_device()) if cfg.device == "cuda" else torch.device("cpu")
+    dtype = DTYPES[cfg.dtype]
+    model_cfg = ckpt.config.with_vocab(ckpt.vocab_rows)
+    shard = ckpt.load(rank)
+    model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device)
+    del shard
+    if cfg.quantize == "int8":
+        for m in model.modules():
+            if isinstance(m, (ColumnLinear, RowLinear)):
+                quantize_int8_(m)
+    n_kv_local = model_cfg.kv_heads // mp_size
+    slots = _kv_slots(cfg, model_cfg, n_kv_local, dtype, device)
+    cache = KVCache(model_cfg.n_layers, slots, n_kv_local, cfg.max_seq_len, model_cfg.head_dim, dtype, device)
+    runner = ModelRunner(model, cache, cfg)
+    return BatchEngine(runner, cfg)

@@ -1,0 +1,238 @@
+"""The LLaMA transformer (LLaMA-1 and Llama-2, GQA included) on fairscale's model-parallel layers.
+
+Meta's layout is kept (interleaved rotary pairs, the same key names); at load time wq/wk/wv are fused into
+one column-parallel `wqkv` and w1/w3 into `w13`, so a layer runs 4 matmuls instead of 7. The KV cache is
+passed in by the engine; the model has two entry points: `prefill` (whole prompts) and `decode` (one token
+per running sequence).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from fairscale.nn.model_parallel import layers as fs_layers
+from fairscale.nn.model_parallel.initialize import get_model_parallel_rank, get_model_parallel_world_size
+from fairscale.nn.model_parallel.layers import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
+from torch import nn
+
+from llamakit.checkpoint.params import ModelConfig
+from llamakit.model.kv_cache import KVCache
+from llamakit.model.linear import linear
+
+
+@contextlib.contextmanager
+def _skip_fairscale_init() -> Iterator[None]:
+    """Build fairscale layers without their random init: with MP>1 it would fill a full-size master weight
+    per layer (tens of GB of garbage for 13B); the real weights are assigned right after from the shard."""
+    original = fs_layers._initialize_affine_weight
+    fs_layers._initialize_affine_weight = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        fs_layers._initialize_affine_weight = original
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # As Meta: normalise in fp32, cast back, then scale.
+        xf = x.float()
+        out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return out * self.weight
+
+
+def rope_tables(head_dim: int, max_pos: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of Meta's rotary frequencies, [max_pos, head_dim // 2], fp32."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    angles = torch.outer(torch.arange(max_pos, dtype=torch.float32), freqs)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x0,x1),(x2,x3)... of x [B, T, H, D] by cos/sin [B, T, D/2], in fp32 as Meta."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    xr, xi = xf[..., 0], xf[..., 1]
+    c, s = cos.unsqueeze(2), sin.unsqueeze(2)
+    out = torch.stack((xr * c - xi * s, xr * s + xi * c), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class ColumnLinear(ColumnParallelLinear):
+    """Column-parallel linear (no bias) whose matmul may be int8 weight-only (see llamakit.model.linear)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = fs_layers.copy_to_model_parallel_region(x)
+        y = linear(x, self)
+        return fs_layers.gather_from_model_parallel_region(y) if self.gather_output else y
+
+
+class RowLinear(RowParallelLinear):
+    """Row-parallel linear (input already split, output all-reduced) with the same pluggable matmul."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return fs_layers.reduce_from_model_parallel_region(linear(x, self))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        mp = get_model_parallel_world_size()
+        self.layer_id = layer_id
+        self.n_heads = cfg.n_heads // mp
+        self.n_kv = cfg.kv_heads // mp
+        self.head_dim = cfg.head_dim
+        qkv_out = (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim
+        self.wqkv = ColumnLinear(cfg.dim, qkv_out, bias=False, gather_output=False, init_method=lambda w: w)
+        self.wo = RowLinear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False, input_is_parallel=True,
+                            init_method=lambda w: w)
+
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        b, t, _ = x.shape
+        q, k, v = linear(x, self.wqkv).split(
+            [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1)
+        q = apply_rope(q.view(b, t, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(b, t, self.n_kv, self.head_dim), cos, sin)
+        v = v.view(b, t, self.n_kv, self.head_dim)
+        return q, k, v
+
+    def prefill(self, x, cos, sin, cache: KVCache, slots: torch.Tensor) -> torch.Tensor:
+        """Whole prompts from position 0 (right-padded): store k/v in the slots, causal attention in the chunk."""
+        b, t, _ = x.shape
+        q, k, v = self._qkv(x, cos, sin)
+        cache.write_prefill(self.layer_id, slots, k, v)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        return self.wo(o.transpose(1, 2).reshape(b, t, -1))
+
+    def decode(self, x, cos, sin, cache: KVCache, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """One token for each of the first B slots at positions `pos` [B]; keys 0..pos of each slot are read."""
+        b = x.shape[0]
+        q, k, v = self._qkv(x, cos, sin)
+        cache.write_decode(self.layer_id, pos, k[:, 0], v[:, 0])
+        o = cache.attend(self.layer_id, q[:, 0], pos, kv_len)  # [B, H, D]
+        return self.wo(o.reshape(b, 1, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = cfg.ffn_hidden
+        self.hidden_local = hidden // get_model_parallel_world_size()
+        self.w13 = ColumnLinear(cfg.dim, 2 * hidden, bias=False, gather_output=False, init_method=lambda w: w)
+        self.w2 = RowLinear(hidden, cfg.dim, bias=False, input_is_parallel=True, init_method=lambda w: w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = linear(x, self.w13).split(self.hidden_local, dim=-1)
+        return self.w2(F.silu(a) * b)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        self.attention = Attention(cfg, layer_id)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+
+class Transformer(nn.Module):
+    """LLaMA on fairscale layers; build with `Transformer.from_shard` (weights of this rank only)."""
+
+    def __init__(self, cfg: ModelConfig, max_seq_len: int):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("vocab_size must be known (fill it from the tokenizer / embedding rows)")
+        self.cfg = cfg
+        self.max_seq_len = max_seq_len
+        with _skip_fairscale_init():
+            self.tok_embeddings = ParallelEmbedding(cfg.vocab_size, cfg.dim, init_method=lambda w: w)
+            self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+            self.output = ColumnLinear(cfg.dim, cfg.vocab_size, bias=False, init_method=lambda w: w)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        cos, sin = rope_tables(cfg.head_dim, max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @classmethod
+    def from_shard(cls, cfg: ModelConfig, shard: dict[str, torch.Tensor], max_seq_len: int,
+                   dtype: torch.dtype, device: torch.device | str) -> "Transformer":
+        """Build this rank's model from its Meta shard (mmap'd): fuse qkv and w1/w3, cast, move to device."""
+        model = cls(cfg, max_seq_len)
+        model.load_meta_shard(shard, dtype, device)
+        model.rope_cos = model.rope_cos.to(device)
+        model.rope_sin = model.rope_sin.to(device)
+        return model.eval()
+
+    def load_meta_shard(self, shard: dict[str, torch.Tensor], dtype: torch.dtype, device) -> None:
+        def put(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+            old = getattr(module, name)
+            if tuple(old.shape) != tuple(tensor.shape):
+                raise ValueError(f"shape mismatch for {name}: model {tuple(old.shape)}, shard {tuple(tensor.shape)}")
+            setattr(module, name, nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False))
+
+        def get(key: str) -> torch.Tensor:
+            return shard[key].to(device)
+
+        put(self.tok_embeddings, "weight", get("tok_embeddings.weight"))
+        put(self.output, "weight", get("output.weight"))
+        put(self.norm, "weight", get("norm.weight"))
+        for i, blk in enumerate(self.layers):
+            p = f"layers.{i}."
+            wqkv = torch.cat([get(p + "attention.wq.weight"), get(p + "attention.wk.weight"),
+                              get(p + "attention.wv.weight")], dim=0)
+            put(blk.attention.wqkv, "weight", wqkv)
+            put(blk.attention.wo, "weight", get(p + "attention.wo.weight"))
+            w13 = torch.cat([get(p + "feed_forward.w1.weight"), get(p + "feed_forward.w3.weight")], dim=0)
+            put(blk.feed_forward.w13, "weight", w13)
+            put(blk.feed_forward.w2, "weight", get(p + "feed_forward.w2.weight"))
+            put(blk.attention_norm, "weight", get(p + "attention_norm.weight"))
+            put(blk.ffn_norm, "weight", get(p + "ffn_norm.weight"))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
+
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run right-padded prompts `tokens` [B, T] into cache `slots` [B]; logits [B, V] at each last real token."""
+        b, t = tokens.shape
+        h = self.tok_embeddings(tokens)
+        cos = self.rope_cos[:t].unsqueeze(0).expand(b, t, -1)
+        sin = self.rope_sin[:t].unsqueeze(0).expand(b, t, -1)
+        for blk in self.layers:
+            h = h + blk.attention.prefill(blk.attention_norm(h), cos, sin, cache, slots)
+            h = h + blk.feed_forward(blk.ffn_norm(h))
+        last = h[torch.arange(b, device=h.device), lengths - 1]  # only the last real position needs logits
+        return self.output(self.norm(last)).float()
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, kv_len: int) -> torch.Tensor:
+        """One step for the first B slots: tokens [B] at positions pos [B]; logits [B, V] (fp32)."""
+        h = self.tok_embeddings(tokens.unsqueeze(1))
+        cos = self.rope_cos[pos].unsqueeze(1)
+        sin = self.rope_sin[pos].unsqueeze(1)
+        for blk in self.layers:
+            h = h + blk.attention.decode(blk.attention_norm(h), cos, sin, cache, pos, kv_len)
+            h = h + blk.feed_forward(blk.ffn_norm(h))
+        return self.output(self.norm(h[:, 0])).float()
+
+
+def model_parallel_info() -> tuple[int, int]:
+    """(rank, size) of this process in its model-parallel group."""
+    return get_model_parallel_rank(), get_model_parallel_world_size()
+
+
+def attention_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
