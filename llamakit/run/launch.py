@@ -1,0 +1,357 @@
+"""`llamakit run` end to end: validate everything, plan, spawn torchrun, follow progress, collect errors, finish."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from llamakit.checkpoint.shards import Checkpoint, open_checkpoint
+from llamakit.engine.api import EngineConfig
+from llamakit.errors import LlamakitError
+from llamakit.run.plan import (Devices, Plan, choose_devices, cuda_facts, describe, describe_gpu, free_port,
+                               memory_line, omp_threads, torchrun_argv, worker_env)
+from llamakit.run.prompts import (Prepared, Prompt, RowWriter, id_key, output_row, prepare, read_prompts,
+                                  repair_tail, scan_output, finalize_output)
+from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
+from llamakit.tokenizer import Tokenizer, find_tokenizer
+
+log = logging.getLogger("llamakit.run")
+
+ProgressFn = Callable[["Progress"], None]
+
+
+@dataclass
+class Progress:
+    """Rows written so far by this run (all replicas), for the progress bar and the log."""
+
+    done: int
+    total: int  # rows this run has to write
+    tokens: int  # generated tokens in those rows
+    elapsed: float
+    phase: str  # "loading" until the first row arrives, then "generating"
+
+    @property
+    def tok_per_s(self) -> float:
+        return self.tokens / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class Setup:
+    """A fully validated run: nothing has been written yet."""
+
+    loaded: LoadedRecipe
+    paths: RunPaths
+    ckpt: Checkpoint
+    prompts: list[Prompt]
+    todo: list[Prepared]  # prompts without a row yet (incl. ones on_long_prompt skips)
+    plan: Plan
+    argv: list[str]
+    torn_bytes: int
+
+    @property
+    def plan_file(self) -> Path:
+        return Path(self.plan.run_dir) / "plan.json"
+
+
+@dataclass
+class Summary:
+    """What a run did; printed by the CLI and written to the log."""
+
+    out_path: str
+    log_path: str
+    total: int
+    already_done: int
+    generated: int
+    skipped: int
+    truncated: int
+    tokens: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        rate = f", {self.tokens / self.seconds:.1f} tok/s" if self.seconds > 0 and self.tokens else ""
+        out = [f"{self.total} prompts: {self.generated} generated now, {self.already_done} were already in the "
+               f"output (resumed), {self.skipped} skipped as too long, {self.truncated} truncated",
+               f"{self.tokens} tokens in {self.seconds:.1f} s{rate}",
+               f"output: {self.out_path}", f"log: {self.log_path}"]
+        return out + self.notes
+
+
+# ---------------------------------------------------------------- validation (no side effects)
+
+
+def check_tokenizer(ckpt: Checkpoint, tok: Tokenizer) -> None:
+    """The tokenizer's ids must index the checkpoint's embedding rows one to one."""
+    if tok.n_words != ckpt.vocab_rows:
+        raise LlamakitError(f"tokenizer has {tok.n_words} tokens but the checkpoint's embedding has "
+                            f"{ckpt.vocab_rows} rows ({ckpt.path})",
+                            "use the tokenizer.model that came with this checkpoint (set tokenizer_path)",
+                            tok.path.resolve())
+
+
+def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict[str, Any] | None = None,
+             gpu_facts: tuple[list, bool] | None = None) -> Setup:
+    """Validate recipe, checkpoint, tokenizer, prompts and output; decide MP x DP; write nothing."""
+    lr = load_recipe(recipe, overrides, flags)
+    r = lr.recipe
+    paths = resolve_paths(lr)
+    ckpt = open_checkpoint(paths.ckpt_dir)
+    tok_path = paths.tokenizer_path or find_tokenizer(paths.ckpt_dir)
+    tok = Tokenizer(tok_path)
+    check_tokenizer(ckpt, tok)
+    prompts = read_prompts(paths.prompt_path, r.prompt_field, r.id_field)
+    state = scan_output(paths.out_path, prompts)
+    pending = [p for p in prompts if id_key(p.id) not in state.done]
+    hint = f" (recipe {lr.describe('max_seq_len')})"
+    todo = prepare(pending, lambda texts: [[tok.bos_id] + ids for ids in tok.sp.encode(texts)],
+                   r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
+    gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
+    dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"))
+    engine = EngineConfig(max_seq_len=r.max_seq_len, max_batch_size=r.max_batch_size, dtype=dev.dtype,  # type: ignore[arg-type]
+                          device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
+                          quantize=r.quantize, fast=r.fast)
+    mem, warn = memory_line(ckpt.config, ckpt.vocab_rows, dev, r.quantize, r.max_batch_size, r.max_seq_len)
+    notes = [warn] if warn else []
+    if state.torn_bytes:
+        notes.append(f"the output's last line is torn ({state.torn_bytes} bytes, a killed run): it is cut off "
+                     "and that prompt generated again")
+    run_dir = paths.run_dir
+    plan = Plan(mp=dev.mp, dp=dev.dp, device=dev.device, dtype=dev.dtype, backend=dev.backend,
+                gpus=[describe_gpu(g) for g in dev.gpus], engine=asdict(engine), max_gen_len=r.max_gen_len,
+                ckpt_dir=str(paths.ckpt_dir), tokenizer_path=str(Path(tok_path).resolve()),
+                prompt_path=str(paths.prompt_path), out_path=str(paths.out_path), log_path=str(paths.log_path),
+                run_dir=str(run_dir), work_path=str(run_dir / "work.jsonl"), total=len(prompts),
+                pending=sum(1 for t in todo if not t.skipped), already_done=len(prompts) - len(pending),
+                long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
+                omp_threads=omp_threads(dev.nproc), master_port=free_port(), memory=mem, notes=notes)
+    argv = torchrun_argv(plan, run_dir / "plan.json")
+    return Setup(lr, paths, ckpt, prompts, todo, plan, argv, state.torn_bytes)
+
+
+# ---------------------------------------------------------------- locks, run folder
+
+
+class RunLock:
+    """One `llamakit run` per output file; also refuses to start while workers of a killed run still write."""
+
+    def __init__(self, run_dir: Path, out_path: Path):
+        self.run_dir, self.out_path = run_dir, out_path
+        self.fd = -1
+
+    def __enter__(self) -> "RunLock":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.run_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(self.fd, 32, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise LlamakitError(f"another llamakit run (pid {other or '?'}) is writing this output",
+                                "wait for it to finish, or stop it; then re-run to resume", self.out_path) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        wfd = os.open(self.run_dir / "writers.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(wfd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # workers hold it shared while they write
+        except BlockingIOError:
+            os.close(wfd)
+            self.__exit__()
+            raise LlamakitError("worker processes of an earlier run are still writing this output",
+                                "wait for them to exit (or kill them: `pgrep -f llamakit.run.worker`), "
+                                "then re-run to resume", self.out_path) from None
+        fcntl.flock(wfd, fcntl.LOCK_UN)
+        os.close(wfd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _write_work(setup: Setup) -> None:
+    """The workers' input: one line per prompt to generate (key, tokens, what the output row needs)."""
+    tmp = Path(setup.plan.work_path + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for t in setup.todo:
+            if t.skipped:
+                continue
+            p = t.prompt
+            f.write(json.dumps({"key": p.index, "tokens": t.tokens, "id": p.id, "prompt": p.text,
+                                "extra": p.extra, "truncated": t.truncated}, ensure_ascii=False) + "\n")
+    os.replace(tmp, setup.plan.work_path)
+
+
+def _collect_error(run_dir: Path) -> dict[str, Any] | None:
+    """The first failure among the per-rank error files (earliest time, then lowest rank)."""
+    errors = []
+    for p in run_dir.glob("error.rank*.json"):
+        try:
+            errors.append(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+    if not errors:
+        return None
+    return min(errors, key=lambda e: (e.get("time", 0), e.get("rank", 0)))
+
+
+class _Follower:
+    """Counts rows appended to the output file since the run started (all replicas write there)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.buf = b""
+        self.rows = 0
+        self.tokens = 0
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        self.offset += len(data)
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        for raw in lines:
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            self.rows += 1
+            self.tokens += int(row.get("completion_tokens", 0) or 0)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _log_to(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s launcher  %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return handler
+
+
+def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0.5) -> int:
+    """Start torchrun for the plan, follow the output until it exits; returns torchrun's exit code."""
+    plan = setup.plan
+    follower = _Follower(Path(plan.out_path))
+    env = worker_env(plan)
+    start = time.monotonic()
+    last_log = start
+    with open(plan.log_path, "ab") as logf:  # torchrun's and the workers' own output goes to the log only
+        proc = subprocess.Popen(setup.argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
+        try:
+            while True:
+                rc = proc.poll()
+                follower.poll()
+                now = time.monotonic()
+                prog = Progress(follower.rows, plan.pending, follower.tokens, now - start,
+                                "generating" if follower.rows else "loading")
+                if on_progress:
+                    on_progress(prog)
+                if now - last_log >= 30 or (rc is not None and follower.rows):
+                    log.info("progress: %d/%d rows, %d tokens, %.1f tok/s", prog.done, prog.total, prog.tokens,
+                             prog.tok_per_s)
+                    last_log = now
+                if rc is not None:
+                    return rc
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            log.info("interrupted (Ctrl-C): stopping the workers")
+            try:
+                proc.wait(timeout=30)  # torchrun got the same SIGINT and stops its workers
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise LlamakitError("interrupted; the rows written so far are kept",
+                                "re-run the same command to resume", plan.out_path) from None
+
+
+def execute(setup: Setup, on_progress: ProgressFn | None = None) -> Summary:
+    """Write the run folder, spawn the ranks, then check and reorder the output; raises the first rank's error."""
+    plan = setup.plan
+    out_path, run_dir, log_path = Path(plan.out_path), Path(plan.run_dir), Path(plan.log_path)
+    handler = _log_to(log_path)
+    t0 = time.monotonic()
+    try:
+        with RunLock(run_dir, out_path):
+            log.info("llamakit run %s", setup.loaded.path)
+            for line in describe(plan, setup.argv):
+                log.info("plan: %s", line)
+            for stale in [*run_dir.glob("error.rank*.json"), out_path.with_name(f".{out_path.name}.sorting")]:
+                stale.unlink(missing_ok=True)  # from an earlier, killed run
+            cut = repair_tail(out_path)
+            if cut:
+                log.info("repaired the output: cut a torn last line of %d bytes (its prompt is generated again)", cut)
+            skipped = [t for t in setup.todo if t.skipped]
+            if skipped:
+                with RowWriter(out_path) as w:
+                    for t in skipped:
+                        p = t.prompt
+                        w.write(output_row(p.id, p.text, p.extra, "", t.n_tokens, 0, "skipped"))
+                log.info("wrote %d rows with finish_reason skipped (prompt too long, on_long_prompt: skip)",
+                         len(skipped))
+            rc = 0
+            if plan.pending:
+                _write_work(setup)
+                setup.plan_file.write_text(json.dumps(asdict(plan), ensure_ascii=False, indent=1), encoding="utf-8")
+                log.info("starting %d processes: %s", plan.nproc, " ".join(setup.argv))
+                rc = spawn(setup, on_progress)
+            if rc != 0:
+                err = _collect_error(run_dir)
+                if err is None:
+                    log.error("torchrun exited with code %d and no worker reported an error", rc)
+                    raise LlamakitError(f"the worker processes failed (torchrun exit code {rc}) without a message",
+                                        f"see the end of the log; re-run the same command to resume", log_path)
+                log.error("rank %s failed: %s", err.get("rank"), err.get("message"))
+                what = err.get("what") or err.get("message", "worker failed")
+                fix = err.get("fix") or f"see the traceback in the log ({log_path})"
+                raise LlamakitError(f"rank {err.get('rank')}: {what}", fix + "; then re-run to resume",
+                                    err.get("where"), err.get("line"))
+            state = scan_output(out_path, setup.prompts)
+            missing = [p for p in setup.prompts if id_key(p.id) not in state.done]
+            if missing:
+                raise LlamakitError(f"the workers finished but {len(missing)} prompts have no row "
+                                    f"(first: id {missing[0].id!r})", "re-run the same command to complete them",
+                                    out_path)
+            rows = finalize_output(out_path, setup.prompts)
+            log.info("wrote %d rows in input order", rows)
+            generated = [t for t in setup.todo if not t.skipped]
+            tokens = _tokens_of(out_path, {id_key(t.prompt.id) for t in generated})
+            summary = Summary(str(out_path), str(log_path), plan.total, plan.already_done, len(generated),
+                              len(skipped), sum(1 for t in generated if t.truncated), tokens,
+                              time.monotonic() - t0, [f"note: {n}" for n in plan.notes if "exceeds" in n])
+            for line in summary.lines():
+                log.info("summary: %s", line)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return summary
+    except LlamakitError as e:
+        log.error("error: %s", e.one_line())
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _tokens_of(path: Path, keys: set[str]) -> int:
+    total = 0
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            row = json.loads(raw)
+            if id_key(row["id"]) in keys:
+                total += int(row.get("completion_tokens", 0))
+    return total

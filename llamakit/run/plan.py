@@ -1,0 +1,226 @@
+"""The run plan: MP x DP, devices, dtype and backend from the recipe and the GPUs, and the torchrun command for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamakit.errors import LlamakitError
+from llamakit.gpus import GpuInfo
+from llamakit.memory import fmt_gib, plan_memory
+
+
+@dataclass(frozen=True)
+class Devices:
+    """Where the ranks run: device kind, MP x DP, dtype and the process-group backend."""
+
+    device: str  # cuda | cpu
+    mp: int
+    dp: int
+    dtype: str  # bf16 | fp16 | fp32
+    backend: str  # nccl | gloo
+    gpus: tuple[GpuInfo, ...] = ()  # the GPUs used, local rank i -> gpus[i]
+
+    @property
+    def nproc(self) -> int:
+        return self.mp * self.dp
+
+
+def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: list[GpuInfo], cuda_ok: bool,
+                   where: str = "recipe") -> Devices:
+    """Pure rule: recipe device/dtype/nproc + checkpoint MP + visible GPUs -> Devices, or an error with the fix."""
+    if device == "auto":
+        device = "cuda" if cuda_ok and gpus else "cpu"
+    if device == "cuda":
+        if not cuda_ok or not gpus:
+            raise LlamakitError("device: cuda, but no GPU is usable (PyTorch sees no CUDA device)",
+                                "run `llamakit doctor` to see why, or set device: cpu", where)
+        if len(gpus) < mp:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            vis = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+            raise LlamakitError(f"this checkpoint has MP={mp} shards and needs {mp} GPUs, but {len(gpus)} "
+                                f"{'is' if len(gpus) == 1 else 'are'} visible{vis}",
+                                f"make {mp} GPUs visible, reshard the checkpoint to MP={len(gpus)} with "
+                                f"`llamakit reshard`, or set device: cpu", where)
+        if nproc == "auto":
+            dp = len(gpus) // mp
+        else:
+            assert isinstance(nproc, int)
+            if nproc % mp:
+                raise LlamakitError(f"nproc {nproc} is not a multiple of the checkpoint's MP={mp}",
+                                    f"use nproc: auto or a multiple of {mp}", where)
+            if nproc > len(gpus):
+                raise LlamakitError(f"nproc {nproc} needs {nproc} GPUs, {len(gpus)} are visible",
+                                    f"use nproc: auto or at most {len(gpus) // mp * mp}", where)
+            dp = nproc // mp
+        used = tuple(gpus[: mp * dp])
+        if dtype == "auto":
+            ccs = [g.compute_capability for g in used]
+            dtype = "bf16" if all(cc is not None and cc >= (8, 0) for cc in ccs) else "fp16"
+        elif dtype == "bf16":
+            old = [g for g in used if g.compute_capability is not None and g.compute_capability < (8, 0)]
+            if old:
+                cc = ".".join(map(str, old[0].compute_capability or ()))
+                raise LlamakitError(f"dtype bf16 needs compute capability >= 8.0; GPU {old[0].index} "
+                                    f"({old[0].name}) has {cc}", "set dtype: fp16 (or auto)", where)
+        return Devices("cuda", mp, dp, dtype, "nccl", used)
+    # cpu: one replica unless nproc asks for more; gloo carries the model-parallel all-reduces
+    if nproc == "auto":
+        dp = 1
+    else:
+        assert isinstance(nproc, int)
+        if nproc % mp:
+            raise LlamakitError(f"nproc {nproc} is not a multiple of the checkpoint's MP={mp}",
+                                f"use nproc: auto or a multiple of {mp}", where)
+        dp = nproc // mp
+    return Devices("cpu", mp, dp, "fp32" if dtype == "auto" else dtype, "gloo")
+
+
+def cuda_facts() -> tuple[list[GpuInfo], bool]:
+    """Visible GPUs (NVML, no CUDA context) and whether PyTorch can use CUDA at all."""
+    from llamakit.gpus import detect_gpus
+
+    import torch
+
+    gpus = detect_gpus()
+    try:
+        ok = bool(torch.cuda.is_available())
+    except Exception:  # a broken driver can raise here; treat as no CUDA
+        ok = False
+    if ok and not gpus:  # NVML unavailable but CUDA works: ask PyTorch (this initialises CUDA here, rarely hit)
+        gpus = []
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append(GpuInfo(i, p.name, int(p.total_memory), int(p.total_memory), (p.major, p.minor)))
+    return gpus, ok
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for torchrun's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def omp_threads(nproc: int, cpus: int | None = None) -> int:
+    """Threads per process so the ranks share the cores instead of oversubscribing them."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, nproc))
+
+
+@dataclass
+class Plan:
+    """Everything a worker needs, decided and validated by the launcher; written as JSON for torchrun's ranks."""
+
+    mp: int
+    dp: int
+    device: str
+    dtype: str
+    backend: str
+    gpus: list[str]  # "0: NVIDIA RTX A6000, 48.0 GiB, cc 8.6" per used GPU, for the plan display
+    engine: dict[str, Any]  # EngineConfig fields
+    max_gen_len: int
+    ckpt_dir: str
+    tokenizer_path: str
+    prompt_path: str
+    out_path: str
+    log_path: str
+    run_dir: str
+    work_path: str
+    total: int  # prompts in the input
+    pending: int  # prompts the workers will generate
+    already_done: int  # rows already in out_path (resume)
+    long_prompts: int  # prompts truncated or skipped by on_long_prompt
+    omp_threads: int
+    master_port: int
+    memory: str = ""  # per-GPU memory estimate, for display
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nproc(self) -> int:
+        return self.mp * self.dp
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), ensure_ascii=False, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def describe_gpu(g: GpuInfo) -> str:
+    cc = f", cc {g.compute_capability[0]}.{g.compute_capability[1]}" if g.compute_capability else ""
+    return f"{g.index}: {g.name}, {fmt_gib(g.total_bytes)}{cc}"
+
+
+def memory_line(config: Any, vocab: int, dev: Devices, quantize: str, batch: int, seq: int) -> tuple[str, str | None]:
+    """The per-GPU memory estimate, and a warning when it exceeds the smallest GPU used."""
+    dtype = "int8" if quantize == "int8" else dev.dtype
+    m = plan_memory(config, vocab, dev.mp, dtype, batch, seq)
+    text = (f"weights {fmt_gib(m.weights)} + KV cache {fmt_gib(m.kv_cache)} + overhead {fmt_gib(m.overhead)} "
+            f"= {fmt_gib(m.total)} per {'GPU' if dev.device == 'cuda' else 'process'}")
+    warn = None
+    if dev.gpus:
+        small = min(g.total_bytes for g in dev.gpus)
+        if not m.fits(small):
+            warn = (f"the estimate ({fmt_gib(m.total)}) exceeds GPU memory ({fmt_gib(small)}): "
+                    f"lower max_batch_size or max_seq_len, or set quantize: int8")
+    return text, warn
+
+
+def torchrun_argv(plan: Plan, plan_file: Path) -> list[str]:
+    """The exact torchrun command (argv list, never a shell string) that starts every rank of this plan."""
+    return [sys.executable, "-m", "torch.distributed.run",
+            "--nnodes", "1", "--nproc_per_node", str(plan.nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(plan.master_port),
+            "--max_restarts", "0", "--monitor_interval", "0.5",
+            "-m", "llamakit.run.worker", str(plan_file)]
+
+
+def worker_env(plan: Plan, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for torchrun: thread counts, and the workers' imports resolving to this same llamakit."""
+    env = dict(os.environ if base is None else base)
+    env["OMP_NUM_THREADS"] = str(plan.omp_threads)
+    env.setdefault("MKL_NUM_THREADS", str(plan.omp_threads))
+    env["PYTHONUNBUFFERED"] = "1"
+    pkg_parent = str(Path(__file__).resolve().parents[2])  # so `-m llamakit.run.worker` finds a checkout too
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if plan.device == "cuda" and plan.backend == "nccl":
+        env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    return env
+
+
+def describe(plan: Plan, argv: list[str]) -> list[str]:
+    """Human lines for --dry-run and the log: the plan and the command."""
+    import shlex
+
+    lines = [
+        f"checkpoint   {plan.ckpt_dir}  (MP={plan.mp})",
+        f"tokenizer    {plan.tokenizer_path}",
+        f"prompts      {plan.prompt_path}: {plan.total} prompts, {plan.already_done} already in the output, "
+        f"{plan.pending} to generate" + (f", {plan.long_prompts} too long (on_long_prompt)" if plan.long_prompts
+                                         else ""),
+        f"output       {plan.out_path}",
+        f"log          {plan.log_path}",
+        f"parallelism  MP={plan.mp} x DP={plan.dp} = {plan.nproc} processes, backend {plan.backend}",
+        f"devices      {plan.device}" + (": " + "; ".join(plan.gpus) if plan.gpus else
+                                         f" ({plan.omp_threads} threads per process)"),
+        f"dtype        {plan.dtype}" + (f", quantize {plan.engine['quantize']}"
+                                        if plan.engine.get("quantize", "none") != "none" else ""),
+        f"batch        max_batch_size {plan.engine['max_batch_size']} per replica, max_seq_len "
+        f"{plan.engine['max_seq_len']}, max_gen_len {plan.max_gen_len}",
+        f"sampling     " + ("greedy (temperature 0)" if plan.engine["temperature"] == 0 else
+                            f"temperature {plan.engine['temperature']}, top_p {plan.engine['top_p']}")
+        + f", seed {plan.engine['seed']}",
+    ]
+    if plan.memory:
+        lines.append(f"memory       {plan.memory}")
+    lines += [f"note         {n}" for n in plan.notes]
+    lines.append(f"command      {shlex.join(argv)}")
+    return lines

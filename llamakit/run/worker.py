@@ -1,0 +1,128 @@
+"""One rank of a run (`python -m llamakit.run.worker PLAN.json`, started by torchrun): engine in, rows out."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from llamakit.errors import LlamakitError
+from llamakit.run.plan import Plan
+
+log = logging.getLogger("llamakit.worker")
+
+
+def _setup_logging(rank: int) -> None:
+    """Worker messages go to stderr, which the launcher sends to the run's log file."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s rank {rank}    %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def completion_text(tok: Any, prompt_tokens: list[int], tokens: list[int]) -> str:
+    """The generated text such that prompt + completion reads as the model's text (keeps the leading space)."""
+    head = tok.decode(prompt_tokens)
+    full = tok.decode(prompt_tokens + tokens)
+    return full[len(head):] if full.startswith(head) else tok.decode(tokens)
+
+
+def run_rank(plan: Plan, local_rank: int) -> int:
+    """Init the process groups, build the engine, generate this replica's share and append its rows."""
+    import torch
+    import torch.distributed as dist
+    from fairscale.nn.model_parallel import initialize as mpu
+
+    from llamakit.checkpoint.shards import open_checkpoint
+    from llamakit.engine.api import EngineConfig, Request
+    from llamakit.engine.engine import build_engine
+    from llamakit.run.prompts import RowWriter, iter_work, output_row
+    from llamakit.tokenizer import Tokenizer
+
+    if plan.device == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(plan.backend)
+    mpu.initialize_model_parallel(plan.mp)
+    mp_rank, dp_rank, dp = mpu.get_model_parallel_rank(), mpu.get_data_parallel_rank(), \
+        mpu.get_data_parallel_world_size()
+    log.info("model-parallel rank %d of %d, data-parallel replica %d of %d, %s %s", mp_rank, plan.mp, dp_rank, dp,
+             plan.device, plan.dtype)
+    writer_lock = None
+    if mp_rank == 0:  # tells a later launcher that this output is still being written
+        writer_lock = os.open(Path(plan.run_dir) / "writers.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(writer_lock, fcntl.LOCK_SH)
+    torch.manual_seed(plan.engine["seed"])
+    t0 = time.monotonic()
+    ckpt = open_checkpoint(plan.ckpt_dir)
+    tok = Tokenizer(plan.tokenizer_path)
+    engine = build_engine(ckpt, EngineConfig(**plan.engine), mp_rank)
+    log.info("engine ready in %.1f s", time.monotonic() - t0)
+    # Replica dp_rank takes every dp-th prompt of the work list; all ranks of a model-parallel group read the
+    # same list, so they feed the engine the same requests in the same order.
+    requests = [Request(key=w["key"], prompt_tokens=w["tokens"], max_gen_len=plan.max_gen_len, payload=w)
+                for i, w in enumerate(iter_work(Path(plan.work_path))) if i % dp == dp_rank]
+    log.info("%d prompts for this replica", len(requests))
+    writer = RowWriter(Path(plan.out_path)) if mp_rank == 0 else None
+    n = 0
+    try:
+        for c in engine.generate(requests):
+            n += 1
+            if writer is not None:
+                w = c.request.payload
+                text = completion_text(tok, c.request.prompt_tokens, c.tokens)
+                writer.write(output_row(w["id"], w["prompt"], w["extra"], text, len(c.request.prompt_tokens),
+                                        len(c.tokens), c.finish_reason, bool(w.get("truncated"))))
+    finally:
+        if writer is not None:
+            writer.close()
+    if n != len(requests):
+        raise RuntimeError(f"the engine returned {n} completions for {len(requests)} requests")
+    log.info("done: %d rows in %.1f s", n, time.monotonic() - t0)
+    dist.barrier()
+    dist.destroy_process_group()
+    if writer_lock is not None:
+        os.close(writer_lock)
+    return 0
+
+
+def report_error(plan: Plan, rank: int, exc: BaseException) -> None:
+    """Write this rank's one-line error for the launcher; the full traceback goes to the log (stderr)."""
+    entry: dict[str, Any] = {"rank": rank, "time": time.time()}
+    if isinstance(exc, LlamakitError):
+        entry.update(what=exc.what, fix=exc.fix, where=exc.where, line=exc.line, message=exc.one_line())
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        entry.update(what=f"{type(exc).__name__}: {first}" if first else type(exc).__name__,
+                     fix=f"see the traceback in the log ({plan.log_path})", where=None, line=None,
+                     message=f"{type(exc).__name__}: {first}")
+    log.error("failed: %s\n%s", entry["message"], "".join(traceback.format_exception(exc)))
+    path = Path(plan.run_dir) / f"error.rank{rank}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m llamakit.run.worker PLAN.json (started by `llamakit run`)\n")
+        return 2
+    plan = Plan.load(args[0])
+    rank = int(os.environ.get("RANK", "0"))
+    _setup_logging(rank)
+    try:
+        return run_rank(plan, int(os.environ.get("LOCAL_RANK", "0")))
+    except BaseException as e:  # noqa: BLE001 - every failure must reach the launcher as one line
+        report_error(plan, rank, e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
