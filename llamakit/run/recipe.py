@@ -37,7 +37,7 @@ KEYS: dict[str, KeyInfo] = {
     "prompt_path": KeyInfo("the prompts: .jsonl (one object per line) or .txt (one prompt per line)",
                            "a .jsonl or .txt file path, or builtin:demo-prompts.jsonl"),
     "out_path": KeyInfo("output JSONL; rows already there are kept and their prompts skipped (resume)",
-                        "a file path ending in .jsonl"),
+                        "a file path, e.g. generated.jsonl"),
     "logging_path": KeyInfo("complete log of the run: plan, progress, errors, summary (default: out_path with .log)",
                             "a file path, or leave it out"),
     "max_seq_len": KeyInfo("prompt + generated tokens per sequence; sizes the KV cache",
