@@ -538,8 +538,8 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.1f} GiB"
 
 
-def _memory(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, seq: int, gpus: list[GpuInfo],
-            ckpt: str) -> MemoryInfo:
+def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, seq: int,
+                gpus: list[GpuInfo], ckpt: str) -> MemoryInfo:
     """The plan at the checkpoint's MP, a fit verdict for this machine and the advice that follows."""
     plan = plan_memory(config, vocab, mp, dtype, batch, seq)
     views = [GpuView(g.index, g.name, g.total_bytes, g.free_bytes) for g in gpus]
@@ -647,9 +647,10 @@ def inspect_checkpoint(ckpt_dir: str | Path, tokenizer: str | Path | None = None
     if vocab is None and report.tokenizer is not None:
         vocab = report.tokenizer.n_words
     report.checklist = _checklist(path, verify, progress, probs)
-    if config is not None and vocab and mp:
-        report.memory = _memory(config, vocab, mp, dtype, batch, seq, detect_gpus() if gpus is None else gpus,
-                                str(ckpt_dir))
+    shapes_fit_params = not any(p.code == "params-mismatch" for p in probs)  # else a plan would be fiction
+    if config is not None and vocab and mp and shapes_fit_params:
+        report.memory = memory_info(config, vocab, mp, dtype, batch, seq,
+                                    detect_gpus() if gpus is None else gpus, str(ckpt_dir))
         if report.memory.fits_here is False:
             _problem(probs, "warning", "does-not-fit", report.memory.advice[0],
                      "; ".join(report.memory.advice[1:]) or fit_summary(report.memory.options, dtype))
@@ -660,13 +661,13 @@ def inspect_checkpoint(ckpt_dir: str | Path, tokenizer: str | Path | None = None
 def recipe_settings(recipe_path: str | Path) -> dict[str, Any]:
     """batch, seq, dtype, tokenizer and ckpt_dir from a run recipe (llamakit.run.recipe), for inspect's plan."""
     try:
-        from llamakit.run.recipe import load_recipe
+        from llamakit.run.recipe import load_recipe, resolve_path
     except ImportError:
         raise LlamakitError("recipes are not supported by this llamakit version yet",
                             "pass --batch, --seq and --dtype instead of --recipe") from None
-    r = load_recipe(recipe_path)
-    dtype = getattr(r, "dtype", None) or DEFAULT_DTYPE
-    if getattr(r, "quantize", None) == "int8":
-        dtype = "int8"
+    loaded = load_recipe(recipe_path)
+    r = loaded.recipe
+    dtype = "int8" if r.quantize == "int8" else (DEFAULT_DTYPE if r.dtype == "auto" else r.dtype)
     return {"batch": r.max_batch_size, "seq": r.max_seq_len, "dtype": dtype,
-            "tokenizer": getattr(r, "tokenizer_path", None), "ckpt_dir": getattr(r, "ckpt_dir", None)}
+            "tokenizer": resolve_path(loaded, "tokenizer_path", r.tokenizer_path) if r.tokenizer_path else None,
+            "ckpt_dir": resolve_path(loaded, "ckpt_dir", r.ckpt_dir)}
