@@ -53,8 +53,8 @@ class RecipeFact:
     path: str | None = None
     max_seq_len: int = 2048
     max_batch_size: int = 1
-    dtype: str = "bf16"
-    device: str = "cuda"
+    dtype: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on compute capability >= 8.0, else fp16)
+    device: str = "auto"  # auto | cuda | cpu
     nproc: str | int = "auto"
     quantize: str | None = None
     out_path: str | None = None
@@ -374,10 +374,19 @@ def _recipe(path: Path) -> tuple[RecipeFact, str | None]:
         r.error, r.fix = f"cannot load recipes in this version ({_err(e)})", "use --ckpt-dir DIR instead of --recipe"
         return r, None
     try:
-        rec = load_recipe(path)
+        loaded = load_recipe(path)
+        rec = getattr(loaded, "recipe", loaded)  # LoadedRecipe(recipe, path, sources) or a bare Recipe
+        ck, out = getattr(rec, "ckpt_dir", None), getattr(rec, "out_path", None)
+        try:
+            from llamakit.run.recipe import resolve_paths  # builtin:NAME and relative paths, as run resolves them
+            paths = resolve_paths(loaded)
+            ck, out = paths.ckpt_dir, paths.out_path
+        except ImportError:
+            pass
     except Exception as e:  # noqa: BLE001 - LlamakitError carries its own fix
-        r.error = getattr(e, "what", None) or _err(e)
-        r.fix = getattr(e, "fix", "") or "check the recipe against `llamakit recipe --help`"
+        what, where = getattr(e, "what", None), getattr(e, "where", None)
+        r.error = (f"{where}: {what}" if where else what) if what else _err(e)
+        r.fix = getattr(e, "fix", "") or "check the recipe against recipes/demo.yaml"
         return r, None
     r.max_seq_len = int(getattr(rec, "max_seq_len", r.max_seq_len))
     r.max_batch_size = int(getattr(rec, "max_batch_size", r.max_batch_size))
@@ -385,10 +394,8 @@ def _recipe(path: Path) -> tuple[RecipeFact, str | None]:
     r.device = str(getattr(rec, "device", r.device))
     r.nproc = getattr(rec, "nproc", "auto")
     q = getattr(rec, "quantize", None)
-    r.quantize = str(q) if q else None
-    out = getattr(rec, "out_path", None)
+    r.quantize = str(q) if q and str(q) != "none" else None
     r.out_path = str(out) if out else None
-    ck = getattr(rec, "ckpt_dir", None)
     return r, (str(ck) if ck else None)
 
 

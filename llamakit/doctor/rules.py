@@ -126,7 +126,9 @@ def pick_wheel(driver_cuda: str | None, driver: str | None, need_cuda: str | Non
     full = [w for w in wheels if vtuple(w)[:2] <= top[:2] and vtuple(w) >= need]
     if full:
         return full[-1]
-    if driver:
+    # a driver older than the toolkit minimum of the GPU's first CUDA cannot drive that GPU at all
+    gpu_ok = not need_cuda or (driver is not None and vtuple(driver) >= vtuple(toolkit_min(need_cuda, t) or "0"))
+    if driver and gpu_ok:
         compat = [w for w in wheels if vtuple(w)[0] <= top[0] and vtuple(w) >= need
                   and compat_min(w, t) and vtuple(driver) >= vtuple(compat_min(w, t))]
         if compat:
@@ -493,7 +495,7 @@ def rule_visible_devices(f: Facts) -> CheckResult:
 
 def rule_checkpoint(f: Facts) -> CheckResult:
     if f.recipe and f.recipe.error:
-        return CheckResult("checkpoint", FAIL, f"recipe {f.recipe.path}: {f.recipe.error}", f.recipe.fix)
+        return CheckResult("checkpoint", FAIL, f"recipe: {f.recipe.error}", f.recipe.fix)
     c = f.ckpt
     if c is None:
         return CheckResult("checkpoint", SKIP, "no checkpoint given (--ckpt-dir DIR or --recipe FILE)")
@@ -509,14 +511,17 @@ def rule_checkpoint(f: Facts) -> CheckResult:
                        f"MP={c.mp} ({c.mp} shard(s), {gib(c.total_bytes)})")
 
 
-def _dtype(f: Facts) -> str:
+def _dtype(f: Facts, t: dict[str, Any] | None = None) -> str:
+    """The weight dtype run will use: int8 when quantized, auto = bf16 on compute capability >= 8.0 else fp16."""
     r = f.recipe
     if r and r.quantize and "int8" in r.quantize:
         return "int8"
-    name = (r.dtype if r else "bf16").lower().replace("torch.", "")
-    return {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}.get(name, name
-                                                                                                          if name in (
-        "bf16", "fp16", "fp32", "int8") else "bf16")
+    name = (r.dtype if r else "auto").lower().replace("torch.", "")
+    name = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}.get(name, name)
+    if name in ("bf16", "fp16", "fp32"):
+        return name
+    ccs = [gpu_cc(g, t or tables()) for g in f.gpus]
+    return "bf16" if ccs and all(c and c >= (8, 0) for c in ccs) else "fp16"
 
 
 def _fits(f: Facts, mp: int, dtype: str) -> tuple[bool, int]:
@@ -531,9 +536,9 @@ def _fits(f: Facts, mp: int, dtype: str) -> tuple[bool, int]:
 def rule_mp_plan(f: Facts) -> CheckResult:
     c, r = f.ckpt, f.recipe
     if c is None or c.error or r is None:
-        return CheckResult("mp-plan", SKIP, "no checkpoint given")
+        return CheckResult("mp-plan", SKIP, "no checkpoint given" if c is None else "checkpoint not readable (see checkpoint)")
     n, mp = len(f.gpus), c.mp
-    if r.device.startswith("cpu"):
+    if r.device == "cpu" or (r.device == "auto" and n == 0):
         return CheckResult("mp-plan", WARN, f"device cpu: run starts {mp} process(es) on the CPU with gloo (slow)",
                            "use a GPU server for real work")
     if n == 0:
@@ -570,9 +575,9 @@ def rule_mp_plan(f: Facts) -> CheckResult:
 def rule_memory_fit(f: Facts) -> CheckResult:
     c, r = f.ckpt, f.recipe
     if c is None or c.error or r is None:
-        return CheckResult("memory-fit", SKIP, "no checkpoint given")
-    if not f.gpus:
-        return CheckResult("memory-fit", SKIP, "no GPU: nothing to fit (see ram)")
+        return CheckResult("memory-fit", SKIP, "no checkpoint given" if c is None else "checkpoint not readable (see checkpoint)")
+    if not f.gpus or r.device == "cpu":
+        return CheckResult("memory-fit", SKIP, "runs on the CPU: no GPU memory to fit (see ram)")
     from llamakit.memory import max_batch_that_fits, plan_memory
     dtype = _dtype(f)
     mp = c.mp
