@@ -1,0 +1,162 @@
+"""The plan: MP x DP, devices, dtype and backend from the GPUs; everything is checked before any process starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamakit.checkpoint.params import PRESETS
+from llamakit.checkpoint.tiny import train_tokenizer
+from llamakit.errors import LlamakitError
+from llamakit.gpus import GpuInfo
+from llamakit.run.launch import plan_run
+from llamakit.run.plan import Devices, choose_devices, memory_line, torchrun_argv
+
+GiB = 1024**3
+REPO = Path(__file__).resolve().parents[1]
+
+
+def a6000(i: int) -> GpuInfo:
+    return GpuInfo(i, "NVIDIA RTX A6000", 48 * GiB, 47 * GiB, (8, 6))
+
+
+def v100(i: int) -> GpuInfo:
+    return GpuInfo(i, "Tesla V100-SXM2-32GB", 32 * GiB, 31 * GiB, (7, 0))
+
+
+# ---------------------------------------------------------------- pure rules
+
+
+def test_cpu_when_no_gpu_one_replica_gloo_fp32():
+    d = choose_devices("auto", "auto", "auto", 2, [], False)
+    assert (d.device, d.mp, d.dp, d.nproc, d.dtype, d.backend) == ("cpu", 2, 1, 2, "fp32", "gloo")
+    assert choose_devices("cpu", "bf16", 4, 2, [a6000(0)], True).dp == 2  # nproc asks for 2 CPU replicas
+
+
+def test_two_a6000_run_13b_as_one_model_parallel_pair_in_bf16_over_nccl():
+    d = choose_devices("auto", "auto", "auto", 2, [a6000(0), a6000(1)], True)
+    assert (d.device, d.mp, d.dp, d.dtype, d.backend) == ("cuda", 2, 1, "bf16", "nccl")
+
+
+def test_spare_gpus_become_data_parallel_replicas():
+    gpus = [a6000(i) for i in range(5)]
+    assert choose_devices("auto", "auto", "auto", 2, gpus, True).dp == 2  # 5 // 2
+    assert choose_devices("auto", "auto", "auto", 1, gpus, True).dp == 5
+    assert choose_devices("cuda", "auto", 2, 1, gpus, True).dp == 2  # nproc caps it
+
+
+def test_fewer_gpus_than_mp_stops_with_the_fix(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with pytest.raises(LlamakitError) as e:
+        choose_devices("auto", "auto", "auto", 2, [a6000(1)], True)
+    assert "MP=2" in e.value.what and "1 is visible (CUDA_VISIBLE_DEVICES=1)" in e.value.what
+    assert "llamakit reshard" in e.value.fix and "device: cpu" in e.value.fix
+
+
+def test_older_gpus_get_fp16_and_refuse_bf16():
+    assert choose_devices("auto", "auto", "auto", 1, [v100(0)], True).dtype == "fp16"
+    with pytest.raises(LlamakitError, match="bf16 needs compute capability"):
+        choose_devices("auto", "bf16", "auto", 1, [v100(0)], True)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("cuda", "auto", "auto", 1, [], False), "no GPU is usable"),
+    (("auto", "auto", 3, 2, [a6000(i) for i in range(4)], True), "not a multiple of the checkpoint's MP=2"),
+    (("auto", "auto", 4, 2, [a6000(0), a6000(1)], True), "needs 4 GPUs, 2 are visible"),
+    (("cpu", "auto", 3, 2, [], False), "not a multiple"),
+])
+def test_impossible_process_counts_are_errors(args, words):
+    with pytest.raises(LlamakitError, match=words):
+        choose_devices(*args)
+
+
+def test_memory_estimate_confirms_the_zeitonline_settings_fit_two_a6000():
+    z = PRESETS["llama-13b"]
+    two = Devices("cuda", 2, 1, "bf16", "nccl", (a6000(0), a6000(1)))
+    text, warn = memory_line(z, 32000, two, "none", 32, 1024)
+    assert warn is None and "weights 12.1 GiB" in text
+    small = Devices("cuda", 2, 1, "bf16", "nccl", (GpuInfo(0, "RTX 4090", 24 * GiB, 23 * GiB, (8, 9)),) * 2)
+    assert "exceeds GPU memory" in memory_line(z, 32000, small, "none", 32, 4096)[1]
+
+
+# ---------------------------------------------------------------- plan_run on real tiny checkpoints
+
+
+def recipe(tmp_path: Path, ckpt: Path, prompts: str, **keys: object) -> Path:
+    (tmp_path / "prompts.jsonl").write_text(prompts, encoding="utf-8")
+    body = {"ckpt_dir": str(ckpt), "prompt_path": str(tmp_path / "prompts.jsonl"),
+            "out_path": str(tmp_path / "out.jsonl"), "max_seq_len": 64, "max_gen_len": 16, **keys}
+    p = tmp_path / "r.yaml"
+    p.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in body.items()), encoding="utf-8")
+    return p
+
+
+PROMPTS = '{"id": 1, "prompt": "Guten Morgen"}\n{"id": 2, "prompt": "Hello there"}\n'
+
+
+def test_plan_for_a_mp2_checkpoint_on_four_gpus(tiny_factory, tmp_path):
+    setup = plan_run(recipe(tmp_path, tiny_factory("llama2", 2), PROMPTS), gpu_facts=([a6000(i) for i in range(4)],
+                                                                                      True))
+    plan, argv = setup.plan, setup.argv
+    assert (plan.mp, plan.dp, plan.device, plan.dtype, plan.backend) == (2, 2, "cuda", "bf16", "nccl")
+    assert (plan.total, plan.pending, plan.already_done) == (2, 2, 0)
+    assert argv[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert argv[argv.index("--nproc_per_node") + 1] == "4" and argv[-3:-1] == ["-m", "llamakit.run.worker"]
+    assert 0 < int(argv[argv.index("--master_port") + 1]) < 65536
+    assert argv == torchrun_argv(plan, Path(plan.run_dir) / "plan.json")
+    assert not Path(plan.run_dir).exists() and not Path(plan.out_path).exists()  # planning writes nothing
+
+
+def test_plan_stops_when_the_gpus_cannot_hold_mp(tiny_factory, tmp_path):
+    with pytest.raises(LlamakitError, match="needs 2 GPUs"):
+        plan_run(recipe(tmp_path, tiny_factory("llama2", 2), PROMPTS), gpu_facts=([a6000(0)], True))
+
+
+def test_tokenizer_of_another_vocabulary_is_refused(tiny_factory, tmp_path):
+    other = tmp_path / "other.model"
+    train_tokenizer(other, vocab_size=640)
+    with pytest.raises(LlamakitError) as e:
+        plan_run(recipe(tmp_path, tiny_factory(), PROMPTS, tokenizer_path=str(other)), gpu_facts=([], False))
+    assert "640 tokens" in e.value.what and "512 rows" in e.value.what and e.value.where == str(other)
+    assert "tokenizer_path" in e.value.fix
+
+
+def test_long_prompt_is_refused_before_anything_starts(tiny_factory, tmp_path):
+    long = json.dumps({"id": 3, "prompt": "Ein sehr langer Satz über Straßenbahnen. " * 20}, ensure_ascii=False)
+    with pytest.raises(LlamakitError) as e:
+        plan_run(recipe(tmp_path, tiny_factory(), PROMPTS + long + "\n"), gpu_facts=([], False))
+    assert e.value.line == 3 and "more than max_seq_len - max_gen_len = 48" in e.value.what
+    assert "on_long_prompt" in e.value.fix and not (tmp_path / ".out.jsonl.llamakit").exists()
+
+
+# ---------------------------------------------------------------- the CLI: one clean line, nothing started
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LLAMAKIT_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "llamakit", "run", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_errors_are_one_line_and_start_nothing(tiny_factory, tmp_path):
+    r = recipe(tmp_path, tiny_factory(), PROMPTS)
+    (tmp_path / "prompts.jsonl").write_bytes(b'{"id": 1, "prompt": "ok"}\n{"id": 2, "prompt": "Gr\xfc\xdfe"}\n')
+    res = cli(tmp_path, str(r))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith(f"error: {tmp_path / 'prompts.jsonl'}:2: not UTF-8")
+    assert not (tmp_path / "out.log").exists() and not (tmp_path / ".out.jsonl.llamakit").exists()
+    res = cli(tmp_path, str(r), "--set", "max_batch_size=many")
+    assert res.returncode == 2 and res.stderr.startswith("error: --set max_batch_size=many: key 'max_batch_size'")
+
+
+def test_cli_dry_run_prints_the_plan_and_the_torchrun_command(tmp_path):
+    res = cli(tmp_path, "demo", "--dry-run", "--nproc", "1")
+    assert res.returncode == 0, res.stderr
+    assert "MP=1 x DP=1" in res.stdout and "backend gloo" in res.stdout and "10 to generate" in res.stdout
+    assert "-m torch.distributed.run" in res.stdout and "--nproc_per_node 1" in res.stdout
+    assert str(tmp_path / "demo-output.jsonl") in res.stdout and not (tmp_path / "demo-output.jsonl").exists()
