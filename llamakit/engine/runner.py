@@ -21,6 +21,11 @@ class ModelRunner:
         self.device = model.device
         self.pad_id = pad_id
         self.kv_bucket = 64 if self.device.type == "cuda" else 1
+        self.graphs = None
+        if cfg.fast and self.device.type == "cuda":
+            from llamakit.engine.graphs import GraphDecoder
+
+            self.graphs = GraphDecoder(model, cache, cfg)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         keys = torch.tensor([s.request.key for s in seqs], dtype=torch.int64, device=self.device)
@@ -42,6 +47,13 @@ class ModelRunner:
     def decode(self, seqs: list[Sequence]) -> list[int]:
         """One decode step for the running sequences, which occupy slots 0..len(seqs)-1 in order."""
         assert all(s.slot == i for i, s in enumerate(seqs)), "running sequences must be compacted"
+        if self.graphs is not None:
+            return self.graphs([s.generated[-1] for s in seqs], [s.next_pos for s in seqs],
+                               [s.request.key for s in seqs], [len(s.generated) for s in seqs])
+        if self.cfg.fast:
+            tokens = torch.tensor([s.generated[-1] for s in seqs], dtype=torch.int64, device=self.device)
+            pos = torch.tensor([s.next_pos for s in seqs], dtype=torch.int64, device=self.device)
+            return self._sample(self.model.decode_fast(tokens, pos, self.cache), seqs)
         tokens = torch.tensor([s.generated[-1] for s in seqs], dtype=torch.int64, device=self.device)
         positions = [s.next_pos for s in seqs]
         pos = torch.tensor(positions, dtype=torch.int64, device=self.device)

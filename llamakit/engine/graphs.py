@@ -1,0 +1,68 @@
+"""CUDA graphs for decode steps: one graph per batch-size bucket, captured once before the first request,
+replayed every step (a 7B step is ~1,000 kernels: launching them one by one would cost more than running them)."""
+
+from __future__ import annotations
+
+import torch
+
+from llamakit.engine.api import EngineConfig
+from llamakit.engine.sampler import sample
+from llamakit.model.kv_cache import KVCache
+from llamakit.model.llama import Transformer
+
+BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+
+
+class GraphDecoder:
+    """Static input buffers + one captured graph (model step + sampling) per batch bucket."""
+
+    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig):
+        self.model, self.cache, self.cfg = model, cache, cfg
+        n = cache.n_slots
+        self.buckets = sorted({b for b in BUCKETS if b < n} | {n})
+        dev = model.device
+        self.inputs = torch.zeros((4, n), dtype=torch.int64, device=dev)  # tokens, pos, keys, steps
+        self.staging = torch.zeros((4, n), dtype=torch.int64).pin_memory()
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self._capture_all()
+
+    def _step(self, b: int) -> torch.Tensor:
+        tok, pos, keys, steps = self.inputs[:, :b]
+        logits = self.model.decode_fast(tok, pos, self.cache)
+        return sample(logits, self.cfg.temperature, self.cfg.top_p, self.cfg.seed, keys, steps)
+
+    @torch.inference_mode()
+    def _capture_all(self) -> None:
+        """Capture largest first so smaller graphs reuse its memory pool. Warm-up steps write k/v at position 0
+        of idle slots only: this runs before any sequence holds a slot."""
+        pool = None
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for b in reversed(self.buckets):
+                self._step(b)
+        torch.cuda.current_stream().wait_stream(stream)
+        for b in reversed(self.buckets):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                self.outputs[b] = self._step(b)
+            pool = g.pool()
+            self.graphs[b] = g
+        torch.cuda.synchronize()
+
+    def bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def __call__(self, tokens: list[int], pos: list[int], keys: list[int], steps: list[int]) -> list[int]:
+        n = len(tokens)
+        b = self.bucket(n)
+        st = self.staging
+        st[:, :b].zero_()  # padding rows: token 0 at position 0 of an idle slot
+        st[0, :n] = torch.tensor(tokens)
+        st[1, :n] = torch.tensor(pos)
+        st[2, :n] = torch.tensor(keys)
+        st[3, :n] = torch.tensor(steps)
+        self.inputs[:, :b].copy_(st[:, :b], non_blocking=True)
+        self.graphs[b].replay()
+        return self.outputs[b][:n].tolist()

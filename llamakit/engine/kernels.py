@@ -1,0 +1,231 @@
+"""Triton kernels for the GPU decode step: add+RMSNorm, rotary+KV-cache write, and split-K decode attention
+that reads only each sequence's own length (the cache is not padded to the longest running sequence).
+
+Each kernel has an eager twin in this file used on CPU and as the test reference.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # CPU-only installs: the eager twins are used
+    HAVE_TRITON = False
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    """Triton on CUDA tensors; on CPU only under TRITON_INTERPRET=1 (how the tests check the kernels)."""
+    return HAVE_TRITON and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << (max(1, n) - 1).bit_length()
+
+
+# ---------------------------------------------------------------------------------------------- add + RMSNorm
+
+def add_rmsnorm_eager(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float):
+    """h + delta, then Meta's RMSNorm of it: returns (normed, new_h)."""
+    if delta is not None:
+        h = h + delta
+    hf = h.float()
+    normed = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).type_as(h) * weight
+    return normed, h
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _add_rmsnorm_kernel(H, DELTA, W, OUT, HOUT, n_cols, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        h = tl.load(H + row * n_cols + cols, mask=mask, other=0.0)
+        if HAS_DELTA:
+            h = h + tl.load(DELTA + row * n_cols + cols, mask=mask, other=0.0)
+            tl.store(HOUT + row * n_cols + cols, h, mask=mask)
+        hf = h.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(hf * hf, axis=0) / n_cols + eps)
+        normed = (hf * rstd).to(h.dtype).to(tl.float32)
+        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(OUT + row * n_cols + cols, (normed * w).to(h.dtype), mask=mask)
+
+
+def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float):
+    """Fused (h + delta) and RMSNorm on CUDA; eager elsewhere. Returns (normed, new_h)."""
+    if not _use_triton(h):
+        return add_rmsnorm_eager(h, delta, weight, eps)
+    n = h.shape[-1]
+    h2 = h.reshape(-1, n)
+    out = torch.empty_like(h2)
+    hout = torch.empty_like(h2) if delta is not None else h2
+    d2 = delta.reshape(-1, n) if delta is not None else h2
+    _add_rmsnorm_kernel[(h2.shape[0],)](h2, d2, weight, out, hout, n, eps, HAS_DELTA=delta is not None,
+                                        BLOCK=_next_pow2(n), num_warps=8)
+    return out.view(h.shape), hout.view(h.shape)
+
+
+# ---------------------------------------------------------------------------------------- rotary + cache write
+
+def rope_store_eager(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     k_cache: torch.Tensor, v_cache: torch.Tensor, n_heads: int, n_kv: int) -> torch.Tensor:
+    """Split qkv [B, (H+2Hkv)*D], rotate q and k (interleaved pairs, fp32), store k/v at cache[b, :, pos[b]];
+    returns q [B, H, D]."""
+    b = qkv.shape[0]
+    d = k_cache.shape[-1]
+    q, k, v = qkv.split([n_heads * d, n_kv * d, n_kv * d], dim=-1)
+    c, s = cos[pos][:, None, :], sin[pos][:, None, :]
+
+    def rot(x: torch.Tensor, h: int) -> torch.Tensor:
+        xf = x.view(b, h, d // 2, 2).float()
+        xr, xi = xf[..., 0], xf[..., 1]
+        return torch.stack((xr * c - xi * s, xr * s + xi * c), -1).flatten(-2).type_as(x)
+
+    rows = torch.arange(b, device=qkv.device)
+    k_cache[rows, :, pos] = rot(k, n_kv)
+    v_cache[rows, :, pos] = v.reshape(b, n_kv, d)
+    return rot(q, n_heads)
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _rope_store_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, stride_qkv, stride_kb, stride_kh, stride_kl,
+                           N_HEADS: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)  # 0..N_HEADS-1: q heads, then N_KV k heads (v copied with them)
+        pos = tl.load(POS + b)
+        half = tl.arange(0, D // 2)
+        c = tl.load(COS + pos * (D // 2) + half)
+        s = tl.load(SIN + pos * (D // 2) + half)
+        base = QKV + b * stride_qkv + h * D
+        xr = tl.load(base + 2 * half).to(tl.float32)
+        xi = tl.load(base + 2 * half + 1).to(tl.float32)
+        out_r = xr * c - xi * s
+        out_i = xr * s + xi * c
+        if h < N_HEADS:
+            qo = QOUT + b * N_HEADS * D + h * D
+            tl.store(qo + 2 * half, out_r.to(QOUT.dtype.element_ty))
+            tl.store(qo + 2 * half + 1, out_i.to(QOUT.dtype.element_ty))
+        else:
+            kh = h - N_HEADS
+            ko = KC + b * stride_kb + kh * stride_kh + pos * stride_kl
+            tl.store(ko + 2 * half, out_r.to(KC.dtype.element_ty))
+            tl.store(ko + 2 * half + 1, out_i.to(KC.dtype.element_ty))
+            full = tl.arange(0, D)
+            v = tl.load(QKV + b * stride_qkv + (N_HEADS + N_KV + kh) * D + full)
+            tl.store(VC + b * stride_kb + kh * stride_kh + pos * stride_kl + full, v)
+
+
+def rope_store(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               k_cache: torch.Tensor, v_cache: torch.Tensor, n_heads: int, n_kv: int) -> torch.Tensor:
+    """One kernel on CUDA for rotary of q/k and the KV-cache write; eager elsewhere."""
+    if not _use_triton(qkv):
+        return rope_store_eager(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv)
+    b = qkv.shape[0]
+    d = k_cache.shape[-1]
+    q = torch.empty((b, n_heads, d), dtype=qkv.dtype, device=qkv.device)
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and qkv.stride(-1) == 1
+    _rope_store_kernel[(b, n_heads + n_kv)](qkv, pos, cos, sin, q, k_cache, v_cache, qkv.stride(0),
+                                           k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+                                           N_HEADS=n_heads, N_KV=n_kv, D=d, num_warps=1)
+    return q
+
+
+# ------------------------------------------------------------------------------------------- decode attention
+
+def decode_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reference: q [B, H, D] over k/v [B, Hkv, L, D], row b reading keys [0, lengths[b])."""
+    b, h, d = q.shape
+    hkv, L = k.shape[1], k.shape[2]
+    g = h // hkv
+    kk = k.repeat_interleave(g, dim=1).float()
+    vv = v.repeat_interleave(g, dim=1).float()
+    scores = torch.einsum("bhd,bhld->bhl", q.float(), kk) / math.sqrt(d)
+    mask = torch.arange(L, device=q.device)[None, :] < lengths[:, None]
+    scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+    return torch.einsum("bhl,bhld->bhd", torch.softmax(scores, -1), vv).to(q.dtype)
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _decode_attn_kernel(Q, K, V, LENS, ACC, M, L_OUT, sm_scale,
+                            stride_qb, stride_qh, stride_kb, stride_kh, stride_kl,
+                            stride_ab, stride_ah, stride_as, stride_mb, stride_mh,
+                            G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
+                            BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
+        sp = tl.program_id(2)
+        seq_len = tl.load(LENS + b)
+        start = sp * SPLIT
+        end = tl.minimum(start + SPLIT, seq_len)
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_d = tl.arange(0, D)
+        offs_n = tl.arange(0, BLOCK_N)
+        gmask = offs_g < G
+        heads = kvh * G + offs_g
+        q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=gmask[:, None], other=0.0)
+        m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, D], tl.float32)
+        kbase = K + b * stride_kb + kvh * stride_kh
+        vbase = V + b * stride_kb + kvh * stride_kh
+        for n0 in range(start, end, BLOCK_N):
+            offs = n0 + offs_n
+            nmask = offs < end
+            k = tl.load(kbase + offs[:, None] * stride_kl + offs_d[None, :], mask=nmask[:, None], other=0.0)
+            qk = tl.dot(q, tl.trans(k)) * sm_scale
+            qk = tl.where(nmask[None, :], qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(qk - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            vt = tl.load(vbase + offs[:, None] * stride_kl + offs_d[None, :], mask=nmask[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+            m_i = m_new
+        out = ACC + b * stride_ab + heads[:, None] * stride_ah + sp * stride_as + offs_d[None, :]
+        tl.store(out, acc, mask=gmask[:, None])
+        tl.store(M + b * stride_mb + heads * stride_mh + sp, m_i, mask=gmask)
+        tl.store(L_OUT + b * stride_mb + heads * stride_mh + sp, l_i, mask=gmask)
+
+
+def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 64) -> int:
+    """How many key ranges each (row, kv head) is cut into: enough programs to fill the GPU at small batch."""
+    want = max(1, -(-2 * n_sm // max(1, batch * n_kv)))
+    return int(min(want, max(1, max_len // (4 * block))))
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
+                     splits: int | None = None) -> torch.Tensor:
+    """Split-K decode attention on CUDA (bf16/fp16): reads keys [0, lengths[b]) only; eager elsewhere."""
+    if not (_use_triton(q) and (q.dtype in (torch.bfloat16, torch.float16) or not q.is_cuda)):
+        return decode_attention_eager(q, k, v, lengths)
+    b, h, d = q.shape
+    hkv, max_len = k.shape[1], k.shape[2]
+    g = h // hkv
+    if splits is None:
+        splits = n_splits(b, hkv, max_len)
+    split_len = -(-max_len // splits)
+    acc = torch.empty((b, h, splits, d), dtype=torch.float32, device=q.device)
+    m = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
+    l_ = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
+    assert k.stride() == v.stride() and k.stride(-1) == 1 and q.is_contiguous()
+    _decode_attn_kernel[(b, hkv, splits)](
+        q, k, v, lengths, acc, m, l_, 1.0 / math.sqrt(d),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+        acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0), m.stride(1),
+        G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_N=64, SPLIT=split_len, num_warps=4)
+    if splits == 1:
+        return (acc[:, :, 0] / l_[..., 0:1]).to(q.dtype)
+    mx = m.amax(-1, keepdim=True)
+    w = torch.exp(m - mx)
+    return ((acc * w[..., None]).sum(2) / (l_ * w).sum(-1, keepdim=True)).to(q.dtype)
