@@ -16,7 +16,7 @@ from typing import Any
 # Environment variables a finished or crashed torchrun leaves behind; they change what a new launch does.
 DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
              "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
-PACKAGES = ("llamakit", "torch", "fairscale", "sentencepiece", "nvidia-ml-py")
+PACKAGES = ("llamakit", "torch", "fairscale", "sentencepiece", "pydantic", "nvidia-ml-py")
 IMPORT_NAMES = {"nvidia-ml-py": "pynvml"}
 DEFAULT_PORT = 29500
 
@@ -371,7 +371,9 @@ def _recipe(path: Path) -> tuple[RecipeFact, str | None]:
     try:
         from llamakit.run.recipe import load_recipe  # the run pipeline owns the recipe format
     except ImportError as e:
-        r.error, r.fix = f"cannot load recipes in this version ({_err(e)})", "use --ckpt-dir DIR instead of --recipe"
+        r.error = f"the recipe loader cannot be imported ({_err(e)})"
+        r.fix = (f"pip install {e.name}, or " if e.name and not e.name.startswith("llamakit") else "") + \
+            "use --ckpt-dir DIR instead of --recipe"
         return r, None
     try:
         loaded = load_recipe(path)
