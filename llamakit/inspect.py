@@ -619,8 +619,11 @@ def inspect_checkpoint(ckpt_dir: str | Path, tokenizer: str | Path | None = None
                  "checkpoint folder does not exist" if not path.exists() else "checkpoint path is a file, not a folder",
                  "pass the folder holding consolidated.NN.pth and params.json (e.g. /data/LLaMA/13B)", path.resolve())
         return report
-    report.params, config = _read_params(path, probs)
     shard_paths = _shard_files(path, probs)
+    if not shard_paths and not (path / "params.json").exists():
+        report.seconds = round(time.perf_counter() - t0, 3)
+        return report  # not a Meta checkpoint at all (e.g. Hugging Face): that one finding says it all
+    report.params, config = _read_params(path, probs)
     scan = _scan_shards(shard_paths, probs)
     shapes0 = scan.shapes[0] if scan.shapes else None
     mp: int | None = len(shard_paths) or None

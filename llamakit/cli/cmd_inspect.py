@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from llamakit.cli.app import app, console, err_console
@@ -17,12 +18,10 @@ from llamakit.inspect import (DEFAULT_BATCH, DEFAULT_DTYPE, DEFAULT_SEQ, Inspect
                               inspect_checkpoint, recipe_settings)
 from llamakit.memory import GiB
 
-# What each derived number means, for the model table (the params.json fields' texts are in checks/explain.yaml).
-DERIVED_TERMS = {"head_dim": "head_dim", "ffn_hidden": "ffn_hidden", "gqa_groups": "gqa"}
-
-
 def _size(n: int) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= GiB // 10 else f"{n / 1024**2:.2f} MiB" if n >= 1024**2 else f"{n:,} B"
+    if n >= GiB:
+        return f"{n / GiB:.1f} GiB"
+    return f"{n / 1024**2:.1f} MiB" if n >= 1024**2 else f"{n:,} B"
 
 
 def _count(n: int) -> str:
@@ -34,9 +33,14 @@ def _term_short(term: str) -> str:
     return entry.short if entry else ""
 
 
+def _out(text: str = "", markup: bool = True) -> None:
+    """One report line; never wrapped, so paths and commands stay copy-pasteable."""
+    console.print(text, markup=markup, soft_wrap=True)
+
+
 def render(report: InspectReport, explain: bool = False) -> None:
     """Print the report as tables and short lines (stdout); problems are printed by the caller."""
-    console.print(f"[bold]Checkpoint[/bold] {report.path}")
+    _out(f"[bold]Checkpoint[/bold] {escape(report.path)}")
     if report.params is not None:
         t = Table(title="params.json", title_justify="left", show_edge=False)
         t.add_column("field", style="bold")
@@ -44,29 +48,28 @@ def render(report: InspectReport, explain: bool = False) -> None:
         t.add_column("meaning")
         for k, v in report.params.items():
             e = explain_param(k)
-            t.add_row(k, "absent" if v is None else str(v), e.short if e else "")
+            t.add_row(escape(k), "absent" if v is None else escape(str(v)), e.short if e else "")
         console.print(t)
         if explain:
             for k in report.params:
                 e = explain_param(k)
                 if e:
-                    console.print(f"\n[bold]{k}[/bold]", highlight=False)
-                    console.print(e.long, markup=False)
-            console.print()
+                    _out(f"\n[bold]{k}[/bold]")
+                    console.print(e.long, markup=False)  # paragraphs: let rich wrap them at word boundaries
+            _out()
     m = report.model
     if m is not None:
-        t = Table(title=f"Model: {m.name or 'unknown (no valid params.json)'}", title_justify="left", show_edge=False)
-        t.add_column("", style="bold")
-        t.add_column("", justify="right")
-        t.add_column("")
+        t = Table(title=f"Model: {m.name or 'unknown (no valid params.json)'}", title_justify="left", show_edge=False,
+                  show_header=False)
+        for justify in ("left", "right", "left"):
+            t.add_column("", justify=justify)  # type: ignore[arg-type]
         t.add_row("parameters", _count(m.param_count), "exact, from the shard shapes")
         if m.head_dim is not None:
             t.add_row("head_dim", str(m.head_dim), f"dim / n_heads = {m.dim} / {m.n_heads}")
         if m.ffn_hidden is not None:
             t.add_row("FFN hidden", str(m.ffn_hidden), _term_short("ffn_hidden"))
         if m.gqa_groups is not None:
-            t.add_row("GQA groups", str(m.gqa_groups),
-                      "plain multi-head attention" if m.gqa_groups == 1
+            t.add_row("GQA groups", str(m.gqa_groups), "plain multi-head attention" if m.gqa_groups == 1
                       else f"{m.n_heads} query heads share {m.n_kv_heads} key/value heads")
         if m.vocab_size is not None:
             t.add_row("vocab", str(m.vocab_size), "rows of tok_embeddings.weight")
@@ -78,7 +81,7 @@ def render(report: InspectReport, explain: bool = False) -> None:
     s = report.shards
     if s is not None:
         mp = s.expected_mp or s.mp
-        console.print(f"[bold]Shards[/bold]: {s.mp} file(s); MP {mp}: run with {mp} process(es), one GPU each")
+        _out(f"[bold]Shards[/bold]: {s.mp} file(s); MP {mp}: run with {mp} process(es), one GPU each")
         t = Table(show_edge=False)
         t.add_column("file")
         t.add_column("size", justify="right")
@@ -89,42 +92,43 @@ def render(report: InspectReport, explain: bool = False) -> None:
         verdict = "agree across shards" if s.consistent else "[red]differ between shards[/red]"
         if s.matches_params is not None:
             verdict += " and match params.json" if s.matches_params else "; [red]do not match params.json[/red]"
-        console.print(f"keys and shapes {verdict}")
+        _out(f"keys and shapes {verdict}")
         if s.split:
             by_dim: dict[str, list[str]] = {}
             for pattern, d in s.split.items():
                 short = pattern.replace("layers.*.", "").replace(".weight", "").split(".")[-1]
                 by_dim.setdefault("copied to every shard" if d is None else f"split on dim {d}", []).append(short)
-            console.print("layout: " + "; ".join(f"{k}: {' '.join(dict.fromkeys(v))}" for k, v in by_dim.items()))
+            _out("layout: " + "; ".join(f"{k}: {' '.join(dict.fromkeys(v))}" for k, v in by_dim.items()))
     tok = report.tokenizer
     if tok is not None:
         match = "" if tok.matches_embedding is None else \
             " = embedding rows" if tok.matches_embedding else " [red]!= embedding rows[/red]"
-        console.print(f"tokenizer {tok.path}: {tok.n_words} tokens{match}; bos {tok.bos_id}, eos {tok.eos_id}, "
-                      f"pad {tok.pad_id}")
+        _out(f"tokenizer {escape(tok.path)}: {tok.n_words} tokens{match}; bos {tok.bos_id}, eos {tok.eos_id}, "
+             f"pad {tok.pad_id}")
     c = report.checklist
     if c is not None:
         line = f"checklist.chk lists {len(c.listed)} file(s)"
         if c.missing:
-            line += f"; [red]missing: {', '.join(c.missing)}[/red]"
+            line += f"; [red]missing: {escape(', '.join(c.missing))}[/red]"
         if c.extra:
-            line += f"; not listed: {', '.join(c.extra)}"
+            line += f"; not listed: {escape(', '.join(c.extra))}"
         if c.verified:
             bad = [f.name for f in c.files if f.md5 is not None and not f.ok]
-            line += "; md5 " + (f"[red]differs: {', '.join(bad)}[/red]" if bad else "all match")
+            line += "; md5 " + (f"[red]differs: {escape(', '.join(bad))}[/red]" if bad else "all match")
         else:
             line += " (md5 not checked: add --verify)"
-        console.print(line)
+        _out(line)
     mem = report.memory
     if mem is not None:
-        console.print(f"[bold]Memory per GPU[/bold] (MP {mem.mp}, {mem.dtype}, batch {mem.batch}, seq {mem.seq}): "
-                      f"weights {_size(mem.weights_bytes)} + KV cache {_size(mem.kv_cache_bytes)} + overhead "
-                      f"{_size(mem.overhead_bytes)} = {_size(mem.total_bytes)}")
-        console.print(f"  {fit_summary(mem.options, mem.dtype)}"
-                      + (f"; {fit_summary(mem.options, 'int8')}" if any(o.dtype == 'int8' for o in mem.options)
-                         else ""))
+        _out(f"[bold]Memory per GPU[/bold] (MP {mem.mp}, {mem.dtype}, batch {mem.batch}, seq {mem.seq}): "
+             f"weights {_size(mem.weights_bytes)} + KV cache {_size(mem.kv_cache_bytes)} + overhead "
+             f"{_size(mem.overhead_bytes)} = {_size(mem.total_bytes)}")
+        needs = fit_summary(mem.options, mem.dtype)
+        if any(o.dtype == "int8" for o in mem.options):
+            needs += f"; {fit_summary(mem.options, 'int8')}"
+        _out(f"  {needs}", markup=False)
         for line in mem.advice:
-            console.print(f"  {line}", markup=False)
+            _out(f"  {line}", markup=False)
 
 
 def print_problems(report: InspectReport) -> None:
