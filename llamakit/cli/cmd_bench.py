@@ -1,11 +1,39 @@
-"""`llamakit bench` (placeholder until its issue lands)."""
+"""`llamakit bench`: run the standard generation benchmark and print (or --json) the figures."""
 
 from __future__ import annotations
 
-from llamakit.cli.app import app, not_yet
+import json
+from dataclasses import asdict
+
+import typer
+from rich.table import Table
+
+from llamakit.bench import BENCH_PRESETS, BenchOptions, bench
+from llamakit.cli.app import app, console
 
 
-@app.command("bench", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench_cmd() -> None:
-    """(not implemented yet)"""
-    not_yet("bench")
+@app.command("bench")
+def bench_cmd(
+    preset: str = typer.Option("7b", "--preset", help=f"Model shape: {', '.join(BENCH_PRESETS)}."),
+    params_json: str = typer.Option(None, "--params", help="Use this checkpoint's params.json shape instead."),
+    mp: int = typer.Option(1, "--mp", help="Model-parallel size (one process per GPU)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
+    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu (cpu runs a tiny shape)."),
+    prompts: int = typer.Option(128, "--prompts", help="Prompts in the workload."),
+    gen_len: int = typer.Option(256, "--gen-len", help="New tokens per prompt (EOS ignored)."),
+    batch: int = typer.Option(128, "--batch", help="Sequences decoded together (KV-cache slots)."),
+    quantize: str = typer.Option("none", "--quantize", help="none or int8 (weight-only)."),
+    plain: bool = typer.Option(False, "--plain", help="Plain path: no CUDA graphs or fused kernels."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Standard workload on random weights: generated tok/s, batch-1 tok/s, time to first token, peak memory."""
+    opts = BenchOptions(preset=preset, params_json=params_json, mp=mp, dtype=dtype, device=device, prompts=prompts,
+                        gen_len=gen_len, batch=batch, quantize=quantize, fast=not plain)
+    result = bench(opts)
+    if as_json:
+        print(json.dumps(asdict(result)))
+        return
+    table = Table(title=f"llamakit bench: {result.preset} on {result.device}", show_header=False)
+    for key, value in asdict(result).items():
+        table.add_row(key, str(value))
+    console.print(table)

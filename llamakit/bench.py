@@ -1,0 +1,254 @@
+"""`llamakit bench`: the standard throughput workload (shared benchmark definition) on random weights of a
+preset shape, built directly on the device; reports generated tok/s, batch-1 tok/s, time to first token, peak memory."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from llamakit.checkpoint.layout import expected_shapes
+from llamakit.checkpoint.params import PRESETS, ModelConfig, load_params
+from llamakit.distributed import init_model_parallel
+from llamakit.engine.api import EngineConfig, Request
+from llamakit.engine.engine import DTYPES, BatchEngine
+from llamakit.engine.runner import ModelRunner
+from llamakit.errors import LlamakitError
+from llamakit.model.kv_cache import KVCache
+from llamakit.model.linear import quantize_int8_
+from llamakit.model.llama import ColumnLinear, RowLinear, Transformer
+
+# Shapes for bench presets: the published ones plus a CPU-sized one for CI.
+BENCH_PRESETS: dict[str, ModelConfig] = {
+    "7b": PRESETS["llama-7b"], "13b": PRESETS["llama-13b"], "30b": PRESETS["llama-30b"],
+    "65b": PRESETS["llama-65b"], "70b": PRESETS["llama2-70b"],
+    "tiny": ModelConfig(dim=256, n_layers=4, n_heads=8, multiple_of=64, norm_eps=1e-6),
+}
+VOCAB = 32000
+
+
+@dataclass
+class BenchOptions:
+    preset: str = "7b"
+    params_json: str | None = None
+    mp: int = 1
+    dtype: str = "auto"
+    device: str = "auto"
+    prompts: int = 128
+    gen_len: int = 256
+    max_prompt_len: int = 480
+    batch: int = 128
+    batch1_prompts: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.9
+    quantize: str = "none"
+    fast: bool = True
+
+
+@dataclass
+class BenchResult:
+    preset: str
+    device: str
+    torch: str
+    dtype: str
+    mp: int
+    quantize: str
+    prompts: int
+    gen_len: int
+    batch: int
+    generated_tokens: int
+    seconds: float
+    tokens_per_s: float
+    batch1_tokens_per_s: float
+    ttft_ms: float
+    peak_gpu_mem_gib: float | None
+    build_s: float
+    date: str
+
+
+def standard_prompts(n: int, max_len: int = 480, vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
+    """The benchmark's prompts: length max(8, min(max_len, int(lognormvariate(log 120, 0.6)))), ids uniform in
+    [3, vocab), all drawn from one random.Random(seed) stream, prompt by prompt (length, then its ids)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = max(8, min(max_len, int(rng.lognormvariate(math.log(120), 0.6))))
+        out.append([rng.randrange(3, vocab) for _ in range(length)])
+    return out
+
+
+def random_shard(cfg: ModelConfig, vocab: int, mp: int, dtype: torch.dtype, device: torch.device,
+                 seed: int) -> dict[str, torch.Tensor]:
+    """This rank's weights, random normal(0, 0.02) (norms 1.0), generated on the device: no file, no copy."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shard = {}
+    for key, shape in expected_shapes(cfg, vocab, mp).items():
+        if key.endswith("norm.weight"):
+            shard[key] = torch.ones(shape, dtype=dtype, device=device)
+        else:
+            shard[key] = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 0.02, generator=gen)
+    return shard
+
+
+def _engine(model: Transformer, ecfg: EngineConfig, n_slots: int) -> BatchEngine:
+    from fairscale.nn.model_parallel.initialize import get_model_parallel_world_size
+
+    cfg = model.cfg
+    mp = get_model_parallel_world_size()
+    cache = KVCache(cfg.n_layers, n_slots, cfg.kv_heads // mp, ecfg.max_seq_len, cfg.head_dim, model.dtype,
+                    model.device)
+    return BatchEngine(ModelRunner(model, cache, ecfg), ecfg, eos_id=-1)  # the benchmark ignores EOS
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
+    """Build the model on this rank and run the workload (call after the process group is initialised)."""
+    from fairscale.nn.model_parallel.initialize import get_model_parallel_rank
+
+    device = torch.device("cuda", torch.cuda.current_device()) if opts.device == "cuda" else torch.device("cpu")
+    cfg = (load_params(Path(opts.params_json).parent) if opts.params_json else BENCH_PRESETS[opts.preset])
+    cfg = cfg.with_vocab(VOCAB)
+    prompts = standard_prompts(opts.prompts, opts.max_prompt_len)
+    max_seq_len = max(len(p) for p in prompts) + opts.gen_len
+    dtype = DTYPES[opts.dtype]
+    ecfg = EngineConfig(max_seq_len=max_seq_len, max_batch_size=opts.batch, dtype=opts.dtype,  # type: ignore[arg-type]
+                        device=device.type, temperature=opts.temperature, top_p=opts.top_p,  # type: ignore[arg-type]
+                        quantize=opts.quantize, fast=opts.fast)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    model = Transformer.from_shard(cfg, random_shard(cfg, VOCAB, opts.mp, dtype, device, 1234 + get_model_parallel_rank()),
+                                   max_seq_len, dtype, device)
+    if opts.quantize == "int8":
+        for m in model.modules():
+            if isinstance(m, (ColumnLinear, RowLinear)):
+                quantize_int8_(m)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    engine = _engine(model, ecfg, min(opts.batch, opts.prompts))
+    # warm-up (kernels compiled/autotuned, graphs captured at engine build) - excluded from the timing
+    list(engine.generate([Request(10_000 + i, p[:32], 8) for i, p in enumerate(prompts[: min(8, len(prompts))])]))
+    _sync(device)
+    build_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    reqs = [Request(i, p, opts.gen_len) for i, p in enumerate(prompts)]
+    _sync(device)
+    t1 = time.perf_counter()
+    generated = sum(len(c.tokens) for c in engine.generate(reqs))
+    _sync(device)
+    seconds = time.perf_counter() - t1
+
+    del engine
+    single = _engine(model, ecfg, 1)
+    list(single.generate([Request(20_000, prompts[0][:16], 4)]))  # warm-up for the batch-1 graph
+    b1_tokens, b1_time, ttft = 0, 0.0, []
+    for i, p in enumerate(prompts[: opts.batch1_prompts]):
+        _sync(device)
+        t = time.perf_counter()
+        list(single.generate([Request(30_000 + i, p, 1)]))
+        _sync(device)
+        ttft.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        b1_tokens += sum(len(c.tokens) for c in single.generate([Request(i, p, opts.gen_len)]))
+        _sync(device)
+        b1_time += time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    return BenchResult(
+        preset=opts.preset if not opts.params_json else str(opts.params_json), device=name,
+        torch=torch.__version__, dtype=opts.dtype, mp=opts.mp, quantize=opts.quantize, prompts=len(prompts),
+        gen_len=opts.gen_len, batch=opts.batch, generated_tokens=generated, seconds=round(seconds, 3),
+        tokens_per_s=round(generated / seconds, 1), batch1_tokens_per_s=round(b1_tokens / b1_time, 1),
+        ttft_ms=round(1000 * sum(ttft) / len(ttft), 1), peak_gpu_mem_gib=round(peak, 2) if peak else None,
+        build_s=round(build_s, 1), date=_dt.date.today().isoformat())
+
+
+def resolve(opts: BenchOptions) -> BenchOptions:
+    """Fill auto device/dtype, check the preset and MP, scale the CPU workload down to seconds."""
+    if opts.preset not in BENCH_PRESETS and not opts.params_json:
+        raise LlamakitError(f"unknown preset {opts.preset!r}", f"use one of: {', '.join(BENCH_PRESETS)}")
+    if opts.params_json and not Path(opts.params_json).is_file():
+        raise LlamakitError("params.json not found", "pass a checkpoint's params.json", Path(opts.params_json).resolve())
+    device = opts.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LlamakitError("--device cuda but torch sees no GPU", "run `llamakit doctor` to see why")
+    dtype = opts.dtype
+    if dtype == "auto":
+        dtype = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+    if device == "cuda" and opts.mp > torch.cuda.device_count():
+        raise LlamakitError(f"--mp {opts.mp} needs {opts.mp} GPUs, {torch.cuda.device_count()} visible",
+                            "lower --mp or make more GPUs visible (CUDA_VISIBLE_DEVICES)")
+    cfg = BENCH_PRESETS.get(opts.preset) if not opts.params_json else load_params(Path(opts.params_json).parent)
+    if cfg is not None and opts.mp not in cfg.allowed_mp(VOCAB):
+        raise LlamakitError(f"--mp {opts.mp} does not divide this shape", f"use one of {cfg.allowed_mp(VOCAB)[:8]}")
+    new = BenchOptions(**{**asdict(opts), "device": device, "dtype": dtype})
+    if device == "cpu" and opts.preset == "7b" and not opts.params_json:
+        # a 7B shape on CPU would take hours: the CPU bench is a smoke test of the same code path
+        new.preset, new.prompts, new.gen_len, new.max_prompt_len, new.batch, new.batch1_prompts = \
+            "tiny", 8, 16, 64, 8, 2
+    return new
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench(opts: BenchOptions) -> BenchResult:
+    """Run the benchmark: in this process at MP=1, through torchrun (one process per GPU) at MP>1."""
+    opts = resolve(opts)
+    if opts.mp == 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if opts.device == "cuda" else "gloo"
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        init_model_parallel(1)
+        return run_bench(opts)
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"llamakit-bench-{os.getpid()}.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={opts.mp}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "llamakit.bench", json.dumps(asdict(opts)), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise LlamakitError(f"benchmark workers failed: {tail[0][:300]}", "rerun with --debug or check `llamakit doctor`")
+    result = BenchResult(**json.loads(out.read_text()))
+    out.unlink()
+    return result
+
+
+def _worker_main() -> None:
+    """torchrun entry for MP>1: every rank builds its part; rank 0 writes the result file."""
+    import torch.distributed as dist
+
+    opts = BenchOptions(**json.loads(sys.argv[1]))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if opts.device == "cuda":
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if opts.device == "cuda" else "gloo")
+    init_model_parallel(opts.mp)
+    result = run_bench(opts)
+    if dist.get_rank() == 0:
+        Path(sys.argv[2]).write_text(json.dumps(asdict(result)))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _worker_main()
