@@ -558,10 +558,13 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
         else:
             fits_here = False
         if fits_here:
-            line = (f"fits: {mp} of {n} GPU(s) {card} hold {_gib(plan.total)} each; "
-                    f"run with torchrun --nproc_per_node {mp}")
-            if n // mp > 1:
-                line += f"; {n // mp} data-parallel copies use all {n} GPUs"
+            line = f"fits: {_gib(plan.total)} per GPU at MP {mp} on {card}; "
+            copies = n // mp
+            if copies > 1:
+                line += (f"{copies} data-parallel copies use {copies * mp} GPUs "
+                         f"(torchrun --nproc_per_node {copies * mp}; Meta's own scripts: {mp})")
+            else:
+                line += f"run with torchrun --nproc_per_node {mp}"
             advice.append(line + f"; batch up to {max_batch} fits at seq {seq}")
         else:
             if mp > n:
