@@ -218,7 +218,7 @@ class _Follower:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 data = f.read()
-        except FileNotFoundError:
+        except OSError:  # not there yet (or not a file): nothing to count
             return
         self.offset += len(data)
         self.buf += data
