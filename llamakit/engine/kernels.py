@@ -207,9 +207,10 @@ def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
                      splits: int | None = None) -> torch.Tensor:
     """Split-K decode attention on CUDA (bf16/fp16): reads keys [0, lengths[b]) only; eager elsewhere."""
-    if not (_use_triton(q) and (q.dtype in (torch.bfloat16, torch.float16) or not q.is_cuda)):
-        return decode_attention_eager(q, k, v, lengths)
     b, h, d = q.shape
+    # tl.dot needs a head dim >= 16 (tiny test models use 8) and 16-bit inputs on GPUs (fp32 would run as tf32)
+    if d < 16 or not (_use_triton(q) and (q.dtype in (torch.bfloat16, torch.float16) or not q.is_cuda)):
+        return decode_attention_eager(q, k, v, lengths)
     hkv, max_len = k.shape[1], k.shape[2]
     g = h // hkv
     if splits is None:

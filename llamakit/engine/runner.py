@@ -36,6 +36,8 @@ class ModelRunner:
     def prefill(self, seqs: list[Sequence]) -> list[int]:
         """Run whole prompts into their slots; return the first generated token of each."""
         t = max(s.prompt_len for s in seqs)
+        if self.device.type == "cuda":  # fewer distinct shapes for cuBLAS/attention: pad to a multiple of 32
+            t = min(-(-t // 32) * 32, self.cache.max_seq_len)
         tokens = torch.full((len(seqs), t), self.pad_id, dtype=torch.int64)
         for i, s in enumerate(seqs):
             tokens[i, : s.prompt_len] = torch.tensor(s.request.prompt_tokens, dtype=torch.int64)

@@ -37,6 +37,16 @@ def _skip_fairscale_init() -> Iterator[None]:
         fs_layers._initialize_affine_weight = original
 
 
+def _prefill_backends(device: torch.device):
+    """On GPUs prefer flash / memory-efficient attention: torch may pick cuDNN's, which builds a plan for
+    every new prompt length (~0.2 s each on an H100, measured with `llamakit bench`)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -109,8 +119,9 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         q, k, v = self._qkv(x, cos, sin)
         cache.write_prefill(self.layer_id, slots, k, v)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        with _prefill_backends(x.device):
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         return self.wo(o.transpose(1, 2).reshape(b, t, -1))
 
     def decode(self, x, cos, sin, cache: KVCache, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
