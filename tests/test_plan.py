@@ -160,3 +160,14 @@ def test_cli_dry_run_prints_the_plan_and_the_torchrun_command(tmp_path):
     assert "MP=1 x DP=1" in res.stdout and "backend gloo" in res.stdout and "10 to generate" in res.stdout
     assert "-m torch.distributed.run" in res.stdout and "--nproc_per_node 1" in res.stdout
     assert str(tmp_path / "demo-output.jsonl") in res.stdout and not (tmp_path / "demo-output.jsonl").exists()
+
+
+def test_resuming_an_interrupted_run_with_other_sampling_settings_is_refused(tiny_factory, tmp_path):
+    r = recipe(tmp_path, tiny_factory(), PROMPTS, temperature=0.8)
+    setup = plan_run(r, gpu_facts=([], False))
+    Path(setup.plan.run_dir).mkdir()
+    setup.plan.save(setup.plan_file)  # what an interrupted run leaves behind
+    assert plan_run(r, ["max_batch_size=2"], gpu_facts=([], False)).plan.engine["max_batch_size"] == 2
+    with pytest.raises(LlamakitError) as e:
+        plan_run(r, ["temperature=0.7", "seed=5"], gpu_facts=([], False))
+    assert "temperature 0.8 -> 0.7; seed 1 -> 5" in e.value.what and "new out_path" in e.value.fix

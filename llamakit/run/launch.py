@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,8 +35,8 @@ class Progress:
 
     done: int
     total: int  # rows this run has to write
-    tokens: int  # generated tokens in those rows
-    elapsed: float
+    tokens: int  # generated tokens counted since the first finished row (the rate ignores model loading)
+    elapsed: float  # seconds since the first finished row
     phase: str  # "loading" until the first row arrives, then "generating"
 
     @property
@@ -132,8 +133,32 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                 pending=sum(1 for t in todo if not t.skipped), already_done=len(prompts) - len(pending),
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
                 omp_threads=omp_threads(dev.nproc), master_port=free_port(), memory=mem, notes=notes)
+    check_same_settings(plan, run_dir / "plan.json")
     argv = torchrun_argv(plan, run_dir / "plan.json")
     return Setup(lr, paths, ckpt, prompts, todo, plan, argv, state.torn_bytes)
+
+
+# Settings that change the generated text: a resume must not mix them in one output file.
+TEXT_SETTINGS = ("ckpt_dir", "tokenizer_path", "prompt_path", "max_gen_len")
+TEXT_ENGINE_SETTINGS = ("max_seq_len", "temperature", "top_p", "seed", "quantize")
+
+
+def check_same_settings(plan: Plan, previous_plan: Path) -> None:
+    """An interrupted run left its plan behind: resuming it with other text-changing settings is an error."""
+    if not previous_plan.is_file():
+        return
+    try:
+        old = json.loads(previous_plan.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return
+    new = asdict(plan)
+    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in TEXT_SETTINGS if k in old and old[k] != new[k]]
+    changed += [f"{k} {old['engine'][k]!r} -> {new['engine'][k]!r}" for k in TEXT_ENGINE_SETTINGS
+                if k in old.get("engine", {}) and old["engine"][k] != new["engine"][k]]
+    if changed:
+        raise LlamakitError(f"this output belongs to an interrupted run with other settings ({'; '.join(changed)})",
+                            f"resume with the same settings, use a new out_path, or delete {previous_plan.parent} "
+                            "to continue with the new settings", plan.out_path)
 
 
 # ---------------------------------------------------------------- locks, run folder
@@ -245,6 +270,21 @@ def _log_to(path: Path) -> logging.Handler:
     return handler
 
 
+def _stop(proc: subprocess.Popen, plan: Plan, why: str) -> LlamakitError:
+    """Stop torchrun (it stops its workers), wait for it, and say how to resume."""
+    log.info("%s: stopping the workers", why)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except ProcessLookupError:
+        pass
+    return LlamakitError(f"{why}; the rows written so far are kept", "re-run the same command to resume",
+                         plan.out_path)
+
+
 def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0.5) -> int:
     """Start torchrun for the plan, follow the output until it exits; returns torchrun's exit code."""
     plan = setup.plan
@@ -252,33 +292,44 @@ def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0
     env = worker_env(plan)
     start = time.monotonic()
     last_log = start
+    first: tuple[float, int] | None = None
+    stopped: list[str] = []
+
+    def on_term(signum: int, frame: object) -> None:  # `kill PID` of the launcher must not orphan the workers
+        stopped.append(signal.Signals(signum).name)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     with open(plan.log_path, "ab") as logf:  # torchrun's and the workers' own output goes to the log only
         proc = subprocess.Popen(setup.argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
         try:
             while True:
+                if stopped:
+                    raise _stop(proc, plan, f"stopped by {stopped[0]}")
                 rc = proc.poll()
                 follower.poll()
                 now = time.monotonic()
-                prog = Progress(follower.rows, plan.pending, follower.tokens, now - start,
-                                "generating" if follower.rows else "loading")
+                if follower.rows and first is None:
+                    first = (now, follower.tokens)
+                # the rate counts from the first finished row, so model loading does not dilute it
+                prog = Progress(follower.rows, plan.pending, follower.tokens - (first[1] if first else 0),
+                                now - first[0] if first else 0.0, "generating" if follower.rows else "loading")
                 if on_progress:
                     on_progress(prog)
                 if now - last_log >= 30 or (rc is not None and follower.rows):
-                    log.info("progress: %d/%d rows, %d tokens, %.1f tok/s", prog.done, prog.total, prog.tokens,
+                    log.info("progress: %d/%d rows, %d tokens, %.1f tok/s", prog.done, prog.total, follower.tokens,
                              prog.tok_per_s)
                     last_log = now
                 if rc is not None:
                     return rc
                 time.sleep(poll_s)
-        except KeyboardInterrupt:
-            log.info("interrupted (Ctrl-C): stopping the workers")
-            try:
-                proc.wait(timeout=30)  # torchrun got the same SIGINT and stops its workers
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            raise LlamakitError("interrupted; the rows written so far are kept",
-                                "re-run the same command to resume", plan.out_path) from None
+        except KeyboardInterrupt:  # Ctrl-C: torchrun got the same SIGINT from the terminal
+            raise _stop(proc, plan, "interrupted (Ctrl-C)") from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def execute(setup: Setup, on_progress: ProgressFn | None = None) -> Summary:
