@@ -149,3 +149,18 @@ def test_docs_table_lists_every_key():
     for key in KEYS:
         assert f"`{key}`" in doc, key
     assert set(KEYS) == set(Recipe.model_fields)
+
+
+def test_output_that_would_overwrite_the_prompts_or_a_folder_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = recipe_file(tmp_path, BASE.replace("out.jsonl", "p.jsonl"))
+    with pytest.raises(LlamakitError) as e:
+        resolve_paths(load_recipe(p))
+    assert e.value.line == 3 and "same file as prompt_path" in e.value.what
+    (tmp_path / "outdir").mkdir()
+    p = recipe_file(tmp_path, BASE.replace("out.jsonl", "outdir"))
+    with pytest.raises(LlamakitError, match="is a folder"):
+        resolve_paths(load_recipe(p))
+    p = recipe_file(tmp_path, BASE + "logging_path: out.jsonl\n")
+    with pytest.raises(LlamakitError, match="'logging_path' is the same file as out_path"):
+        resolve_paths(load_recipe(p))

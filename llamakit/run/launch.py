@@ -359,6 +359,8 @@ def execute(setup: Setup, on_progress: ProgressFn | None = None) -> Summary:
             rc = 0
             if plan.pending:
                 _write_work(setup)
+                plan.master_port = free_port()  # fresh: the one picked while planning may be taken by now
+                setup.argv = torchrun_argv(plan, setup.plan_file)
                 setup.plan_file.write_text(json.dumps(asdict(plan), ensure_ascii=False, indent=1), encoding="utf-8")
                 log.info("starting %d processes: %s", plan.nproc, " ".join(setup.argv))
                 rc = spawn(setup, on_progress)

@@ -322,19 +322,37 @@ class RunPaths:
     run_dir: Path  # `.<out name>.llamakit/` next to out_path: plan, work list, per-rank errors, locks
 
 
+def check_writable(lr: LoadedRecipe, key: str, path: Path) -> None:
+    """An output file must be a file (or not exist yet) in a folder we can create and write."""
+    place, line = lr.where(key)
+    if path.is_dir():
+        raise LlamakitError(f"key '{key}': {path} is a folder", "give a file name, e.g. generated.jsonl", place, line)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise LlamakitError(f"key '{key}': cannot write {path} (no write permission in {folder})",
+                            "choose a path in a folder you can write to", place, line)
+
+
 def resolve_paths(lr: LoadedRecipe) -> RunPaths:
     """Resolve the recipe's paths (relative ones against the current working directory)."""
     r = lr.recipe
     out = resolve_path(lr, "out_path", r.out_path)
     log = resolve_path(lr, "logging_path", r.logging_path) if r.logging_path else out.with_suffix(".log")
-    if log == out:
-        place, line = lr.where("logging_path")
-        raise LlamakitError("key 'logging_path' is the same file as out_path",
-                            "use another file name, e.g. run.log", place, line)
+    prompts = resolve_path(lr, "prompt_path", r.prompt_path)
+    for key, path, other, other_key in (("logging_path", log, out, "out_path"), ("out_path", out, prompts, "prompt_path"),
+                                        ("logging_path", log, prompts, "prompt_path")):
+        if path == other:
+            place, line = lr.where(key)
+            raise LlamakitError(f"key '{key}' is the same file as {other_key} ({path})",
+                                "write the output and the log to files of their own", place, line)
+    for key, path in (("out_path", out), ("logging_path", log)):
+        check_writable(lr, key, path)
     return RunPaths(
         ckpt_dir=resolve_path(lr, "ckpt_dir", r.ckpt_dir),
         tokenizer_path=resolve_path(lr, "tokenizer_path", r.tokenizer_path) if r.tokenizer_path else None,
-        prompt_path=resolve_path(lr, "prompt_path", r.prompt_path),
+        prompt_path=prompts,
         out_path=out,
         log_path=log,
         run_dir=out.parent / f".{out.name}.llamakit",
