@@ -25,8 +25,7 @@ from llamakit.engine.engine import DTYPES, BatchEngine
 from llamakit.engine.runner import ModelRunner
 from llamakit.errors import LlamakitError
 from llamakit.model.kv_cache import KVCache
-from llamakit.model.linear import quantize_int8_
-from llamakit.model.llama import ColumnLinear, RowLinear, Transformer
+from llamakit.model.llama import Transformer
 
 # Shapes for bench presets: the published ones plus a CPU-sized one for CI.
 BENCH_PRESETS: dict[str, ModelConfig] = {
@@ -74,6 +73,8 @@ class BenchResult:
     peak_gpu_mem_gib: float | None
     build_s: float
     date: str
+    int8_logit_rel_err: float | None = None  # ||int8 - 16bit|| / ||16bit|| of prefill logits, same weights
+    int8_top1_agreement: float | None = None  # share of positions where both pick the same next token
 
 
 def standard_prompts(n: int, max_len: int = 480, vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
@@ -128,13 +129,13 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     ecfg = EngineConfig(max_seq_len=max_seq_len, max_batch_size=opts.batch, dtype=opts.dtype,  # type: ignore[arg-type]
                         device=device.type, temperature=opts.temperature, top_p=opts.top_p,  # type: ignore[arg-type]
                         quantize=opts.quantize, fast=opts.fast)  # type: ignore[arg-type]
-    t0 = time.perf_counter()
-    model = Transformer.from_shard(cfg, random_shard(cfg, VOCAB, opts.mp, dtype, device, 1234 + get_model_parallel_rank()),
-                                   max_seq_len, dtype, device)
+    seed = 1234 + get_model_parallel_rank()
+    quality = (None, None)
     if opts.quantize == "int8":
-        for m in model.modules():
-            if isinstance(m, (ColumnLinear, RowLinear)):
-                quantize_int8_(m)
+        quality = int8_quality(cfg, opts.mp, dtype, device, seed, prompts[:4])
+    t0 = time.perf_counter()
+    model = Transformer.from_shard(cfg, random_shard(cfg, VOCAB, opts.mp, dtype, device, seed),
+                                   max_seq_len, dtype, device, opts.quantize)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     engine = _engine(model, ecfg, min(opts.batch, opts.prompts))
@@ -174,7 +175,39 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         gen_len=opts.gen_len, batch=opts.batch, generated_tokens=generated, seconds=round(seconds, 3),
         tokens_per_s=round(generated / seconds, 1), batch1_tokens_per_s=round(b1_tokens / b1_time, 1),
         ttft_ms=round(1000 * sum(ttft) / len(ttft), 1), peak_gpu_mem_gib=round(peak, 2) if peak else None,
-        build_s=round(build_s, 1), date=_dt.date.today().isoformat())
+        build_s=round(build_s, 1), date=_dt.date.today().isoformat(),
+        int8_logit_rel_err=quality[0], int8_top1_agreement=quality[1])
+
+
+def _logits_all_positions(model: Transformer, prompts: list[list[int]]) -> torch.Tensor:
+    """Logits at every position of each prompt (prefill into a scratch cache), concatenated [sum(T), V]."""
+    out = []
+    for p in prompts:
+        cache = KVCache(model.cfg.n_layers, 1, model.layers[0].attention.n_kv, len(p), model.cfg.head_dim,
+                        model.dtype, model.device)
+        tokens = torch.tensor([p], device=model.device)
+        for t in range(1, len(p) + 1):  # logits of prefix t (the prefill API returns the last position only)
+            if t % max(1, len(p) // 8) == 0 or t == len(p):
+                out.append(model.prefill(tokens[:, :t], torch.tensor([t], device=model.device),
+                                         torch.tensor([0], device=model.device), cache))
+    return torch.cat(out)
+
+
+def int8_quality(cfg: ModelConfig, mp: int, dtype: torch.dtype, device: torch.device, seed: int,
+                 prompts: list[list[int]]) -> tuple[float, float]:
+    """Compare int8 and 16-bit logits of the same random weights on the same prompts."""
+    ref_model = Transformer.from_shard(cfg, random_shard(cfg, VOCAB, mp, dtype, device, seed), 1024, dtype, device)
+    ref = _logits_all_positions(ref_model, prompts)
+    del ref_model
+    q_model = Transformer.from_shard(cfg, random_shard(cfg, VOCAB, mp, dtype, device, seed), 1024, dtype, device,
+                                     "int8")
+    got = _logits_all_positions(q_model, prompts)
+    del q_model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    rel = ((got - ref).norm() / ref.norm()).item()
+    agree = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    return round(rel, 5), round(agree, 4)
 
 
 def resolve(opts: BenchOptions) -> BenchOptions:

@@ -67,3 +67,13 @@ def test_fast_engine_matches_plain_engine_on_gpu(tiny_factory, mp1_group):
     assert outs[(True, "fp32")] == outs[(False, "fp32")]
     first = [outs[(True, "bf16")][k][:2] == outs[(False, "fp32")][k][:2] for k in outs[(False, "fp32")]]
     assert sum(first) >= len(first) - 2
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 12288, 4096), (64, 4096, 11008), (200, 22016, 4096)])
+def test_int8_matmul_bf16(m, n, k):
+    from llamakit.model.linear import quantize_int8
+
+    torch.manual_seed(0)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    q, s = quantize_int8(torch.randn(n, k, device="cuda") * 0.02)
+    assert _rel(K.int8_matmul(x, q, s), K.int8_matmul_eager(x.float(), q, s)) < 1e-2

@@ -42,9 +42,11 @@ def _engine_outputs(ckpt: Path, batch: int, temperature: float = 0.0) -> dict[in
     return {c.request.key: (c.tokens, c.finish_reason) for c in engine.generate(reqs)}
 
 
-def _torchrun_outputs(ckpt: Path, nproc: int, tmp_path: Path) -> dict[int, tuple[list[int], str]]:
+def _torchrun_outputs(ckpt: Path, nproc: int, tmp_path: Path,
+                      config: dict | None = None) -> dict[int, tuple[list[int], str]]:
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"config": {"max_seq_len": 128, "max_batch_size": 3}, "max_gen_len": GEN,
+    config = config or {"max_seq_len": 128, "max_batch_size": 3}
+    spec.write_text(json.dumps({"config": config, "max_gen_len": GEN,
                                 "prompts": _prompts(ckpt)}))
     out = tmp_path / "out.json"
     with socket.socket() as s:

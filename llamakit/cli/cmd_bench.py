@@ -8,13 +8,14 @@ from dataclasses import asdict
 import typer
 from rich.table import Table
 
-from llamakit.bench import BENCH_PRESETS, BenchOptions, bench
 from llamakit.cli.app import app, console
+
+PRESET_NAMES = "7b, 13b, 30b, 65b, 70b, tiny"  # llamakit.bench.BENCH_PRESETS, without importing torch for --help
 
 
 @app.command("bench")
 def bench_cmd(
-    preset: str = typer.Option("7b", "--preset", help=f"Model shape: {', '.join(BENCH_PRESETS)}."),
+    preset: str = typer.Option("7b", "--preset", help=f"Model shape: {PRESET_NAMES}."),
     params_json: str = typer.Option(None, "--params", help="Use this checkpoint's params.json shape instead."),
     mp: int = typer.Option(1, "--mp", help="Model-parallel size (one process per GPU)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
@@ -27,6 +28,8 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Standard workload on random weights: generated tok/s, batch-1 tok/s, time to first token, peak memory."""
+    from llamakit.bench import BenchOptions, bench
+
     opts = BenchOptions(preset=preset, params_json=params_json, mp=mp, dtype=dtype, device=device, prompts=prompts,
                         gen_len=gen_len, batch=batch, quantize=quantize, fast=not plain)
     result = bench(opts)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from llamakit.checkpoint.tiny import STYLES, make_tiny
 from llamakit.cli.app import app, console
+
+STYLES = ("llama1", "llama2", "llama2-gqa")  # kept here so `--help` does not import torch
 
 
 @app.command("make-tiny")
@@ -18,5 +19,7 @@ def make_tiny_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
 ) -> None:
     """Write a tiny random-weight checkpoint in exact Meta format (seconds on CPU, no download)."""
+    from llamakit.checkpoint.tiny import make_tiny
+
     path = make_tiny(out_dir, mp=mp, style=style, seed=seed)
     console.print(f"wrote tiny {style} checkpoint, MP={mp}: {path}")

@@ -12,8 +12,7 @@ from llamakit.engine.api import Completion, EngineConfig, Request
 from llamakit.engine.runner import ModelRunner
 from llamakit.engine.scheduler import Scheduler
 from llamakit.model.kv_cache import KVCache
-from llamakit.model.linear import quantize_int8_
-from llamakit.model.llama import ColumnLinear, RowLinear, Transformer, model_parallel_info
+from llamakit.model.llama import Transformer, model_parallel_info
 
 log = logging.getLogger("llamakit.engine")
 
@@ -73,12 +72,8 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -
     dtype = DTYPES[cfg.dtype]
     model_cfg = ckpt.config.with_vocab(ckpt.vocab_rows)
     shard = ckpt.load(rank)
-    model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device)
+    model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize)
     del shard
-    if cfg.quantize == "int8":
-        for m in model.modules():
-            if isinstance(m, (ColumnLinear, RowLinear)):
-                quantize_int8_(m)
     n_kv_local = model_cfg.kv_heads // mp_size
     slots = _kv_slots(cfg, model_cfg, n_kv_local, dtype, device)
     cache = KVCache(model_cfg.n_layers, slots, n_kv_local, cfg.max_seq_len, model_cfg.head_dim, dtype, device)
