@@ -155,7 +155,7 @@ def test_cli_errors_are_one_line_and_start_nothing(tiny_factory, tmp_path):
 
 
 def test_cli_dry_run_prints_the_plan_and_the_torchrun_command(tmp_path):
-    res = cli(tmp_path, "demo", "--dry-run", "--nproc", "1")
+    res = cli(tmp_path, "demo", "--dry-run", "--nproc", "1", "--set", "device=cpu")
     assert res.returncode == 0, res.stderr
     assert "MP=1 x DP=1" in res.stdout and "backend gloo" in res.stdout and "10 to generate" in res.stdout
     assert "-m torch.distributed.run" in res.stdout and "--nproc_per_node 1" in res.stdout
@@ -171,3 +171,19 @@ def test_resuming_an_interrupted_run_with_other_sampling_settings_is_refused(tin
     with pytest.raises(LlamakitError) as e:
         plan_run(r, ["temperature=0.7", "seed=5"], gpu_facts=([], False))
     assert "temperature 0.8 -> 0.7; seed 1 -> 5" in e.value.what and "new out_path" in e.value.fix
+
+
+def test_missing_checkpoint_tokenizer_and_prompts_show_the_resolved_path(tiny_factory, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = recipe(tmp_path, Path("models/13B"), PROMPTS)
+    with pytest.raises(LlamakitError) as e:
+        plan_run(r, gpu_facts=([], False))
+    assert e.value.where == str(tmp_path / "models/13B") and "does not exist" in e.value.what
+    r = recipe(tmp_path, tiny_factory(), PROMPTS, tokenizer_path="tok/tokenizer.model")
+    with pytest.raises(LlamakitError) as e:
+        plan_run(r, gpu_facts=([], False))
+    assert e.value.where == str(tmp_path / "tok/tokenizer.model") and "tokenizer file does not exist" in e.value.what
+    r = recipe(tmp_path, tiny_factory(), PROMPTS, prompt_path="data/prompts.jsonl")
+    with pytest.raises(LlamakitError) as e:
+        plan_run(r, gpu_facts=([], False))
+    assert e.value.where == str(tmp_path / "data/prompts.jsonl") and "prompt file does not exist" in e.value.what

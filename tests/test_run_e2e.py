@@ -37,14 +37,14 @@ def prompt_line(i: int) -> str:
 
 @pytest.fixture(scope="module")
 def world(tiny_factory, tmp_path_factory):
-    """A working folder with 60 prompts and a recipe writer for the tiny MP=1 / MP=2 checkpoints."""
+    """A working folder with 60 prompts and a recipe writer for the tiny MP=1 / MP=2 checkpoints (CPU, gloo)."""
     root = tmp_path_factory.mktemp("run")
     (root / "prompts.jsonl").write_text("".join(prompt_line(i) + "\n" for i in range(N)), encoding="utf-8")
 
     def recipe(name: str, mp: int = 1, **keys: object) -> Path:
         body = {"ckpt_dir": str(tiny_factory("llama2", mp)), "prompt_path": str(root / "prompts.jsonl"),
                 "out_path": str(root / f"{name}.jsonl"), "max_seq_len": 96, "max_gen_len": 12, "max_batch_size": 4,
-                "temperature": 0, "on_long_prompt": "truncate", **keys}
+                "temperature": 0, "on_long_prompt": "truncate", "device": "cpu", **keys}
         p = root / f"{name}.yaml"
         p.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in body.items()), encoding="utf-8")
         return p

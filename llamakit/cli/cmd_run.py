@@ -30,7 +30,7 @@ def run_cmd(
     if dry_run:
         for line in describe(setup.plan, setup.argv):
             console.print(line, markup=False, soft_wrap=True)
-        console.print("(dry run: nothing started; the plan file is written when the run starts)", style="dim")
+        console.print("(dry run: nothing started; the run writes the plan file and picks a fresh free port)", style="dim")
         return
     console.print(f"llamakit run: {setup.plan.pending} prompts to generate, {setup.plan.already_done} already done; "
                   f"MP={setup.plan.mp} x DP={setup.plan.dp} on {setup.plan.device} ({setup.plan.dtype}); "
