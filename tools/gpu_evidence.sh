@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Evidence on a GPU machine (the device tool), from a checkout with PYTHONPATH set (no install needed):
+#   GPU tests, llamakit bench (bf16 and int8), doctor --json, inspect of a full-size 7B-shaped checkpoint written
+#   to disk, and llamakit run end to end on it (kill -9 + resume). Writes its logs and JSON into $OUT (or ./gpu-out).
+# Usage: bash tools/gpu_evidence.sh [all|tests|bench|doctor|run]
+set -u
+OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
+export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
+what=${1:-all}
+step() { echo; echo "=== $* ($(date +%T))"; }
+if [[ $what == all || $what == tests ]]; then
+  step "GPU tests"; python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5
+fi
+if [[ $what == all || $what == bench ]]; then
+  step "bench 7b bf16"; python3 -m llamakit bench --json > "$OUT/bench-7b-bf16.json" 2> "$OUT/bench-7b-bf16.err"; cat "$OUT/bench-7b-bf16.json"
+  step "bench 7b int8"; python3 -m llamakit bench --quantize int8 --json > "$OUT/bench-7b-int8.json" 2> "$OUT/bench-7b-int8.err"; cat "$OUT/bench-7b-int8.json"
+fi
+if [[ $what == all || $what == doctor ]]; then
+  step "doctor"; python3 -m llamakit make-tiny /tmp/tiny >/dev/null
+  python3 -m llamakit doctor --json --ckpt-dir /tmp/tiny > "$OUT/doctor.json"; echo "doctor --json rc=$?"
+  python3 -m llamakit doctor --ckpt-dir /tmp/tiny --report "$OUT/doctor-report.txt" > "$OUT/doctor.txt" 2>&1; echo "doctor rc=$?"
+  cat "$OUT/doctor.txt"
+fi
+if [[ $what == all || $what == run ]]; then
+  step "write a 7B-shaped MP=1 checkpoint (vocab of the tiny tokenizer) to disk"
+  rm -rf /tmp/ck7b && python3 - <<'PY'
+import time
+from llamakit.checkpoint.params import PRESETS
+from llamakit.checkpoint.synth import write_random_checkpoint
+import shutil
+t = time.time()
+cfg = PRESETS["llama-7b"].with_vocab(512)
+write_random_checkpoint("/tmp/ck7b", cfg, mp=1, dtype="bf16", vocab=512, device="cuda")
+shutil.copy("/tmp/tiny/tokenizer.model", "/tmp/ck7b/tokenizer.model")
+print(f"written in {time.time() - t:.1f} s")
+PY
+  du -sh /tmp/ck7b
+  step "inspect (no --verify)"; /usr/bin/time -f "inspect wall %e s, max RSS %M KB" python3 -m llamakit inspect /tmp/ck7b 2>&1 | tail -25
+  python3 -m llamakit inspect /tmp/ck7b --json > "$OUT/inspect-7b.json"
+  step "run: 7B-shaped MP=1 end to end, killed, resumed"
+  python3 - <<'PY'
+import json
+src = [json.loads(l) for l in open("llamakit/assets/demo-prompts.jsonl", encoding="utf-8")]
+with open("/tmp/prompts.jsonl", "w", encoding="utf-8") as f:
+    for i in range(400):
+        r = dict(src[i % len(src)]); r["id"] = f"p{i:04d}"
+        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+PY
+  cat > /tmp/r7b.yaml <<'Y'
+ckpt_dir: /tmp/ck7b
+prompt_path: /tmp/prompts.jsonl
+out_path: /tmp/out7b.jsonl
+logging_path: /tmp/out7b.log
+max_seq_len: 512
+max_gen_len: 128
+max_batch_size: 64
+temperature: 0.8
+top_p: 0.95
+Y
+  rm -f /tmp/out7b.jsonl; python3 -m llamakit run /tmp/r7b.yaml --dry-run 2>&1 | tail -14
+  setsid python3 -m llamakit run /tmp/r7b.yaml > "$OUT/run-first.txt" 2>&1 & pid=$!
+  for i in $(seq 1 120); do sleep 1; n=$(wc -l < /tmp/out7b.jsonl 2>/dev/null || echo 0); [[ $n -ge 100 ]] && break; done
+  kill -9 -- -$pid 2>/dev/null; sleep 2; pkill -9 -f llamakit.run.worker; sleep 1
+  echo "killed after $(wc -l < /tmp/out7b.jsonl) rows"
+  python3 -m llamakit run /tmp/r7b.yaml > "$OUT/run-resume.txt" 2>&1; echo "resume rc=$?"; tail -6 "$OUT/run-resume.txt"
+  python3 - <<'PY'
+import json, collections
+rows = [json.loads(l) for l in open("/tmp/out7b.jsonl", encoding="utf-8")]
+c = collections.Counter(r["id"] for r in rows)
+print("rows", len(rows), "unique ids", len(c), "duplicates", sum(v > 1 for v in c.values()),
+      "missing", 400 - len(c), "finish", collections.Counter(r["finish_reason"] for r in rows))
+PY
+  cp /tmp/out7b.log "$OUT/run-7b.log"
+fi
