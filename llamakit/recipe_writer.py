@@ -1,0 +1,398 @@
+"""`llamakit new-recipe`: a commented recipe sized from the checkpoint, the prompt file and the GPUs found here.
+
+A student should never start from an empty file: every key is written with a plain-words comment (the texts of
+checks/explain.yaml where a glossary term exists, else the recipe key's own meaning from llamakit.run.recipe) and
+a note on why the value was chosen. max_seq_len comes from the longest prompt (tokenized) + max_gen_len,
+max_batch_size from llamakit.memory on the GPUs found (or a small batch on the CPU).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llamakit.errors import LlamakitError
+from llamakit.gpus import GpuInfo
+
+GiB = 1024**3
+SEQ_STEP = 64  # max_seq_len is rounded up to a multiple of this
+BATCH_CAP = 128  # more sequences per step rarely pays on one 48 GB card; the comment says how to go higher
+CPU_BATCH = 8  # on the CPU a small batch already uses every core
+BIG_FOR_CPU = 1_000_000_000  # parameters above which a CPU run is hopeless (minutes per token)
+# Longest text each published family was trained on: longer sequences work but get worse.
+TRAINED_CONTEXT = {"LLaMA-1": 2048, "Llama-2": 4096}
+# Meta's example values: some variety, still on topic.
+TEMPERATURE, TOP_P = 0.6, 0.9
+
+
+@dataclass(frozen=True)
+class Target:
+    """The GPUs the recipe is sized for: the ones found here, or ones described with --gpus (e.g. 2x48)."""
+
+    gpus: tuple[GpuInfo, ...]
+    cuda_ok: bool  # PyTorch here can use them (always true for described GPUs)
+    described: bool = False  # from --gpus NxMEM, not from this machine
+
+    def label(self) -> str:
+        if not self.gpus:
+            return "the CPU (no GPU found)" if not self.described else "the CPU"
+        names: dict[str, int] = {}
+        for g in self.gpus:
+            names[g.name] = names.get(g.name, 0) + 1
+        what = ", ".join(f"{n}x {name} ({g_total(self.gpus, name) / GiB:.0f} GiB)" for name, n in names.items())
+        return what + (" (described with --gpus)" if self.described else "")
+
+
+def g_total(gpus: tuple[GpuInfo, ...], name: str) -> int:
+    return min(g.total_bytes for g in gpus if g.name == name)
+
+
+def parse_gpus(spec: str, gpu_facts: tuple[list[GpuInfo], bool] | None = None) -> Target:
+    """--gpus: `auto` (those found here), `cpu`, `N` (the first N found here) or `NxMEM` (N GPUs of MEM GB)."""
+    text = spec.strip().lower()
+    m = re.fullmatch(r"(\d+)\s*x\s*(\d+(?:\.\d+)?)\s*(gb|gib|g)?", text)
+    if m:
+        n, mem = int(m.group(1)), float(m.group(2))
+        if n < 1 or mem <= 0:
+            raise LlamakitError(f"--gpus {spec}: needs at least one GPU with some memory",
+                                "write it like --gpus 2x48 (two GPUs of 48 GB)", "command line")
+        return Target(tuple(GpuInfo(i, f"GPU of {m.group(2)} GB", int(mem * GiB), int(mem * GiB), (8, 0))
+                            for i in range(n)), True, described=True)
+    if text == "cpu" or text == "0":
+        return Target((), False, described=True)
+    if text != "auto" and not text.isdigit():
+        raise LlamakitError(f"--gpus {spec!r} is not understood",
+                            "use auto (the GPUs found here), cpu, a number (use that many of them) or a "
+                            "description such as 2x48 (two GPUs of 48 GB)", "command line")
+    if gpu_facts is None:
+        from llamakit.run.plan import cuda_facts
+        gpu_facts = cuda_facts()
+    found, cuda_ok = list(gpu_facts[0]), gpu_facts[1]
+    if text.isdigit():
+        n = int(text)
+        if n > len(found):
+            raise LlamakitError(f"--gpus {n}: only {len(found)} GPU(s) found here",
+                                f"use --gpus auto, --gpus {len(found) or 'cpu'}, or describe the server's GPUs, "
+                                "e.g. --gpus 2x48", "command line")
+        found = found[:n]
+    return Target(tuple(found), cuda_ok)
+
+
+@dataclass
+class RecipePlan:
+    """Every value new-recipe writes and the reason for it (the reasons become the recipe's comments)."""
+
+    ckpt_value: str  # as the user wrote it (builtin:demo or a path)
+    ckpt_path: Path
+    model: str  # "LLaMA-1 13B", "custom", ...
+    mp: int
+    params: int
+    tokenizer_value: str | None  # None: found inside ckpt_dir, left out of the recipe
+    tokenizer_path: Path
+    prompt_value: str
+    prompt_path: Path
+    prompt_field: str
+    id_field: str
+    n_prompts: int
+    longest: int  # tokens of the longest prompt, bos included
+    longest_line: int
+    out_value: str
+    log_value: str
+    max_gen_len: int
+    max_seq_len: int
+    on_long_prompt: str
+    n_long: int  # prompts cut by on_long_prompt: truncate
+    max_batch_size: int
+    quantize: str
+    target: Target
+    dp: int
+    device: str  # what device: auto will pick for this target: cuda or cpu
+    fits_batch: int  # the largest batch the memory plan allows (0 on the CPU)
+    per_gpu: str  # memory estimate per GPU at the chosen values ("" on the CPU)
+    notes: list[str] = field(default_factory=list)  # warnings for the terminal and the recipe's head
+
+
+def _resolve_builtin(key: str, value: str) -> Path:
+    """`builtin:NAME` -> the shipped data (the same table `llamakit run` uses), else the path itself."""
+    from llamakit.run.recipe import BUILTIN, BUILTINS
+
+    if value.startswith(BUILTIN):
+        name = value[len(BUILTIN):]
+        table = BUILTINS.get(key, {})
+        if name not in table:
+            known = ", ".join(BUILTIN + n for n in table) or "none"
+            raise LlamakitError(f"unknown built-in {value!r}", f"use one of: {known}, or a path", "command line")
+        return Path(table[name]()).resolve()
+    return Path(value).expanduser().resolve()
+
+
+def round_up(n: int, step: int = SEQ_STEP) -> int:
+    return max(step, math.ceil(n / step) * step)
+
+
+def _trained_context(model: str) -> int | None:
+    for family, ctx in TRAINED_CONTEXT.items():
+        if model.startswith(family):
+            return ctx
+    return None
+
+
+def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | None = None, gpus: str = "auto",
+                max_gen_len: int = 256, tokenizer: str | None = None, prompt_field: str = "prompt",
+                id_field: str = "id", gpu_facts: tuple[list[GpuInfo], bool] | None = None) -> RecipePlan:
+    """Read the checkpoint (shapes only), the prompts (tokenized) and the GPUs, and choose every recipe value."""
+    from llamakit.checkpoint.params import identify
+    from llamakit.checkpoint.shards import open_checkpoint
+    from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory
+    from llamakit.run.prompts import read_prompts
+    from llamakit.tokenizer import Tokenizer, find_tokenizer
+
+    if max_gen_len < 1:
+        raise LlamakitError(f"--max-gen-len {max_gen_len} is too small", "use a number of new tokens >= 1, e.g. 256",
+                            "command line")
+    recipe_path = Path(recipe_path)
+    ckpt_path = _resolve_builtin("ckpt_dir", ckpt)
+    c = open_checkpoint(ckpt_path)
+    model = "the built-in demo model (random weights)" if ckpt.startswith("builtin:") else identify(c.config)
+    params = c.config.with_vocab(c.vocab_rows).param_count()
+    if tokenizer:
+        tok_path = Path(tokenizer).expanduser()
+        tok_value: str | None = tokenizer
+    else:
+        tok_path = find_tokenizer(ckpt_path)
+        tok_value = None if tok_path.resolve().parent == ckpt_path else str(tok_path.resolve())
+    tok = Tokenizer(tok_path)
+    if tok.n_words != c.vocab_rows:
+        raise LlamakitError(f"tokenizer has {tok.n_words} tokens but the checkpoint's embedding has {c.vocab_rows} "
+                            "rows", "use the tokenizer.model that came with this checkpoint (--tokenizer FILE)",
+                            tok_path.resolve())
+    prompt_path = _resolve_builtin("prompt_path", prompts)
+    items = read_prompts(prompt_path, prompt_field, id_field)
+    lengths = [len(ids) + 1 for ids in tok.sp.encode([p.text for p in items])]  # + bos, as the run feeds them
+    longest = max(lengths)
+    longest_line = items[lengths.index(longest)].line
+
+    notes: list[str] = []
+    ctx = _trained_context(model)
+    max_seq_len, on_long, n_long = round_up(longest + max_gen_len), "error", 0
+    if ctx and max_seq_len > ctx:
+        if max_gen_len >= ctx // 2:
+            raise LlamakitError(f"--max-gen-len {max_gen_len} leaves little room for prompts in the {ctx} tokens "
+                                f"{model} was trained on", f"use a smaller --max-gen-len (e.g. {ctx // 4})",
+                                "command line")
+        max_seq_len, on_long = ctx, "truncate"
+        n_long = sum(1 for n in lengths if n > ctx - max_gen_len)
+        if n_long:
+            notes.append(f"{n_long} prompt(s) are longer than {ctx - max_gen_len} tokens (the {ctx} tokens {model} "
+                         f"was trained on minus max_gen_len {max_gen_len}): on_long_prompt: truncate keeps their "
+                         "beginning")
+
+    target = parse_gpus(gpus, gpu_facts)
+    n, mp = len(target.gpus), c.mp
+    quantize, fits_batch, per_gpu = "none", 0, ""
+    if n:
+        if n < mp:
+            raise LlamakitError(f"this checkpoint has MP={mp} shards and needs {mp} GPUs for one copy, but the recipe "
+                                f"is for {n} GPU(s) ({target.label()})",
+                                f"reshard it first: llamakit reshard {ckpt_path} ~/llama/{ckpt_path.name}-mp{n} --mp "
+                                f"{n}, then run new-recipe with that folder", str(ckpt_path))
+        dp = n // mp
+        gpu_bytes = min(g.total_bytes for g in target.gpus[: mp * dp])
+        fits_batch = max_batch_that_fits(c.config, c.vocab_rows, mp, "bf16", max_seq_len, gpu_bytes, cap=4096)
+        if fits_batch == 0:
+            fits_batch = max_batch_that_fits(c.config, c.vocab_rows, mp, "int8", max_seq_len, gpu_bytes, cap=4096)
+            if fits_batch == 0:
+                w = plan_memory(c.config, c.vocab_rows, mp, "int8", 1, max_seq_len)
+                more = (f"reshard to MP={n} to spread it over all {n} GPUs: llamakit reshard {ckpt_path} "
+                        f"~/llama/{ckpt_path.name}-mp{n} --mp {n}" if n > mp else
+                        "use a machine with more or larger GPUs")
+                raise LlamakitError(f"{model} at MP={mp} does not fit {fmt_gib(gpu_bytes)} per GPU even with int8 "
+                                    f"weights ({fmt_gib(w.total)} at batch 1, max_seq_len {max_seq_len})", more,
+                                    str(ckpt_path))
+            quantize = "int8"
+            notes.append(f"the bf16 weights do not fit {fmt_gib(gpu_bytes)} per GPU at MP={mp}: the recipe uses "
+                         "quantize: int8 (about half the weight memory, slightly different text)")
+        per_replica = math.ceil(len(items) / dp)
+        batch = max(1, min(fits_batch, BATCH_CAP, per_replica))
+        m = plan_memory(c.config, c.vocab_rows, mp, "int8" if quantize == "int8" else "bf16", batch, max_seq_len)
+        per_gpu = (f"weights {fmt_gib(m.weights)} + KV cache {fmt_gib(m.kv_cache)} + overhead {fmt_gib(m.overhead)} "
+                   f"= {fmt_gib(m.total)} of {fmt_gib(gpu_bytes)} per GPU")
+        device = "cuda" if target.cuda_ok else "cpu"
+        if not target.cuda_ok:
+            notes.append("GPUs were found but PyTorch here cannot use them (a CPU-only torch or a driver problem): "
+                         "run `llamakit doctor` and apply its fix, or the run goes to the CPU")
+        busy = [g for g in target.gpus[: mp * dp] if not target.described and g.free_bytes < m.total]
+        if busy:
+            notes.append(f"GPU {busy[0].index} has only {fmt_gib(busy[0].free_bytes)} free right now (another job "
+                         "is using it): the run may stop with 'out of memory' until that job ends (see nvidia-smi)")
+    else:
+        dp, device = 1, "cpu"
+        batch = max(1, min(CPU_BATCH, len(items)))
+        if params > BIG_FOR_CPU:
+            notes.append(f"no GPU: this recipe runs {model} ({params / 1e9:.1f} billion parameters) on the CPU, "
+                         "which takes minutes per token; write the recipe on the GPU server, or pass --gpus 2x48")
+    out_value = out if out else str(recipe_path.with_suffix(".jsonl"))
+    log_value = str(Path(out_value).with_suffix(".log"))
+    if Path(out_value).expanduser().exists():
+        notes.append(f"{out_value} already exists: the run keeps its rows and generates only the missing prompts "
+                     "(use --out for a fresh file)")
+    return RecipePlan(ckpt, ckpt_path, model, mp, params, tok_value, tok_path.resolve(), prompts, prompt_path,
+                      prompt_field, id_field, len(items), longest, longest_line, out_value, log_value, max_gen_len,
+                      max_seq_len, on_long, n_long, batch, quantize, target, dp, device, fits_batch, per_gpu, notes)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _about(key: str) -> str:
+    """What a recipe key means, in the users' words: the glossary's short text if it has one, else the key's."""
+    from llamakit.explain import explain_term
+    from llamakit.run.recipe import KEYS
+
+    e = explain_term(key)
+    if e is not None and e.section == "terms":
+        return e.short
+    return KEYS[key].meaning
+
+
+def _scalar(value: Any) -> str:
+    """One YAML scalar exactly as yaml would write it (quotes only where needed)."""
+    return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10_000).strip().removesuffix(
+        "\n...").removesuffix("...").strip()
+
+
+def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None) -> str:
+    """The recipe text: a header on how to use it, then every key with its meaning and why this value."""
+    today = today or _dt.date.today()
+    cwd = Path.cwd()
+    gen_room = p.max_seq_len - p.max_gen_len
+    lines: list[str] = [
+        f"# Recipe for `llamakit run`, written by `llamakit new-recipe` on {today.isoformat()}",
+        f"# for {p.model} and {p.n_prompts} prompts, sized for {p.target.label()}.",
+        f"#   llamakit run {recipe_name} --dry-run    # check everything, show the plan; starts nothing",
+        f"#   llamakit run {recipe_name}              # generate; after a crash or Ctrl-C the same command resumes",
+        "# Change any value here, or for one run: --set key=value. `llamakit explain WORD` explains a word.",
+        f"# Relative paths start at the folder you run llamakit from (it was {cwd} when this was written),",
+        "# not at this file. builtin: means data shipped with llamakit.",
+    ]
+    for note in p.notes:
+        lines.append(f"# NOTE: {note}")
+    lines.append("")
+
+    def key(name: str, value: Any, why: str = "", commented: bool = False) -> None:
+        about = _about(name)
+        lines.append(f"# {about[:1].upper()}{about[1:]}.")
+        if why:
+            lines.append(f"# {why}")
+        lines.append(f"{'# ' if commented else ''}{name}: {_scalar(value)}")
+        lines.append("")
+
+    lines += ["# ---- what to read and where to write", ""]
+    key("ckpt_dir", p.ckpt_value, f"Here: {p.model}, MP={p.mp} ({p.mp} shard file(s): one GPU each), "
+        f"{p.params / 1e9:.2f} billion parameters." if p.params >= 1e8 else
+        f"Here: {p.model}, MP={p.mp} ({p.mp} shard file(s)), {p.params:,} parameters.")
+    if p.tokenizer_value is None:
+        key("tokenizer_path", "tokenizer.model", "Left out: the tokenizer.model inside ckpt_dir is used.",
+            commented=True)
+    else:
+        key("tokenizer_path", p.tokenizer_value, "Its size matches the checkpoint's embedding rows.")
+    key("prompt_path", p.prompt_value, f"Here: {p.n_prompts} prompts; the longest has {p.longest} tokens (line "
+        f"{p.longest_line}).")
+    key("prompt_field", p.prompt_field)
+    key("id_field", p.id_field, "Ids must be unique: resume finds the finished prompts by them.")
+    key("out_path", p.out_value, "Each row: id, prompt, completion, prompt_tokens, completion_tokens, finish_reason "
+        "and your other fields.")
+    key("logging_path", p.log_value)
+
+    lines += ["# ---- how much text", ""]
+    key("max_gen_len", p.max_gen_len, "A token is a word or a piece of one; German text needs more tokens than English.")
+    key("max_seq_len", p.max_seq_len,
+        f"Longest prompt {p.longest} + max_gen_len {p.max_gen_len}, rounded up to a multiple of {SEQ_STEP}; "
+        f"prompts may have up to {gen_room} tokens." if p.on_long_prompt == "error" else
+        f"The {p.max_seq_len} tokens {p.model} was trained on; prompts may have up to {gen_room} tokens.")
+    key("on_long_prompt", p.on_long_prompt,
+        "error = stop before anything starts and name the line; truncate = keep the prompt's beginning; "
+        "skip = write a row with finish_reason skipped." if p.on_long_prompt == "error" else
+        f"{p.n_long} prompt(s) are longer than {gen_room} tokens: their beginning is kept (skip: leave them out; "
+        "error: stop).")
+
+    lines += ["# ---- speed and memory", ""]
+    if p.target.gpus:
+        fit = (f"The memory plan allows {p.fits_batch} at this max_seq_len" if p.fits_batch < 4096 else
+               "The memory plan allows far more")
+        why_cap = (f"; capped at {BATCH_CAP} (larger batches rarely run faster; try --set max_batch_size=N)"
+                   if p.max_batch_size == BATCH_CAP and p.fits_batch > BATCH_CAP else
+                   "; no more than the prompts each copy of the model gets" if p.max_batch_size < min(p.fits_batch,
+                                                                                                      BATCH_CAP)
+                   else "")
+        key("max_batch_size", p.max_batch_size, f"{fit}{why_cap}. Per GPU: {p.per_gpu}.")
+    else:
+        key("max_batch_size", p.max_batch_size, "A small batch for the CPU (no GPU was found). On a GPU server, write the recipe "
+            "there: new-recipe then picks the batch from the GPU memory.")
+    key("quantize", p.quantize, "none = the weights as Meta ships them (16 bit); int8 = half the weight memory." if
+        p.quantize == "none" else "int8: the 16-bit weights do not fit these GPUs.")
+    auto_dev = ("cuda" if p.device == "cuda" else "cpu")
+    key("device", "auto", f"Here auto means {auto_dev}.")
+    key("dtype", "auto", "auto = bf16 on Ampere or newer GPUs (A6000: yes), fp16 on older ones, fp32 on the CPU.")
+    key("nproc", "auto", f"auto = MP x data-parallel copies = {p.mp} x {p.dp} = {p.mp * p.dp} process(es) "
+        f"{'on ' + str(p.mp * p.dp) + ' GPU(s)' if p.device == 'cuda' else 'on the CPU'}.")
+    key("fast", True, "Set false only to rule it out when looking for a bug.")
+
+    lines += ["# ---- sampling (how the next token is chosen)", ""]
+    key("temperature", TEMPERATURE, "Meta's example value. 0 = greedy: the same text every time.")
+    key("top_p", TOP_P, "Meta's example value; only used when temperature > 0.")
+    key("seed", 1, "Same seed + same prompts = same texts, also after a resume.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def check_text(text: str, where: Path) -> None:
+    """Validate the written text with the run's own loader, so the recipe is known good before it is saved."""
+    from llamakit.run.recipe import _key_lines, validate_recipe
+
+    lines = _key_lines(text, where)
+    validate_recipe(yaml.safe_load(text), where, {k: (str(where), ln) for k, ln in lines.items()})
+
+
+def write_new_recipe(recipe_path: str | Path, ckpt: str, prompts: str, **kw: Any) -> tuple[Path, RecipePlan, str]:
+    """Plan, render, validate and write a new recipe file; an existing file is never overwritten."""
+    path = Path(recipe_path)
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise LlamakitError("the recipe file name must end in .yaml",
+                            f"e.g. {path.with_suffix('.yaml').name} (the generated texts go to --out, default "
+                            f"{path.with_suffix('.jsonl').name})", path)
+    if path.exists():
+        raise LlamakitError("this file already exists; new-recipe never overwrites a file",
+                            "choose another name, or delete the old file first", path.resolve())
+    plan = plan_recipe(ckpt, prompts, path, **kw)
+    text = render_recipe(plan, str(recipe_path))
+    check_text(text, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x", encoding="utf-8") as f:  # "x": fails if someone created it meanwhile
+            f.write(text)
+    except FileExistsError:
+        raise LlamakitError("this file already exists; new-recipe never overwrites a file",
+                            "choose another name, or delete the old file first", path.resolve()) from None
+    return path, plan, text
+
+
+def summary_lines(path: Path, p: RecipePlan) -> list[str]:
+    """What the CLI prints after writing: what was found, what was chosen, what to type next."""
+    where = ("cuda" if p.device == "cuda" else "cpu")
+    out = [f"wrote {path}",
+           f"  model     {p.ckpt_value}: {p.model}, MP={p.mp}",
+           f"  prompts   {p.prompt_value}: {p.n_prompts} prompts, longest {p.longest} tokens",
+           f"  sized for {p.target.label()}: {where}, MP={p.mp} x DP={p.dp}, max_batch_size {p.max_batch_size}, "
+           f"max_seq_len {p.max_seq_len}, max_gen_len {p.max_gen_len}"
+           + (", quantize int8" if p.quantize == "int8" else ""),
+           f"  output    {p.out_value} (log: {p.log_value})"]
+    out += [f"note: {n}" for n in p.notes]
+    out += [f"next: llamakit run {path} --dry-run   (checks everything, starts nothing)",
+            f"      llamakit run {path}             (generates; the same command resumes)"]
+    return out
