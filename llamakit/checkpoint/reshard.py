@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import re
 import shutil
 import struct
+import sys
 import time
 import zipfile
 import zlib
@@ -16,7 +18,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from llamakit.checkpoint.layout import reslice, split_dim
+from llamakit.checkpoint.layout import split_dim
 from llamakit.checkpoint.shards import Checkpoint, load_shard, open_checkpoint
 from llamakit.errors import LlamakitError
 
@@ -78,14 +80,11 @@ def shard_bytes(ckpt: Checkpoint, mp: int, dtype: torch.dtype | None = None) -> 
 
 
 def peak_ram_bytes(ckpt: Checkpoint, mp: int, dtype: torch.dtype | None = None, streaming: bool = True) -> int:
-    """RAM a reshard needs beyond the Python/torch runtime: per key the input pages it maps, the resliced copy and
-    the converted copy (3 tensors at most); without streaming the whole output shard is held for torch.save too."""
-    worst = 0
-    for k in ckpt.shapes[0]:
-        n = _numel(out_shape(ckpt, k, mp))
-        src, dst = ckpt.dtypes[0][k].itemsize, out_dtype(ckpt, k, dtype).itemsize
-        worst = max(worst, n * (2 * src + dst))
-    return worst if streaming else worst + shard_bytes(ckpt, mp, dtype)
+    """RAM a reshard needs beyond the Python/torch runtime: the reused output buffer (largest output tensor) plus
+    the pages of one input tensor while it is copied; without streaming the whole output shard is held as well."""
+    biggest_out = max(_numel(out_shape(ckpt, k, mp)) * out_dtype(ckpt, k, dtype).itemsize for k in ckpt.shapes[0])
+    biggest_in = max(_numel(s) * ckpt.dtypes[0][k].itemsize for k, s in ckpt.shapes[0].items())
+    return biggest_out + biggest_in + (0 if streaming else shard_bytes(ckpt, mp, dtype))
 
 
 def allowed_mp(ckpt: Checkpoint) -> list[int]:
@@ -161,27 +160,74 @@ def _check_disk(dst: Path, need: int) -> None:
 # ---------------------------------------------------------------- reading
 
 
+def overlaps(ckpt: Checkpoint, key: str, mp: int, index: int) -> list[tuple[int, int, int]]:
+    """(input shard, start, length) along the split dim that make up `key` in output shard `index` of `mp`."""
+    dim = split_dim(key)
+    if dim is None:
+        return [(0, 0, 0)]  # replicated: shard 0's full copy
+    size_in = ckpt.shapes[0][key][dim]
+    size_out = size_in * ckpt.mp // mp
+    lo, hi = index * size_out, (index + 1) * size_out
+    return [(i, max(lo, i * size_in) - i * size_in, min(hi, (i + 1) * size_in) - max(lo, i * size_in))
+            for i in range(lo // size_in, (hi - 1) // size_in + 1)]
+
+
 def tensors_for_shard(ckpt: Checkpoint, mp: int, index: int,
                       dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (key, tensor) of output shard `index`; per key only the overlapping input shards are mapped, and
-    they are unmapped before the next key, so the pages read from disk stay bounded by one tensor."""
-    n_in = ckpt.mp
-    for key in ckpt.shapes[0]:
+    """Yield (key, tensor) of output shard `index`. The overlapping input shards are memory-mapped once; each key's
+    slices are copied (converted on the way) into one reused buffer, then the input pages read for it are handed
+    back to the kernel: RAM stays at about one tensor whatever the shard size. A yielded tensor is valid until the
+    next one is asked for."""
+    keys = list(ckpt.shapes[0])
+    biggest = max(_numel(out_shape(ckpt, k, mp)) * out_dtype(ckpt, k, dtype).itemsize for k in keys)
+    buffer = torch.empty(biggest, dtype=torch.uint8)
+    maps: dict[int, dict[str, torch.Tensor]] = {}
+    for key in keys:
+        shape, dt = out_shape(ckpt, key, mp), out_dtype(ckpt, key, dtype)
+        out = buffer[: _numel(shape) * dt.itemsize].view(dt).view(shape)
         dim = split_dim(key)
-        if dim is None:
-            needed = [0]
-        else:
-            size_in = ckpt.shapes[0][key][dim]
-            size_out = size_in * n_in // mp
-            lo, hi = index * size_out, (index + 1) * size_out
-            needed = list(range(lo // size_in, (hi - 1) // size_in + 1))
-        maps = {i: load_shard(ckpt.shards[i]) for i in needed}
-        meta = torch.empty(ckpt.shapes[0][key], device="meta")  # shape stand-in for shards not read
-        parts = [maps[i][key] if i in maps else meta for i in range(n_in)]
-        tensor = reslice(key, parts, mp, index).to(out_dtype(ckpt, key, dtype))
-        del maps, parts
-        yield key, tensor
-        del tensor
+        at = 0
+        for i, start, length in overlaps(ckpt, key, mp, index):
+            if i not in maps:
+                maps[i] = load_shard(ckpt.shards[i])
+            part = maps[i][key]
+            if dim is None:
+                out.copy_(part)
+            else:
+                out.narrow(dim, at, length).copy_(part.narrow(dim, start, length))
+                at += length
+            _drop_pages(part)
+        yield key, out
+        del out
+
+
+def _drop_pages(t: torch.Tensor) -> None:
+    """Unmap the pages of an mmap'd input tensor that we have read (Linux madvise DONTNEED): they are clean pages
+    of a private file mapping, so the kernel re-reads them from the file if they are ever touched again.
+    Without this, every page read stays in this process's RSS until the shard is closed."""
+    if _MADVISE is None or t.numel() == 0:
+        return
+    page = _PAGE
+    lo = t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size()
+    hi = lo + t.numel() * t.element_size()
+    lo_page, hi_page = lo // page * page, -(-hi // page) * page
+    _MADVISE(ctypes.c_void_p(lo_page), ctypes.c_size_t(hi_page - lo_page), 4)  # MADV_DONTNEED
+
+
+def _libc_madvise() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _libc_madvise()
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 # ---------------------------------------------------------------- writing
@@ -285,7 +331,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _md5(path: Path, on_bytes: Callable[[int], None], chunk: int = 16 << 20) -> str:
+def _md5(path: Path, on_bytes: Callable[[int], None], chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
         while block := f.read(chunk):
