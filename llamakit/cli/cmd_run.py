@@ -35,6 +35,8 @@ def run_cmd(
     console.print(f"llamakit run: {setup.plan.pending} prompts to generate, {setup.plan.already_done} already done; "
                   f"MP={setup.plan.mp} x DP={setup.plan.dp} on {setup.plan.device} ({setup.plan.dtype}); "
                   f"log: {setup.plan.log_path}", markup=False, soft_wrap=True)
+    for note in setup.plan.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                    console=console, transient=False)

@@ -332,65 +332,80 @@ def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0
                 signal.signal(signal.SIGTERM, previous)
 
 
+def _prepare_output(setup: Setup) -> int:
+    """Clear leftovers of a killed run, cut a torn last row, write the rows of skipped prompts; returns them."""
+    out_path, run_dir = Path(setup.plan.out_path), Path(setup.plan.run_dir)
+    for stale in [*run_dir.glob("error.rank*.json"), out_path.with_name(f".{out_path.name}.sorting")]:
+        stale.unlink(missing_ok=True)
+    cut = repair_tail(out_path)
+    if cut:
+        log.info("repaired the output: cut a torn last line of %d bytes (its prompt is generated again)", cut)
+    skipped = [t for t in setup.todo if t.skipped]
+    if skipped:
+        with RowWriter(out_path) as w:
+            for t in skipped:
+                p = t.prompt
+                w.write(output_row(p.id, p.text, p.extra, "", t.n_tokens, 0, "skipped"))
+        log.info("wrote %d rows with finish_reason skipped (prompt too long, on_long_prompt: skip)", len(skipped))
+    return len(skipped)
+
+
+def _worker_error(rc: int, plan: Plan) -> LlamakitError:
+    """The error to show when torchrun failed: the first failing rank's own line, once."""
+    err = _collect_error(Path(plan.run_dir))
+    if err is None:
+        log.error("torchrun exited with code %d and no worker reported an error", rc)
+        return LlamakitError(f"the worker processes failed (torchrun exit code {rc}) without a message",
+                             "see the end of the log; re-run the same command to resume", plan.log_path)
+    log.error("rank %s failed: %s", err.get("rank"), err.get("message"))
+    what = err.get("what") or err.get("message", "worker failed")
+    fix = err.get("fix") or f"see the traceback in the log ({plan.log_path})"
+    return LlamakitError(f"rank {err.get('rank')}: {what}", fix + "; then re-run to resume", err.get("where"),
+                         err.get("line"))
+
+
+def _finish(setup: Setup, n_skipped: int, t0: float) -> Summary:
+    """Check every prompt has its row, rewrite the file in input order, and sum up."""
+    plan, out_path = setup.plan, Path(setup.plan.out_path)
+    state = scan_output(out_path, setup.prompts)
+    missing = [p for p in setup.prompts if id_key(p.id) not in state.done]
+    if missing:
+        raise LlamakitError(f"the workers finished but {len(missing)} prompts have no row "
+                            f"(first: id {missing[0].id!r})", "re-run the same command to complete them", out_path)
+    rows = finalize_output(out_path, setup.prompts)
+    log.info("wrote %d rows in input order", rows)
+    generated = [t for t in setup.todo if not t.skipped]
+    tokens = _tokens_of(out_path, {id_key(t.prompt.id) for t in generated})
+    summary = Summary(str(out_path), plan.log_path, plan.total, plan.already_done, len(generated), n_skipped,
+                      sum(1 for t in generated if t.truncated), tokens, time.monotonic() - t0,
+                      [f"note: {n}" for n in plan.notes])
+    for line in summary.lines():
+        log.info("summary: %s", line)
+    return summary
+
+
 def execute(setup: Setup, on_progress: ProgressFn | None = None) -> Summary:
     """Write the run folder, spawn the ranks, then check and reorder the output; raises the first rank's error."""
     plan = setup.plan
-    out_path, run_dir, log_path = Path(plan.out_path), Path(plan.run_dir), Path(plan.log_path)
-    handler = _log_to(log_path)
+    handler = _log_to(Path(plan.log_path))
     t0 = time.monotonic()
     try:
-        with RunLock(run_dir, out_path):
+        with RunLock(Path(plan.run_dir), Path(plan.out_path)):
             log.info("llamakit run %s", setup.loaded.path)
             for line in describe(plan, setup.argv):
                 log.info("plan: %s", line)
-            for stale in [*run_dir.glob("error.rank*.json"), out_path.with_name(f".{out_path.name}.sorting")]:
-                stale.unlink(missing_ok=True)  # from an earlier, killed run
-            cut = repair_tail(out_path)
-            if cut:
-                log.info("repaired the output: cut a torn last line of %d bytes (its prompt is generated again)", cut)
-            skipped = [t for t in setup.todo if t.skipped]
-            if skipped:
-                with RowWriter(out_path) as w:
-                    for t in skipped:
-                        p = t.prompt
-                        w.write(output_row(p.id, p.text, p.extra, "", t.n_tokens, 0, "skipped"))
-                log.info("wrote %d rows with finish_reason skipped (prompt too long, on_long_prompt: skip)",
-                         len(skipped))
-            rc = 0
+            n_skipped = _prepare_output(setup)
             if plan.pending:
                 _write_work(setup)
                 plan.master_port = free_port()  # fresh: the one picked while planning may be taken by now
                 setup.argv = torchrun_argv(plan, setup.plan_file)
-                setup.plan_file.write_text(json.dumps(asdict(plan), ensure_ascii=False, indent=1), encoding="utf-8")
+                plan.save(setup.plan_file)
                 log.info("starting %d processes: %s", plan.nproc, " ".join(setup.argv))
                 rc = spawn(setup, on_progress)
-            if rc != 0:
-                err = _collect_error(run_dir)
-                if err is None:
-                    log.error("torchrun exited with code %d and no worker reported an error", rc)
-                    raise LlamakitError(f"the worker processes failed (torchrun exit code {rc}) without a message",
-                                        f"see the end of the log; re-run the same command to resume", log_path)
-                log.error("rank %s failed: %s", err.get("rank"), err.get("message"))
-                what = err.get("what") or err.get("message", "worker failed")
-                fix = err.get("fix") or f"see the traceback in the log ({log_path})"
-                raise LlamakitError(f"rank {err.get('rank')}: {what}", fix + "; then re-run to resume",
-                                    err.get("where"), err.get("line"))
-            state = scan_output(out_path, setup.prompts)
-            missing = [p for p in setup.prompts if id_key(p.id) not in state.done]
-            if missing:
-                raise LlamakitError(f"the workers finished but {len(missing)} prompts have no row "
-                                    f"(first: id {missing[0].id!r})", "re-run the same command to complete them",
-                                    out_path)
-            rows = finalize_output(out_path, setup.prompts)
-            log.info("wrote %d rows in input order", rows)
-            generated = [t for t in setup.todo if not t.skipped]
-            tokens = _tokens_of(out_path, {id_key(t.prompt.id) for t in generated})
-            summary = Summary(str(out_path), str(log_path), plan.total, plan.already_done, len(generated),
-                              len(skipped), sum(1 for t in generated if t.truncated), tokens,
-                              time.monotonic() - t0, [f"note: {n}" for n in plan.notes if "exceeds" in n])
-            for line in summary.lines():
-                log.info("summary: %s", line)
-        shutil.rmtree(run_dir, ignore_errors=True)
+                if rc != 0:
+                    raise _worker_error(rc, plan)
+            summary = _finish(setup, n_skipped, t0)
+        shutil.rmtree(plan.run_dir, ignore_errors=True)
         return summary
     except LlamakitError as e:
         log.error("error: %s", e.one_line())
