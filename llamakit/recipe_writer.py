@@ -13,16 +13,20 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
 
+if TYPE_CHECKING:
+    from llamakit.checkpoint.params import ModelConfig
+
 GiB = 1024**3
 SEQ_STEP = 64  # max_seq_len is rounded up to a multiple of this
 BATCH_CAP = 128  # more sequences per step rarely pays on one 48 GB card; the comment says how to go higher
+HEADROOM = 0.9  # plan for 90% of each GPU: room for memory fragmentation and small jobs of other users
 CPU_BATCH = 8  # on the CPU a small batch already uses every core
 BIG_FOR_CPU = 1_000_000_000  # parameters above which a CPU run is hopeless (minutes per token)
 # Longest text each published family was trained on: longer sequences work but get worse.
@@ -37,16 +41,18 @@ class Target:
 
     gpus: tuple[GpuInfo, ...]
     cuda_ok: bool  # PyTorch here can use them (always true for described GPUs)
-    described: bool = False  # from --gpus NxMEM, not from this machine
+    described: str = ""  # the --gpus text when the GPUs were described (NxMEM or cpu), not found here
 
     def label(self) -> str:
         if not self.gpus:
-            return "the CPU (no GPU found)" if not self.described else "the CPU"
+            return "the CPU" if self.described else "the CPU (no GPU found)"
+        if self.described:
+            return f"{len(self.gpus)} GPU(s) of {self.gpus[0].total_bytes / GiB:g} GB (--gpus {self.described})"
         names: dict[str, int] = {}
         for g in self.gpus:
             names[g.name] = names.get(g.name, 0) + 1
         what = ", ".join(f"{n}x {name} ({g_total(self.gpus, name) / GiB:.0f} GiB)" for name, n in names.items())
-        return what + (" (described with --gpus)" if self.described else "")
+        return what
 
 
 def g_total(gpus: tuple[GpuInfo, ...], name: str) -> int:
@@ -62,10 +68,10 @@ def parse_gpus(spec: str, gpu_facts: tuple[list[GpuInfo], bool] | None = None) -
         if n < 1 or mem <= 0:
             raise LlamakitError(f"--gpus {spec}: needs at least one GPU with some memory",
                                 "write it like --gpus 2x48 (two GPUs of 48 GB)", "command line")
-        return Target(tuple(GpuInfo(i, f"GPU of {m.group(2)} GB", int(mem * GiB), int(mem * GiB), (8, 0))
-                            for i in range(n)), True, described=True)
+        return Target(tuple(GpuInfo(i, "GPU", int(mem * GiB), int(mem * GiB), (8, 0)) for i in range(n)), True,
+                      described=spec.strip())
     if text == "cpu" or text == "0":
-        return Target((), False, described=True)
+        return Target((), False, described="cpu")
     if text != "auto" and not text.isdigit():
         raise LlamakitError(f"--gpus {spec!r} is not understood",
                             "use auto (the GPUs found here), cpu, a number (use that many of them) or a "
@@ -143,13 +149,99 @@ def _trained_context(model: str) -> int | None:
     return None
 
 
+@dataclass
+class Sizing:
+    """The values chosen from the model, the prompt lengths and the GPUs, with notes on anything unusual."""
+
+    max_seq_len: int
+    on_long_prompt: str
+    n_long: int
+    max_batch_size: int
+    quantize: str
+    target: Target
+    dp: int
+    device: str
+    fits_batch: int
+    per_gpu: str
+    notes: list[str]
+
+
+def choose_size(config: ModelConfig, vocab_rows: int, mp: int, model: str, lengths: list[int], max_gen_len: int,
+                target: Target, ckpt_path: Path) -> Sizing:
+    """Pure rule: max_seq_len from the longest prompt, max_batch_size (and int8 if needed) from the memory plan."""
+    from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory
+
+    longest = max(lengths)
+    notes: list[str] = []
+    ctx = _trained_context(model)
+    max_seq_len, on_long, n_long = round_up(longest + max_gen_len), "error", 0
+    if ctx and max_seq_len > ctx:
+        if max_gen_len >= ctx // 2:
+            raise LlamakitError(f"--max-gen-len {max_gen_len} leaves little room for prompts in the {ctx} tokens "
+                                f"{model} was trained on", f"use a smaller --max-gen-len (e.g. {ctx // 4})",
+                                "command line")
+        max_seq_len, on_long = ctx, "truncate"
+        n_long = sum(1 for n in lengths if n > ctx - max_gen_len)
+        if n_long:
+            notes.append(f"{n_long} prompt(s) are longer than {ctx - max_gen_len} tokens (the {ctx} tokens {model} "
+                         f"was trained on minus max_gen_len {max_gen_len}): on_long_prompt: truncate keeps their "
+                         "beginning")
+
+    n = len(target.gpus)
+    params = config.with_vocab(vocab_rows).param_count()
+    quantize, fits_batch, per_gpu = "none", 0, ""
+    if n:
+        if n < mp:
+            raise LlamakitError(f"this checkpoint has MP={mp} shards and needs {mp} GPUs for one copy, but the recipe "
+                                f"is for {n} GPU(s) ({target.label()})",
+                                f"reshard it first: llamakit reshard {ckpt_path} ~/llama/{ckpt_path.name}-mp{n} --mp "
+                                f"{n}, then run new-recipe with that folder (it adds quantize: int8 if needed)",
+                                str(ckpt_path))
+        dp = n // mp
+        gpu_total = min(g.total_bytes for g in target.gpus[: mp * dp])
+        gpu_bytes = int(gpu_total * HEADROOM)
+        fits_batch = max_batch_that_fits(config, vocab_rows, mp, "bf16", max_seq_len, gpu_bytes, cap=4096)
+        if fits_batch == 0:
+            fits_batch = max_batch_that_fits(config, vocab_rows, mp, "int8", max_seq_len, gpu_bytes, cap=4096)
+            if fits_batch == 0:
+                w = plan_memory(config, vocab_rows, mp, "int8", 1, max_seq_len)
+                more = (f"reshard to MP={n} to spread it over all {n} GPUs: llamakit reshard {ckpt_path} "
+                        f"~/llama/{ckpt_path.name}-mp{n} --mp {n}" if n > mp else
+                        "use a machine with more or larger GPUs")
+                raise LlamakitError(f"{model} at MP={mp} does not fit {fmt_gib(gpu_total)} per GPU even with int8 "
+                                    f"weights ({fmt_gib(w.total)} at batch 1, max_seq_len {max_seq_len})", more,
+                                    str(ckpt_path))
+            quantize = "int8"
+            notes.append(f"the bf16 weights do not fit {fmt_gib(gpu_total)} per GPU at MP={mp}: the recipe uses "
+                         "quantize: int8 (about half the weight memory, slightly different text)")
+        per_replica = math.ceil(len(lengths) / dp)
+        batch = max(1, min(fits_batch, BATCH_CAP, per_replica))
+        m = plan_memory(config, vocab_rows, mp, "int8" if quantize == "int8" else "bf16", batch, max_seq_len)
+        per_gpu = (f"weights {fmt_gib(m.weights)} + KV cache {fmt_gib(m.kv_cache)} + overhead {fmt_gib(m.overhead)} "
+                   f"= {fmt_gib(m.total)} of {fmt_gib(gpu_total)} per GPU")
+        device = "cuda" if target.cuda_ok else "cpu"
+        if not target.cuda_ok:
+            notes.append("GPUs were found but PyTorch here cannot use them (a CPU-only torch or a driver problem): "
+                         "run `llamakit doctor` and apply its fix, or the run goes to the CPU")
+        busy = [g for g in target.gpus[: mp * dp] if not target.described and g.free_bytes < m.total]
+        if busy:
+            notes.append(f"GPU {busy[0].index} has only {fmt_gib(busy[0].free_bytes)} free right now (another job "
+                         "is using it): the run may stop with 'out of memory' until that job ends (see nvidia-smi)")
+    else:
+        dp, device = 1, "cpu"
+        batch = max(1, min(CPU_BATCH, len(lengths)))
+        if params > BIG_FOR_CPU:
+            notes.append(f"no GPU: this recipe runs {model} ({params / 1e9:.1f} billion parameters) on the CPU, "
+                         "which takes minutes per token; write the recipe on the GPU server, or pass --gpus 2x48")
+    return Sizing(max_seq_len, on_long, n_long, batch, quantize, target, dp, device, fits_batch, per_gpu, notes)
+
+
 def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | None = None, gpus: str = "auto",
                 max_gen_len: int = 256, tokenizer: str | None = None, prompt_field: str = "prompt",
                 id_field: str = "id", gpu_facts: tuple[list[GpuInfo], bool] | None = None) -> RecipePlan:
     """Read the checkpoint (shapes only), the prompts (tokenized) and the GPUs, and choose every recipe value."""
     from llamakit.checkpoint.params import identify
     from llamakit.checkpoint.shards import open_checkpoint
-    from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory
     from llamakit.run.prompts import read_prompts
     from llamakit.tokenizer import Tokenizer, find_tokenizer
 
@@ -178,73 +270,18 @@ def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | Non
     longest = max(lengths)
     longest_line = items[lengths.index(longest)].line
 
-    notes: list[str] = []
-    ctx = _trained_context(model)
-    max_seq_len, on_long, n_long = round_up(longest + max_gen_len), "error", 0
-    if ctx and max_seq_len > ctx:
-        if max_gen_len >= ctx // 2:
-            raise LlamakitError(f"--max-gen-len {max_gen_len} leaves little room for prompts in the {ctx} tokens "
-                                f"{model} was trained on", f"use a smaller --max-gen-len (e.g. {ctx // 4})",
-                                "command line")
-        max_seq_len, on_long = ctx, "truncate"
-        n_long = sum(1 for n in lengths if n > ctx - max_gen_len)
-        if n_long:
-            notes.append(f"{n_long} prompt(s) are longer than {ctx - max_gen_len} tokens (the {ctx} tokens {model} "
-                         f"was trained on minus max_gen_len {max_gen_len}): on_long_prompt: truncate keeps their "
-                         "beginning")
-
-    target = parse_gpus(gpus, gpu_facts)
-    n, mp = len(target.gpus), c.mp
-    quantize, fits_batch, per_gpu = "none", 0, ""
-    if n:
-        if n < mp:
-            raise LlamakitError(f"this checkpoint has MP={mp} shards and needs {mp} GPUs for one copy, but the recipe "
-                                f"is for {n} GPU(s) ({target.label()})",
-                                f"reshard it first: llamakit reshard {ckpt_path} ~/llama/{ckpt_path.name}-mp{n} --mp "
-                                f"{n}, then run new-recipe with that folder", str(ckpt_path))
-        dp = n // mp
-        gpu_bytes = min(g.total_bytes for g in target.gpus[: mp * dp])
-        fits_batch = max_batch_that_fits(c.config, c.vocab_rows, mp, "bf16", max_seq_len, gpu_bytes, cap=4096)
-        if fits_batch == 0:
-            fits_batch = max_batch_that_fits(c.config, c.vocab_rows, mp, "int8", max_seq_len, gpu_bytes, cap=4096)
-            if fits_batch == 0:
-                w = plan_memory(c.config, c.vocab_rows, mp, "int8", 1, max_seq_len)
-                more = (f"reshard to MP={n} to spread it over all {n} GPUs: llamakit reshard {ckpt_path} "
-                        f"~/llama/{ckpt_path.name}-mp{n} --mp {n}" if n > mp else
-                        "use a machine with more or larger GPUs")
-                raise LlamakitError(f"{model} at MP={mp} does not fit {fmt_gib(gpu_bytes)} per GPU even with int8 "
-                                    f"weights ({fmt_gib(w.total)} at batch 1, max_seq_len {max_seq_len})", more,
-                                    str(ckpt_path))
-            quantize = "int8"
-            notes.append(f"the bf16 weights do not fit {fmt_gib(gpu_bytes)} per GPU at MP={mp}: the recipe uses "
-                         "quantize: int8 (about half the weight memory, slightly different text)")
-        per_replica = math.ceil(len(items) / dp)
-        batch = max(1, min(fits_batch, BATCH_CAP, per_replica))
-        m = plan_memory(c.config, c.vocab_rows, mp, "int8" if quantize == "int8" else "bf16", batch, max_seq_len)
-        per_gpu = (f"weights {fmt_gib(m.weights)} + KV cache {fmt_gib(m.kv_cache)} + overhead {fmt_gib(m.overhead)} "
-                   f"= {fmt_gib(m.total)} of {fmt_gib(gpu_bytes)} per GPU")
-        device = "cuda" if target.cuda_ok else "cpu"
-        if not target.cuda_ok:
-            notes.append("GPUs were found but PyTorch here cannot use them (a CPU-only torch or a driver problem): "
-                         "run `llamakit doctor` and apply its fix, or the run goes to the CPU")
-        busy = [g for g in target.gpus[: mp * dp] if not target.described and g.free_bytes < m.total]
-        if busy:
-            notes.append(f"GPU {busy[0].index} has only {fmt_gib(busy[0].free_bytes)} free right now (another job "
-                         "is using it): the run may stop with 'out of memory' until that job ends (see nvidia-smi)")
-    else:
-        dp, device = 1, "cpu"
-        batch = max(1, min(CPU_BATCH, len(items)))
-        if params > BIG_FOR_CPU:
-            notes.append(f"no GPU: this recipe runs {model} ({params / 1e9:.1f} billion parameters) on the CPU, "
-                         "which takes minutes per token; write the recipe on the GPU server, or pass --gpus 2x48")
+    size = choose_size(c.config, c.vocab_rows, c.mp, model, lengths, max_gen_len, parse_gpus(gpus, gpu_facts),
+                       ckpt_path)
     out_value = out if out else str(recipe_path.with_suffix(".jsonl"))
     log_value = str(Path(out_value).with_suffix(".log"))
+    notes = size.notes
     if Path(out_value).expanduser().exists():
         notes.append(f"{out_value} already exists: the run keeps its rows and generates only the missing prompts "
                      "(use --out for a fresh file)")
-    return RecipePlan(ckpt, ckpt_path, model, mp, params, tok_value, tok_path.resolve(), prompts, prompt_path,
+    return RecipePlan(ckpt, ckpt_path, model, c.mp, params, tok_value, tok_path.resolve(), prompts, prompt_path,
                       prompt_field, id_field, len(items), longest, longest_line, out_value, log_value, max_gen_len,
-                      max_seq_len, on_long, n_long, batch, quantize, target, dp, device, fits_batch, per_gpu, notes)
+                      size.max_seq_len, size.on_long_prompt, size.n_long, size.max_batch_size, size.quantize,
+                      size.target, size.dp, size.device, size.fits_batch, size.per_gpu, notes)
 
 
 # ---------------------------------------------------------------- rendering
@@ -324,7 +361,7 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
 
     lines += ["# ---- speed and memory", ""]
     if p.target.gpus:
-        fit = (f"The memory plan allows {p.fits_batch} at this max_seq_len" if p.fits_batch < 4096 else
+        fit = (f"The memory plan allows {p.fits_batch} at this max_seq_len (using {HEADROOM:.0%} of each GPU)" if p.fits_batch < 4096 else
                "The memory plan allows far more")
         why_cap = (f"; capped at {BATCH_CAP} (larger batches rarely run faster; try --set max_batch_size=N)"
                    if p.max_batch_size == BATCH_CAP and p.fits_batch > BATCH_CAP else
