@@ -85,7 +85,6 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     if n != len(requests):
         raise RuntimeError(f"the engine returned {n} completions for {len(requests)} requests")
     log.info("done: %d rows in %.1f s", n, time.monotonic() - t0)
-    dist.barrier()
     dist.destroy_process_group()
     if writer_lock is not None:
         os.close(writer_lock)
