@@ -1,4 +1,4 @@
-"""`llamakit inspect` as a pure function: one checkpoint folder -> an InspectReport (params, shapes, shards, md5, memory).
+"""`llamakit inspect` as a pure function: checkpoint folder -> InspectReport (params, shapes, shards, md5, memory).
 
 The report collects problems (Findings, each with its fix) instead of stopping at the first one, so the rest of
 the report is still there. Shards are opened memory-mapped, so only the pickled key list is read from disk:

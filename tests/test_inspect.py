@@ -1,4 +1,4 @@
-"""inspect_checkpoint on tiny checkpoints: exact counts, shapes and plan numbers (computed by hand), and every damage named."""
+"""inspect_checkpoint on tiny checkpoints: exact counts, shapes and plans (computed by hand); every damage named."""
 
 from __future__ import annotations
 

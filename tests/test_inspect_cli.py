@@ -1,4 +1,4 @@
-"""`llamakit inspect` on the command line: tables, --explain, --json round trip, one clean line per problem, exit codes."""
+"""`llamakit inspect` on the command line: tables, --explain, --json round trip, one line per problem, exit codes."""
 
 from __future__ import annotations
 

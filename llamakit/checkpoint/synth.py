@@ -1,4 +1,4 @@
-"""Write a random-weight Meta checkpoint of any shape (e.g. full 7B) tensor by tensor, for benchmarks and timing runs."""
+"""Write a random-weight Meta checkpoint of any shape (e.g. full 7B) tensor by tensor, for benchmarks and timings."""
 
 from __future__ import annotations
 

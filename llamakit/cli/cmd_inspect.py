@@ -1,4 +1,4 @@
-"""`llamakit inspect CKPT_DIR`: parse options, call inspect_checkpoint, render the report with rich, set the exit code."""
+"""`llamakit inspect CKPT_DIR`: parse options, call inspect_checkpoint, render with rich, set the exit code."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from llamakit.cli.app import app, console, err_console
@@ -146,7 +146,8 @@ def inspect_cmd(
                                              "the checkpoint or in its parent)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take batch, seq, dtype, tokenizer from a recipe."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help=f"bf16, fp16, fp32 or int8 (default {DEFAULT_DTYPE})."),
-    batch: Optional[int] = typer.Option(None, "--batch", help=f"max_batch_size for the plan (default {DEFAULT_BATCH})."),
+    batch: Optional[int] = typer.Option(None, "--batch",
+                                        help=f"max_batch_size for the plan (default {DEFAULT_BATCH})."),
     seq: Optional[int] = typer.Option(None, "--seq", help=f"max_seq_len for the plan (default {DEFAULT_SEQ})."),
     verify: bool = typer.Option(False, "--verify", help="md5 of every file against checklist.chk (reads all bytes)."),
     explain: bool = typer.Option(False, "--explain", help="Print the longer explanation of each params.json field."),
