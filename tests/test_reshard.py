@@ -89,6 +89,21 @@ def test_checklist_is_fresh_and_tokenizer_travels(tiny_factory, tmp_path):
     assert sorted(p.name for p in result.dst.iterdir()) == sorted(names + ["checklist.chk", "tokenizer.model"])
 
 
+@pytest.mark.parametrize("style,mp_in,mp_out", [("llama1", 2, 4), ("llama2-gqa", 4, 1)])
+def test_inspect_of_the_result_agrees_with_the_original(style, mp_in, mp_out, tiny_factory, tmp_path):
+    from llamakit.inspect import inspect_checkpoint
+
+    src = tiny_factory(style, mp_in)
+    before = inspect_checkpoint(src, gpus=[])
+    after = inspect_checkpoint(reshard(src, tmp_path / "out", mp_out).dst, gpus=[], verify=True)
+    assert after.ok, [p.one_line() for p in after.problems]
+    assert after.shards.mp == after.shards.expected_mp == mp_out
+    assert after.shards.consistent and after.shards.matches_params
+    assert after.checklist.verified and after.checklist.ok and not after.checklist.missing
+    assert after.model == before.model  # same name, counts, shapes, dtype, allowed MPs
+    assert after.tokenizer.matches_embedding
+
+
 def test_tokenizer_in_the_parent_folder_is_copied_in(tiny_copy, tmp_path):
     """Meta's layout keeps tokenizer.model in /data/LLaMA/, beside 13B/; DST gets its own copy."""
     src = tiny_copy("llama2", 2)
@@ -250,7 +265,9 @@ def test_peak_rss_stays_near_one_tensor_on_a_checkpoint_many_times_larger(tmp_pa
     assert streamed < bound, f"peak RSS grew {streamed / 2**20:.0f} MiB; bound {bound / 2**20:.0f} MiB; {_LAST}"
     whole = _peak_rss_over_base(src, root / "whole", 1, streaming=False)
     assert whole > shard_bytes(ckpt, 1) * 0.9  # the fallback holds the whole output shard, as documented
-    assert_same_weights(src, root / "streamed")
+    key = "layers.11.feed_forward.w2.weight"  # equality is proven on the tiny models; spot-check the big one
+    want = torch.cat([load_shard(p)[key] for p in ckpt.shards], dim=1)
+    assert torch.equal(load_shard(root / "streamed" / "consolidated.00.pth")[key], want)
 
 
 # ---------------------------------------------------------------- greedy text

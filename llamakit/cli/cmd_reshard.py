@@ -16,7 +16,7 @@ GiB = 1024**3
 HELP = (
     "Rewrite a checkpoint for another number of GPUs: 65B from 8 shards to 2, 7B from 1 to 2, 13B from 2 to 1.\n\n"
     "Streams one tensor at a time through memory-mapped input: peak RAM is about 3x the largest output tensor "
-    "(65B to 2 shards: 0.8 GiB) plus ~0.6 GiB for Python/torch, never the whole model. Needs free disk for the "
+    "(65B to 2 shards: 0.3 GiB) plus ~0.6 GiB for Python/torch, never the whole model. Needs free disk for the "
     "new copy (65B: 122 GiB in fp16).\n\n"
     "Work goes into DST.partial-<pid> and is renamed to DST only once complete, with params.json, "
     "tokenizer.model and a fresh checklist.chk; the leftover partial folder of a killed run is removed on the "
@@ -54,7 +54,9 @@ def reshard_cmd(
     console.print(f"wrote {result.dst}: MP {result.mp_in} -> {result.mp_out}, {result.dtype}, "
                   f"{_size(result.shard_bytes)} per shard, {result.seconds:.0f} s")
     console.print(result.tokenizer)
-    if not result.streaming:
-        console.print(f"(this torch has no serialization.skip_data: each shard was built in RAM, "
-                      f"{_size(result.peak_ram_bytes)})")
+    if result.streaming:
+        console.print(f"peak RAM for tensors: about {_size(result.peak_ram_bytes)} (one tensor at a time)")
+    else:
+        console.print(f"this torch has no serialization.skip_data: each shard was built in RAM "
+                      f"({_size(result.peak_ram_bytes)}); torch >= 2.5 streams one tensor at a time")
     console.print(f"next: llamakit inspect {result.dst}")
