@@ -78,10 +78,10 @@ class Summary:
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        rate = f", {self.tokens / self.seconds:.1f} tok/s" if self.seconds > 0 and self.tokens else ""
+        rate = f", {self.tokens / self.seconds:.1f} tok/s overall" if self.seconds > 0 and self.tokens else ""
         out = [f"{self.total} prompts: {self.generated} generated now, {self.already_done} were already in the "
                f"output (resumed), {self.skipped} skipped as too long, {self.truncated} truncated",
-               f"{self.tokens} tokens in {self.seconds:.1f} s{rate}",
+               f"{self.tokens} tokens generated in {self.seconds:.1f} s including start-up{rate}",
                f"output: {self.out_path}", f"log: {self.log_path}"]
         return out + self.notes
 
