@@ -242,6 +242,9 @@ class _WholeShardWriter:
     def write(self, key: str, tensor: torch.Tensor) -> None:
         self.sd[key] = tensor.clone()  # a clone: never keep an input shard mapped
 
+    def abort(self) -> None:
+        self.sd = {}
+
     def close(self) -> None:
         torch.save(self.sd, self.path)
         self.sd = {}
@@ -280,6 +283,9 @@ class _StreamingShardWriter:
         os.pwrite(self.fd, crc, desc + 4)  # data descriptor: PK\x07\x08 crc sizes
         os.pwrite(self.fd, crc, central + 16)  # central directory entry
         self.fingerprints[key] = (bytes(data[:16]), bytes(data[-16:]))
+
+    def abort(self) -> None:
+        os.close(self.fd)
 
     def close(self) -> None:
         os.fsync(self.fd)
@@ -390,11 +396,15 @@ def reshard(src: str | Path, dst: str | Path, mp: int, dtype: str | None = None,
             specs = {k: (out_shape(ckpt, k, mp), out_dtype(ckpt, k, target)) for k in ckpt.shapes[0]}
             path = partial / f"consolidated.{j:02d}.pth"
             writer = (_StreamingShardWriter if streaming else _WholeShardWriter)(path, specs)
-            for key, tensor in tensors_for_shard(ckpt, mp, j, target):
-                writer.write(key, tensor)
-                done += tensor.numel() * tensor.element_size()
-                del tensor
-                report("write", done, total)
+            try:
+                for key, tensor in tensors_for_shard(ckpt, mp, j, target):
+                    writer.write(key, tensor)
+                    done += tensor.numel() * tensor.element_size()
+                    del tensor
+                    report("write", done, total)
+            except BaseException:
+                writer.abort()
+                raise
             writer.close()
             del writer
         shutil.copyfile(ckpt.path / "params.json", partial / "params.json")
