@@ -142,8 +142,7 @@ class FeedForward(nn.Module):
         self.w2 = RowLinear(hidden, cfg.dim, bias=False, input_is_parallel=True, init_method=lambda w: w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = linear(x, self.w13).split(self.hidden_local, dim=-1)
-        return self.w2(F.silu(a) * b)
+        return self.w2(kernels.silu_mul(linear(x, self.w13), self.hidden_local))
 
 
 class Block(nn.Module):
