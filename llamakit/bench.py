@@ -73,8 +73,12 @@ class BenchResult:
     peak_gpu_mem_gib: float | None
     build_s: float
     date: str
-    int8_logit_rel_err: float | None = None  # ||int8 - 16bit|| / ||16bit|| of prefill logits, same weights
-    int8_top1_agreement: float | None = None  # share of positions where both pick the same next token
+    # int8 quality, same random weights and prompts, fp32 logits as the reference: ||x - fp32|| / ||fp32||,
+    # for the 16-bit model (the noise floor of the dtype itself) and the int8 one, and top-1 agreement with fp32
+    bf16_logit_rel_err: float | None = None
+    int8_logit_rel_err: float | None = None
+    bf16_top1_agreement: float | None = None
+    int8_top1_agreement: float | None = None
 
 
 def standard_prompts(n: int, max_len: int = 480, vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
@@ -130,7 +134,7 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
                         device=device.type, temperature=opts.temperature, top_p=opts.top_p,  # type: ignore[arg-type]
                         quantize=opts.quantize, fast=opts.fast)  # type: ignore[arg-type]
     seed = 1234 + get_model_parallel_rank()
-    quality = (None, None)
+    quality: tuple = (None, None, None, None)
     if opts.quantize == "int8":
         quality = int8_quality(cfg, opts.mp, dtype, device, seed, prompts[:4])
     t0 = time.perf_counter()
@@ -176,7 +180,8 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         tokens_per_s=round(generated / seconds, 1), batch1_tokens_per_s=round(b1_tokens / b1_time, 1),
         ttft_ms=round(1000 * sum(ttft) / len(ttft), 1), peak_gpu_mem_gib=round(peak, 2) if peak else None,
         build_s=round(build_s, 1), date=_dt.date.today().isoformat(),
-        int8_logit_rel_err=quality[0], int8_top1_agreement=quality[1])
+        bf16_logit_rel_err=quality[0], int8_logit_rel_err=quality[1], bf16_top1_agreement=quality[2],
+        int8_top1_agreement=quality[3])
 
 
 def _logits_all_positions(model: Transformer, prompts: list[list[int]]) -> torch.Tensor:
@@ -194,20 +199,30 @@ def _logits_all_positions(model: Transformer, prompts: list[list[int]]) -> torch
 
 
 def int8_quality(cfg: ModelConfig, mp: int, dtype: torch.dtype, device: torch.device, seed: int,
-                 prompts: list[list[int]]) -> tuple[float, float]:
-    """Compare int8 and 16-bit logits of the same random weights on the same prompts."""
-    ref_model = Transformer.from_shard(cfg, random_shard(cfg, VOCAB, mp, dtype, device, seed), 1024, dtype, device)
-    ref = _logits_all_positions(ref_model, prompts)
-    del ref_model
-    q_model = Transformer.from_shard(cfg, random_shard(cfg, VOCAB, mp, dtype, device, seed), 1024, dtype, device,
-                                     "int8")
-    got = _logits_all_positions(q_model, prompts)
-    del q_model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    rel = ((got - ref).norm() / ref.norm()).item()
-    agree = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
-    return round(rel, 5), round(agree, 4)
+                 prompts: list[list[int]]) -> tuple[float, float, float, float]:
+    """Logits of the same random weights in fp32 (reference), in `dtype`, and in int8 (compute in `dtype`)."""
+    def logits(compute: torch.dtype, quantize: str) -> torch.Tensor:
+        # weights drawn in `dtype` for all three, so only the arithmetic differs
+        shard = {k: v.to(compute) for k, v in random_shard(cfg, VOCAB, mp, dtype, device, seed).items()}
+        model = Transformer.from_shard(cfg, shard, 1024, compute, device, quantize)
+        del shard
+        out = _logits_all_positions(model, prompts).float()
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return out
+
+    ref = logits(torch.float32, "none")
+    half = logits(dtype, "none")
+    q8 = logits(dtype, "int8")
+
+    def rel(x: torch.Tensor) -> float:
+        return round(((x - ref).norm() / ref.norm()).item(), 5)
+
+    def top1(x: torch.Tensor) -> float:
+        return round((x.argmax(-1) == ref.argmax(-1)).float().mean().item(), 4)
+
+    return rel(half), rel(q8), top1(half), top1(q8)
 
 
 def resolve(opts: BenchOptions) -> BenchOptions:

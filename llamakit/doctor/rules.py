@@ -11,7 +11,8 @@ OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 GiB = 1024**3
 MiB = 1024**2
 WHEEL_URL = "https://download.pytorch.org/whl/"
-HARMLESS_NCCL = ("NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "NCCL_DEBUG_FILE")
+# NCCL_VERSION is set by NVIDIA's CUDA container images (seen on the H100 device machine); NCCL never reads it.
+HARMLESS_NCCL = ("NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "NCCL_DEBUG_FILE", "NCCL_VERSION")
 NCCL_FIXES = ("rerun with NCCL_DEBUG=INFO to see where it stops; on PCIe GPUs without working peer access try "
               "NCCL_P2P_DISABLE=1; in a container give /dev/shm room (docker run --ipc=host or --shm-size=16g); "
               "unset leftover NCCL_* / MASTER_* variables")

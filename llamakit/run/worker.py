@@ -42,6 +42,7 @@ def run_rank(plan: Plan, local_rank: int) -> int:
 
     from llamakit.checkpoint.shards import open_checkpoint
     from llamakit.engine.api import EngineConfig, Request
+    from llamakit.distributed import init_model_parallel
     from llamakit.engine.engine import build_engine
     from llamakit.run.prompts import RowWriter, iter_work, output_row
     from llamakit.tokenizer import Tokenizer
@@ -49,7 +50,7 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     if plan.device == "cuda":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(plan.backend)
-    mpu.initialize_model_parallel(plan.mp)
+    init_model_parallel(plan.mp)  # fairscale's, without its stdout lines
     mp_rank, dp_rank, dp = mpu.get_model_parallel_rank(), mpu.get_data_parallel_rank(), \
         mpu.get_data_parallel_world_size()
     log.info("model-parallel rank %d of %d, data-parallel replica %d of %d, %s %s", mp_rank, plan.mp, dp_rank, dp,
