@@ -252,6 +252,7 @@ def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | Non
     ckpt_path = _resolve_builtin("ckpt_dir", ckpt)
     c = open_checkpoint(ckpt_path)
     model = "the built-in demo model (random weights)" if ckpt.startswith("builtin:") else identify(c.config)
+    model = "a model of unpublished shape" if model == "custom" else model
     params = c.config.with_vocab(c.vocab_rows).param_count()
     if tokenizer:
         tok_path = Path(tokenizer).expanduser()
@@ -370,8 +371,8 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
                    else "")
         key("max_batch_size", p.max_batch_size, f"{fit}{why_cap}. Per GPU: {p.per_gpu}.")
     else:
-        key("max_batch_size", p.max_batch_size, "A small batch for the CPU (no GPU was found). On a GPU server, write the recipe "
-            "there: new-recipe then picks the batch from the GPU memory.")
+        key("max_batch_size", p.max_batch_size, "A small batch for the CPU. On a GPU server, write the recipe there (or pass --gpus "
+            "2x48): new-recipe then picks the batch from the GPU memory.")
     key("quantize", p.quantize, "none = the weights as Meta ships them (16 bit); int8 = half the weight memory." if
         p.quantize == "none" else "int8: the 16-bit weights do not fit these GPUs.")
     auto_dev = ("cuda" if p.device == "cuda" else "cpu")
