@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import difflib
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from llamakit.cli.app import app, console
 from llamakit.errors import LlamakitError
+
+if TYPE_CHECKING:
+    from llamakit.explain import Explanation
 
 
 def glossary_markdown(words: list[str]) -> str:
@@ -21,7 +24,7 @@ def glossary_markdown(words: list[str]) -> str:
     return "\n".join(out)
 
 
-def lookup(word: str):  # -> Explanation | recipe key text
+def lookup(word: str) -> "Explanation":
     """The explanation of a glossary term, a params.json field or a recipe key; else an error with suggestions."""
     from llamakit.explain import Explanation, explain_term, explain_texts
     from llamakit.run.recipe import KEYS
