@@ -21,8 +21,13 @@ if [[ $what == all || $what == doctor ]]; then
   python3 -m llamakit doctor --ckpt-dir /tmp/tiny --report "$OUT/doctor-report.txt" > "$OUT/doctor.txt" 2>&1; echo "doctor rc=$?"
   cat "$OUT/doctor.txt"
 fi
+if [[ $what == ref ]]; then
+  # side by side: Meta's own generation.py (facebookresearch/llama, copied into .refbench/, never committed)
+  step "reference generator"; python3 .refbench/ref_bench.py 1x4 32x128 2>&1 | grep '^{' | tee "$OUT/reference.json"
+fi
 if [[ $what == all || $what == run ]]; then
   step "write a 7B-shaped MP=1 checkpoint (vocab of the tiny tokenizer) to disk"
+  [[ -f /tmp/tiny/tokenizer.model ]] || python3 -m llamakit make-tiny /tmp/tiny >/dev/null
   rm -rf /tmp/ck7b && python3 - <<'PY'
 import time
 from llamakit.checkpoint.params import PRESETS
