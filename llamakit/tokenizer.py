@@ -58,4 +58,5 @@ def find_tokenizer(ckpt_dir: str | Path, explicit: str | Path | None = None) -> 
         if cand.is_file():
             return cand
     raise LlamakitError("no tokenizer.model in the checkpoint folder or its parent",
-                        "pass the tokenizer explicitly (tokenizer_path / --tokenizer)", ckpt_dir.resolve())
+                        "set tokenizer_path in the recipe (e.g. tokenizer_path: /data/LLaMA/tokenizer.model), "
+                        "or pass --tokenizer to inspect", ckpt_dir.resolve())

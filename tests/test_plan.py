@@ -55,7 +55,10 @@ def test_fewer_gpus_than_mp_stops_with_the_fix(monkeypatch):
     with pytest.raises(LlamakitError) as e:
         choose_devices("auto", "auto", "auto", 2, [a6000(1)], True)
     assert "MP=2" in e.value.what and "1 is visible (CUDA_VISIBLE_DEVICES=1)" in e.value.what
-    assert "llamakit reshard" in e.value.fix and "device: cpu" in e.value.fix
+    assert "`llamakit reshard CKPT_DIR CKPT_DIR-mp1 --mp 1`" in e.value.fix
+    with pytest.raises(LlamakitError) as e:  # 65B (MP=8) on 3 GPUs: the largest divisor of 8 that fits is 2
+        choose_devices("auto", "auto", "auto", 8, [a6000(0), a6000(1), a6000(2)], True, ckpt_dir="/data/LLaMA/65B")
+    assert "`llamakit reshard /data/LLaMA/65B /data/LLaMA/65B-mp2 --mp 2`" in e.value.fix
 
 
 def test_older_gpus_get_fp16_and_refuse_bf16():

@@ -134,6 +134,8 @@ def test_builtin_prompts_and_unknown_builtins(tmp_path):
 
 
 def test_builtin_demo_model_is_built_once_into_the_cache(tmp_path, monkeypatch):
+    # the fallback when the trained demo model is not shipped (llamakit/assets/demo/ missing)
+    monkeypatch.setattr("llamakit.run.recipe.asset_path", lambda name: tmp_path / "no-assets" / name)
     monkeypatch.setenv("LLAMAKIT_CACHE", str(tmp_path / "cache"))
     p = recipe_file(tmp_path, BASE.replace("/data/LLaMA/13B", "builtin:demo"))
     first = resolve_paths(load_recipe(p)).ckpt_dir
@@ -164,3 +166,9 @@ def test_output_that_would_overwrite_the_prompts_or_a_folder_is_refused(tmp_path
     p = recipe_file(tmp_path, BASE + "logging_path: out.jsonl\n")
     with pytest.raises(LlamakitError, match="'logging_path' is the same file as out_path"):
         resolve_paths(load_recipe(p))
+
+
+def test_builtin_demo_is_the_shipped_trained_model(tmp_path):
+    p = recipe_file(tmp_path, BASE.replace("/data/LLaMA/13B", "builtin:demo"))
+    ckpt = resolve_paths(load_recipe(p)).ckpt_dir
+    assert ckpt.name == "demo" and ckpt.parent.name == "assets" and (ckpt / "consolidated.00.pth").is_file()

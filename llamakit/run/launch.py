@@ -115,7 +115,8 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     todo = prepare(pending, lambda texts: [[tok.bos_id] + ids for ids in tok.sp.encode(texts)],
                    r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
-    dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"))
+    dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
+                                  paths.ckpt_dir)
     engine = EngineConfig(max_seq_len=r.max_seq_len, max_batch_size=r.max_batch_size, dtype=dev.dtype,  # type: ignore[arg-type]
                           device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
                           quantize=r.quantize, fast=r.fast)

@@ -12,7 +12,7 @@ from typing import Any
 
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
-from llamakit.memory import fmt_gib, plan_memory
+from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Devices:
 
 
 def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: list[GpuInfo], cuda_ok: bool,
-                   where: str = "recipe") -> Devices:
+                   where: str = "recipe", ckpt_dir: str | Path = "CKPT_DIR") -> Devices:
     """Pure rule: recipe device/dtype/nproc + checkpoint MP + visible GPUs -> Devices, or an error with the fix."""
     if device == "auto":
         device = "cuda" if cuda_ok and gpus else "cpu"
@@ -45,8 +45,7 @@ def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: lis
             vis = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
             raise LlamakitError(f"this checkpoint has MP={mp} shards and needs {mp} GPUs, but {len(gpus)} "
                                 f"{'is' if len(gpus) == 1 else 'are'} visible{vis}",
-                                f"make {mp} GPUs visible, reshard the checkpoint to MP={len(gpus)} with "
-                                f"`llamakit reshard`, or set device: cpu", where)
+                                _fewer_gpus_fix(mp, len(gpus), ckpt_dir), where)
         if nproc == "auto":
             dp = len(gpus) // mp
         else:
@@ -79,6 +78,14 @@ def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: lis
                                 f"use nproc: auto or a multiple of {mp}", where)
         dp = nproc // mp
     return Devices("cpu", mp, dp, "fp32" if dtype == "auto" else dtype, "gloo")
+
+
+def _fewer_gpus_fix(mp: int, n_gpus: int, ckpt_dir: str | Path) -> str:
+    """The exact reshard command to the largest MP the visible GPUs can run (a divisor of the current MP)."""
+    target = max(d for d in range(1, max(1, n_gpus) + 1) if mp % d == 0)
+    src = str(ckpt_dir).rstrip("/")
+    return (f"convert it to {target} shard(s) once: `llamakit reshard {src} {src}-mp{target} --mp {target}` and set "
+            f"ckpt_dir to {src}-mp{target} (if it then does not fit, add quantize: int8); or make {mp} GPUs visible")
 
 
 def cuda_facts() -> tuple[list[GpuInfo], bool]:
@@ -169,8 +176,14 @@ def memory_line(config: Any, vocab: int, dev: Devices, quantize: str, batch: int
     if dev.gpus:
         small = min(g.total_bytes for g in dev.gpus)
         if not m.fits(small):
-            warn = (f"the estimate ({fmt_gib(m.total)}) exceeds GPU memory ({fmt_gib(small)}): "
-                    f"lower max_batch_size or max_seq_len, or set quantize: int8")
+            best = max_batch_that_fits(config, vocab, dev.mp, dtype, seq, small)
+            if best >= 1:
+                advice = f"set max_batch_size: {best} (the largest that fits at max_seq_len {seq})"
+            elif quantize != "int8" and plan_memory(config, vocab, dev.mp, "int8", 1, seq).fits(small):
+                advice = "set quantize: int8 (int8 weights take half the memory)"
+            else:
+                advice = "lower max_seq_len, or use more GPUs (llamakit reshard to a higher MP)"
+            warn = f"the estimate ({fmt_gib(m.total)}) exceeds GPU memory ({fmt_gib(small)}): {advice}"
     return text, warn
 
 
@@ -208,7 +221,8 @@ def describe(plan: Plan, argv: list[str]) -> list[str]:
                                          else ""),
         f"output       {plan.out_path}",
         f"log          {plan.log_path}",
-        f"parallelism  MP={plan.mp} x DP={plan.dp} = {plan.nproc} processes, backend {plan.backend}",
+        f"parallelism  MP={plan.mp} x DP={plan.dp} = {plan.nproc} process{'es' if plan.nproc > 1 else ''}, "
+        f"backend {plan.backend}",
         f"devices      {plan.device}" + (": " + "; ".join(plan.gpus) if plan.gpus else
                                          f" ({plan.omp_threads} threads per process)"),
         f"dtype        {plan.dtype}" + (f", quantize {plan.engine['quantize']}"

@@ -99,8 +99,13 @@ def report_error(plan: Plan, rank: int, exc: BaseException) -> None:
         entry.update(what=exc.what, fix=exc.fix, where=exc.where, line=exc.line, message=exc.one_line())
     else:
         first = (str(exc).strip().splitlines() or [""])[0][:300]
+        fix = f"see the traceback in the log ({plan.log_path})"
+        if "out of memory" in str(exc).lower():
+            half = max(1, int(plan.engine.get("max_batch_size", 2)) // 2)
+            fix = (f"the GPU ran out of memory: re-run with --set max_batch_size={half} (or a lower max_seq_len, "
+                   f"or quantize: int8), and check `nvidia-smi` for other jobs; the re-run resumes")
         entry.update(what=f"{type(exc).__name__}: {first}" if first else type(exc).__name__,
-                     fix=f"see the traceback in the log ({plan.log_path})", where=None, line=None,
+                     fix=fix, where=None, line=None,
                      message=f"{type(exc).__name__}: {first}")
     log.error("failed: %s\n%s", entry["message"], "".join(traceback.format_exception(exc)))
     path = Path(plan.run_dir) / f"error.rank{rank}.json"
