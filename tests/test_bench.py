@@ -1,0 +1,54 @@
+"""`llamakit bench`: the standard workload is the documented one, and the command runs end to end on CPU
+(a tiny shape) at MP 1 in-process and at MP 2 through torchrun + gloo."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamakit.bench import BenchOptions, bench, resolve, standard_prompts
+from llamakit.errors import LlamakitError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_standard_prompts_follow_the_benchmark_definition():
+    prompts = standard_prompts(128)
+    assert len(prompts) == 128 and prompts == standard_prompts(128)  # deterministic
+    rng = random.Random(0)  # the definition, written out independently
+    for p in prompts[:5]:
+        length = max(8, min(480, int(rng.lognormvariate(math.log(120), 0.6))))
+        assert p == [rng.randrange(3, 32000) for _ in range(length)]
+    lengths = [len(p) for p in prompts]
+    assert min(lengths) >= 8 and max(lengths) <= 480 and 90 < sorted(lengths)[64] < 150
+    assert all(3 <= t < 32000 for p in prompts for t in p)
+
+
+def test_cpu_runs_a_tiny_shape_and_counts_every_token(mp1_group):
+    result = bench(BenchOptions(device="cpu", prompts=6, gen_len=5, batch=4, batch1_prompts=1, preset="tiny",
+                                max_prompt_len=40))
+    assert result.device == "cpu" and result.dtype == "fp32" and result.mp == 1
+    assert result.generated_tokens == 6 * 5  # EOS is ignored: every prompt generates gen_len tokens
+    assert result.tokens_per_s > 0 and result.batch1_tokens_per_s > 0 and result.ttft_ms > 0
+
+
+def test_bad_options_are_one_line_errors():
+    with pytest.raises(LlamakitError, match="unknown preset"):
+        resolve(BenchOptions(preset="3b", device="cpu"))
+    with pytest.raises(LlamakitError, match="does not divide"):
+        resolve(BenchOptions(preset="tiny", device="cpu", mp=3))
+
+
+def test_cli_json_at_mp2_through_torchrun():
+    proc = subprocess.run([sys.executable, "-m", "llamakit", "bench", "--device", "cpu", "--preset", "tiny",
+                           "--mp", "2", "--prompts", "4", "--gen-len", "4", "--batch", "4", "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["mp"] == 2 and result["generated_tokens"] == 16
