@@ -15,9 +15,8 @@ class GpuInfo:
     compute_capability: tuple[int, int] | None
 
 
-def _visible(indices: list[int]) -> list[int]:
-    """Apply CUDA_VISIBLE_DEVICES (numeric form) to NVML's indices, as CUDA would."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+def apply_visible_devices(indices: list[int], env: str | None) -> list[int]:
+    """Apply a CUDA_VISIBLE_DEVICES value (numeric form) to NVML's indices, as CUDA would."""
     if env is None:
         return indices
     picked = []
@@ -42,7 +41,9 @@ def detect_gpus(respect_visible: bool = True) -> list[GpuInfo]:
         return []
     try:
         count = pynvml.nvmlDeviceGetCount()
-        indices = _visible(list(range(count))) if respect_visible else list(range(count))
+        indices = list(range(count))
+        if respect_visible:
+            indices = apply_visible_devices(indices, os.environ.get("CUDA_VISIBLE_DEVICES"))
         out = []
         for i in indices:
             h = pynvml.nvmlDeviceGetHandleByIndex(i)

@@ -28,6 +28,15 @@ def _describe_other_format(ckpt_dir: Path) -> str:
     return f"it holds {', '.join(shown) + (' ...' if len(names) > 6 else '') if shown else 'nothing'}"
 
 
+def new_checkpoint_dir(out_dir: str | Path) -> Path:
+    """Create the folder a new checkpoint is written into; refuse one that already holds files."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise LlamakitError("output folder is not empty", "choose a new folder or empty this one", out.resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def find_shards(ckpt_dir: str | Path) -> list[Path]:
     """Return the shard files in numeric order; a missing folder, no shards, or a gap is a LlamakitError."""
     ckpt_dir = Path(ckpt_dir)

@@ -13,6 +13,7 @@ import torch
 from llamakit.checkpoint.layout import expected_shapes
 from llamakit.checkpoint.params import PRESETS, ModelConfig
 from llamakit.checkpoint.tiny import write_checklist
+from llamakit.checkpoint.shards import new_checkpoint_dir
 from llamakit.errors import LlamakitError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -46,10 +47,7 @@ def write_random_checkpoint(out_dir: str | Path, config: ModelConfig, mp: int = 
     if mp not in config.allowed_mp(vocab):
         allowed = [m for m in config.allowed_mp(vocab) if m <= 16]
         raise LlamakitError(f"MP {mp} does not split this shape evenly", f"use one of {allowed}")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise LlamakitError("output folder is not empty", "choose a new folder or empty this one", out.resolve())
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_checkpoint_dir(out_dir)
     tdtype = DTYPES[dtype]
     shapes = expected_shapes(config, vocab, mp, with_rope_freqs)
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -12,6 +12,7 @@ import torch
 from llamakit.checkpoint.layout import expected_shapes, split_tensor
 from llamakit.checkpoint.params import ModelConfig
 from llamakit.data import asset_path
+from llamakit.checkpoint.shards import new_checkpoint_dir
 from llamakit.errors import LlamakitError
 
 TINY_VOCAB = 512
@@ -80,10 +81,7 @@ def make_tiny(out_dir: str | Path, mp: int = 1, style: str = "llama2", seed: int
     if mp not in config.allowed_mp(TINY_VOCAB) or mp > 8:
         allowed = [m for m in config.allowed_mp(TINY_VOCAB) if m <= 8]
         raise LlamakitError(f"--mp {mp} does not divide the {style} tiny shape", f"use one of {allowed}")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise LlamakitError("output folder is not empty", "choose a new folder or empty this one", out.resolve())
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_checkpoint_dir(out_dir)
     train_tokenizer(out / "tokenizer.model")
     llama1 = style == "llama1"
     full = random_state_dict(config, TINY_VOCAB, seed, with_rope_freqs=llama1)

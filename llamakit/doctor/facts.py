@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamakit.gpus import apply_visible_devices
+
 # Environment variables a finished or crashed torchrun leaves behind; they change what a new launch does.
 DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
              "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
@@ -219,17 +221,8 @@ def _torch(f: Facts) -> None:
 
 
 def _visible(indices: list[int], env: str | None) -> list[int]:
-    """CUDA_VISIBLE_DEVICES (numeric entries) applied to NVML indices, stopping at the first it cannot parse."""
-    if env is None:
-        return indices
-    out = []
-    for part in env.split(","):
-        part = part.strip()
-        if not part.isdigit():
-            break
-        if int(part) in indices:
-            out.append(int(part))
-    return out
+    """CUDA_VISIBLE_DEVICES applied to NVML indices (the same rule `run` uses)."""
+    return apply_visible_devices(indices, env)
 
 
 def _nvml(f: Facts) -> None:
