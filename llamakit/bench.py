@@ -19,7 +19,7 @@ import torch
 
 from llamakit.checkpoint.layout import expected_shapes
 from llamakit.checkpoint.params import PRESETS, ModelConfig, load_params
-from llamakit.distributed import init_model_parallel
+from llamakit.distributed import finish_and_exit, init_model_parallel
 from llamakit.engine.api import EngineConfig, Request
 from llamakit.engine.engine import DTYPES, BatchEngine
 from llamakit.engine.runner import ModelRunner
@@ -295,7 +295,7 @@ def _worker_main() -> None:
     result = run_bench(opts)
     if dist.get_rank() == 0:
         Path(sys.argv[2]).write_text(json.dumps(asdict(result)))
-    dist.destroy_process_group()
+    finish_and_exit(0, opts.device)
 
 
 if __name__ == "__main__":

@@ -15,3 +15,23 @@ def init_model_parallel(mp: int) -> None:
         return
     with contextlib.redirect_stdout(io.StringIO()):
         initialize_model_parallel(mp)
+
+
+def finish_and_exit(code: int, device: str) -> None:
+    """End a worker process. On GPUs, NCCL communicators used inside captured CUDA graphs hang in
+    destroy_process_group / at interpreter exit (seen on 2x H200 with MP=2, 2026-11-24: all rows written, then
+    no exit), so after flushing, a GPU worker leaves with os._exit; outputs are already closed and fsynced."""
+    import logging
+    import os
+    import sys
+
+    if device != "cuda":
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

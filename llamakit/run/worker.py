@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from llamakit.distributed import finish_and_exit
 from llamakit.errors import LlamakitError
 from llamakit.run.plan import Plan
 
@@ -86,7 +87,6 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     if n != len(requests):
         raise RuntimeError(f"the engine returned {n} completions for {len(requests)} requests")
     log.info("done: %d rows in %.1f s", n, time.monotonic() - t0)
-    dist.destroy_process_group()
     if writer_lock is not None:
         os.close(writer_lock)
     return 0
@@ -123,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     _setup_logging(rank)
     try:
-        return run_rank(plan, int(os.environ.get("LOCAL_RANK", "0")))
+        code = run_rank(plan, int(os.environ.get("LOCAL_RANK", "0")))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the launcher as one line
         report_error(plan, rank, e)
-        return 1
+        code = 1
+    if argv is None:  # a real worker process (tests call main() in-process with argv)
+        finish_and_exit(code, plan.device)
+    return code
 
 
 if __name__ == "__main__":
