@@ -119,3 +119,20 @@ def test_real_process_exit_code_and_clean_error(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'missing'}: checkpoint folder does not exist. Fix: pass the folder holding "
         "consolidated.NN.pth and params.json (e.g. /data/LLaMA/13B)"]
+
+
+def test_cli_help_defaults_equal_the_library_defaults():
+    import llamakit.cli.cmd_inspect as cli
+    import llamakit.inspect as lib
+
+    assert (cli.DEFAULT_BATCH, cli.DEFAULT_SEQ, cli.DEFAULT_DTYPE) == (lib.DEFAULT_BATCH, lib.DEFAULT_SEQ,
+                                                                       lib.DEFAULT_DTYPE)
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, llamakit.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.markup import escape
@@ -14,9 +14,15 @@ from rich.table import Table
 from llamakit.cli.app import app, console, err_console
 from llamakit.errors import LlamakitError
 from llamakit.explain import explain_param, explain_texts
-from llamakit.inspect import (DEFAULT_BATCH, DEFAULT_DTYPE, DEFAULT_SEQ, InspectReport, fit_summary,
-                              inspect_checkpoint, recipe_settings)
-from llamakit.memory import GiB
+from llamakit.engine.api import EngineConfig
+
+if TYPE_CHECKING:
+    from llamakit.inspect import InspectReport
+
+# The same defaults as llamakit.inspect (checked by a test); importing that module here would pull torch into
+# every `llamakit --help`.
+DEFAULT_BATCH, DEFAULT_SEQ, DEFAULT_DTYPE = EngineConfig().max_batch_size, EngineConfig().max_seq_len, "bf16"
+GiB = 1024**3
 
 def _size(n: int) -> str:
     if n >= GiB:
@@ -39,6 +45,8 @@ def _out(text: str = "", markup: bool = True) -> None:
 
 
 def render(report: InspectReport, explain: bool = False) -> None:
+    from llamakit.inspect import fit_summary
+
     """Print the report as tables and short lines (stdout); problems are printed by the caller."""
     _out(f"[bold]Checkpoint[/bold] {escape(report.path)}")
     if report.params is not None:
@@ -154,6 +162,8 @@ def inspect_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object (see docs/inspect.md)."),
 ) -> None:
     """What a checkpoint is, whether its files are intact, and how it fits on this machine's GPUs."""
+    from llamakit.inspect import inspect_checkpoint, recipe_settings
+
     settings = recipe_settings(recipe) if recipe else {}
     ckpt = ckpt_dir or settings.get("ckpt_dir")
     if ckpt is None:

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from llamakit.checkpoint.reshard import reshard
 from llamakit.cli.app import app, console, err_console
 
 GiB = 1024**3
@@ -38,6 +37,8 @@ def reshard_cmd(
                                    help="tokenizer.model to put in DST (default: SRC's, else SRC's parent's)."),
 ) -> None:
     """Rewrite a checkpoint for another number of GPUs (see HELP)."""
+    from llamakit.checkpoint.reshard import reshard  # torch: imported only when the command runs
+
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                   TransferSpeedColumn(), TimeRemainingColumn(), console=err_console, transient=True) as bar:
         tasks: dict[str, int] = {}
