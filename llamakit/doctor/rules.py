@@ -239,7 +239,7 @@ def rule_driver(f: Facts, t: dict[str, Any] | None = None) -> CheckResult:
                                "pip install nvidia-ml-py")
         return CheckResult("driver", FAIL, f"an NVIDIA device is present but NVML does not answer ({f.nvml_error})",
                            "the driver is not loaded or does not match the kernel module: check `nvidia-smi`; "
-                           "reinstall the driver or reboot after a driver update")
+                           "if the driver was just updated, ask the server admin to reboot; else reinstall the driver")
     top = f.driver_cuda or driver_max_cuda(f.driver_version, t)
     head = f"driver {f.driver_version} (CUDA <= {top or '?'})"
     if not f.torch_cuda:
@@ -249,11 +249,12 @@ def rule_driver(f: Facts, t: dict[str, Any] | None = None) -> CheckResult:
     too_old_major = top is not None and vtuple(top)[0] < vtuple(f.torch_cuda)[0]
     if (compat and drv < vtuple(compat)) or too_old_major or (not compat and full and drv < vtuple(full)):
         w = pick_wheel(f.driver_cuda, f.driver_version, None, t)
-        alt = f", or install the torch build for this driver: {install_command(w)}" if w else ""
+        # students have no sudo: what they can do themselves comes first
+        own = f"install the torch build for this driver: {install_command(w)}; or " if w else ""
         return CheckResult("driver", FAIL, f"{head} is too old for torch's CUDA {f.torch_cuda} "
                            f"(needs >= {full or compat})",
-                           f"upgrade the NVIDIA driver to >= {full or compat} (e.g. sudo apt install "
-                           f"nvidia-driver-{vtuple(full or compat)[0]}, then reboot){alt}")
+                           f"{own}ask the server admin to upgrade the NVIDIA driver to >= {full or compat} "
+                           f"(sudo apt install nvidia-driver-{vtuple(full or compat)[0]}, then reboot)")
     if full and drv < vtuple(full):
         return CheckResult("driver", WARN, f"{head} runs torch's CUDA {f.torch_cuda} only through minor-version "
                            f"compatibility (full support from {full})",
