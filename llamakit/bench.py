@@ -41,6 +41,7 @@ class BenchOptions:
     preset: str = "7b"
     params_json: str | None = None
     mp: int = 1
+    dp: int = 1  # data-parallel replicas (world = mp x dp), each takes every dp-th prompt
     dtype: str = "auto"
     device: str = "auto"
     prompts: int = 128
@@ -79,6 +80,7 @@ class BenchResult:
     int8_logit_rel_err: float | None = None
     bf16_top1_agreement: float | None = None
     int8_top1_agreement: float | None = None
+    dp: int = 1
 
 
 def standard_prompts(n: int, max_len: int = 480, vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
@@ -150,12 +152,15 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    reqs = [Request(i, p, opts.gen_len) for i, p in enumerate(prompts)]
+    dp_rank, dp = _data_parallel()
+    reqs = [Request(i, p, opts.gen_len) for i, p in enumerate(prompts) if i % dp == dp_rank]
     _sync(device)
+    _barrier(dp)
     t1 = time.perf_counter()
     generated = sum(len(c.tokens) for c in engine.generate(reqs))
     _sync(device)
     seconds = time.perf_counter() - t1
+    generated, seconds = _combine_replicas(generated, seconds, dp, device)
 
     del engine
     single = _engine(model, ecfg, 1)
@@ -181,7 +186,33 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         ttft_ms=round(1000 * sum(ttft) / len(ttft), 1), peak_gpu_mem_gib=round(peak, 2) if peak else None,
         build_s=round(build_s, 1), date=_dt.date.today().isoformat(),
         bf16_logit_rel_err=quality[0], int8_logit_rel_err=quality[1], bf16_top1_agreement=quality[2],
-        int8_top1_agreement=quality[3])
+        int8_top1_agreement=quality[3], dp=dp)
+
+
+def _data_parallel() -> tuple[int, int]:
+    """(replica index, number of replicas) from fairscale's data-parallel groups."""
+    from fairscale.nn.model_parallel.initialize import get_data_parallel_rank, get_data_parallel_world_size
+
+    return get_data_parallel_rank(), get_data_parallel_world_size()
+
+
+def _barrier(dp: int) -> None:
+    if dp > 1:
+        torch.distributed.barrier()  # replicas start the clock together
+
+
+def _combine_replicas(generated: int, seconds: float, dp: int, device: torch.device) -> tuple[int, float]:
+    """Whole-file figures over all replicas: tokens summed (one model-parallel rank per replica), wall time of
+    the slowest replica."""
+    if dp == 1:
+        return generated, seconds
+    from fairscale.nn.model_parallel.initialize import get_model_parallel_rank
+
+    t = torch.tensor([generated if get_model_parallel_rank() == 0 else 0], dtype=torch.float64, device=device)
+    w = torch.tensor([seconds], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    torch.distributed.all_reduce(w, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item()), float(w.item())
 
 
 def _logits_all_positions(model: Transformer, prompts: list[list[int]]) -> torch.Tensor:
@@ -239,8 +270,11 @@ def resolve(opts: BenchOptions) -> BenchOptions:
     dtype = opts.dtype
     if dtype == "auto":
         dtype = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
-    if device == "cuda" and opts.mp > torch.cuda.device_count():
-        raise LlamakitError(f"--mp {opts.mp} needs {opts.mp} GPUs, {torch.cuda.device_count()} visible",
+    if opts.dp < 1 or opts.mp < 1:
+        raise LlamakitError("--mp and --dp must be at least 1", "e.g. --mp 2 --dp 1")
+    if device == "cuda" and opts.mp * opts.dp > torch.cuda.device_count():
+        raise LlamakitError(f"--mp {opts.mp} x --dp {opts.dp} needs {opts.mp * opts.dp} GPUs, "
+                            f"{torch.cuda.device_count()} visible",
                             "lower --mp or make more GPUs visible (CUDA_VISIBLE_DEVICES)")
     cfg = BENCH_PRESETS.get(opts.preset) if not opts.params_json else load_params(Path(opts.params_json).parent)
     if cfg is not None and opts.mp not in cfg.allowed_mp(VOCAB):
@@ -262,7 +296,7 @@ def _free_port() -> int:
 def bench(opts: BenchOptions) -> BenchResult:
     """Run the benchmark: in this process at MP=1, through torchrun (one process per GPU) at MP>1."""
     opts = resolve(opts)
-    if opts.mp == 1:
+    if opts.mp * opts.dp == 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
@@ -271,7 +305,7 @@ def bench(opts: BenchOptions) -> BenchResult:
         init_model_parallel(1)
         return run_bench(opts)
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"llamakit-bench-{os.getpid()}.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={opts.mp}", "--master_addr=127.0.0.1",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={opts.mp * opts.dp}", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "llamakit.bench", json.dumps(asdict(opts)), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not out.exists():

@@ -52,3 +52,12 @@ def test_cli_json_at_mp2_through_torchrun():
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["mp"] == 2 and result["generated_tokens"] == 16
+
+
+def test_cli_json_at_dp2_splits_the_prompts():
+    proc = subprocess.run([sys.executable, "-m", "llamakit", "bench", "--device", "cpu", "--preset", "tiny",
+                           "--dp", "2", "--prompts", "6", "--gen-len", "3", "--batch", "4", "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["dp"] == 2 and result["mp"] == 1 and result["generated_tokens"] == 18  # all 6 prompts, once

@@ -2,7 +2,8 @@
 # Two-GPU evidence (issue 8) on a 2-GPU machine, from a checkout with PYTHONPATH set. NVLink multicast stays off
 # (NCCL_NVLS_ENABLE=0 is exported here too). Writes logs and JSON into $OUT (or ./gpu2-out).
 # Usage: bash tools/gpu2_evidence.sh A|B    (A: doctor, MP=2 NCCL vs CPU, 13B MP=2 run + kill/resume, 13B bench
-#                                            B: 7B DP=2 vs one GPU, 30B-shaped reshard 4->2 run at MP=2, 7B bench)
+#                                            B: 7B DP=2 vs one GPU, 30B-shaped reshard 4->2 run at MP=2, 7B bench
+#                                               at DP=2 / MP=2 / MP=1)
 set -u
 OUT=${OUT:-$PWD/gpu2-out}; mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
@@ -126,7 +127,8 @@ print('DP=2 and DP=1 completions identical (seeded per prompt):', sum(a[k]==b[k]
   lk inspect /tmp/ck30-mp2 | grep -E "Shards|agree|parameters"
   prompts 64 /tmp/p64.jsonl; recipe /tmp/r30.yaml /tmp/ck30-mp2 /tmp/p64.jsonl /tmp/out30.jsonl 32 64
   lk run /tmp/r30.yaml > "$OUT/run30.txt" 2>&1; tail -3 "$OUT/run30.txt"; check /tmp/out30.jsonl 64
-  step "bench 7B at MP=2 vs MP=1"
+  step "bench 7B at DP=2 and MP=2 vs MP=1"
+  lk bench --preset 7b --dp 2 --json | tee "$OUT/bench-7b-dp2.json"
   lk bench --preset 7b --mp 2 --json | tee "$OUT/bench-7b-mp2.json"
   lk bench --preset 7b --mp 1 --json | tee "$OUT/bench-7b-mp1-h200.json"
 fi

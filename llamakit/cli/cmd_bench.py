@@ -18,6 +18,7 @@ def bench_cmd(
     preset: str = typer.Option("7b", "--preset", help=f"Model shape: {PRESET_NAMES}."),
     params_json: str = typer.Option(None, "--params", help="Use this checkpoint's params.json shape instead."),
     mp: int = typer.Option(1, "--mp", help="Model-parallel size (one process per GPU)."),
+    dp: int = typer.Option(1, "--dp", help="Data-parallel replicas (MP x DP processes; prompts split between them)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu (cpu runs a tiny shape)."),
     prompts: int = typer.Option(128, "--prompts", help="Prompts in the workload."),
@@ -30,8 +31,8 @@ def bench_cmd(
     """Standard workload on random weights: generated tok/s, batch-1 tok/s, time to first token, peak memory."""
     from llamakit.bench import BenchOptions, bench
 
-    opts = BenchOptions(preset=preset, params_json=params_json, mp=mp, dtype=dtype, device=device, prompts=prompts,
-                        gen_len=gen_len, batch=batch, quantize=quantize, fast=not plain)
+    opts = BenchOptions(preset=preset, params_json=params_json, mp=mp, dp=dp, dtype=dtype, device=device,
+                        prompts=prompts, gen_len=gen_len, batch=batch, quantize=quantize, fast=not plain)
     result = bench(opts)
     if as_json:
         print(json.dumps(asdict(result)))
