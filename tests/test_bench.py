@@ -45,19 +45,12 @@ def test_bad_options_are_one_line_errors():
         resolve(BenchOptions(preset="tiny", device="cpu", mp=3))
 
 
-def test_cli_json_at_mp2_through_torchrun():
-    proc = subprocess.run([sys.executable, "-m", "llamakit", "bench", "--device", "cpu", "--preset", "tiny",
-                           "--mp", "2", "--prompts", "4", "--gen-len", "4", "--batch", "4", "--json"],
+@pytest.mark.parametrize("flag,n,expected", [("--mp", 2, 16), ("--dp", 2, 16)])
+def test_cli_json_with_two_processes_counts_every_prompt_once(flag, n, expected):
+    """MP=2 splits the model across two ranks; DP=2 splits the prompts between two replicas."""
+    proc = subprocess.run([sys.executable, "-m", "llamakit", "bench", "--device", "cpu", "--preset", "tiny", flag,
+                           str(n), "--prompts", "4", "--gen-len", "4", "--batch", "4", "--json"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["mp"] == 2 and result["generated_tokens"] == 16
-
-
-def test_cli_json_at_dp2_splits_the_prompts():
-    proc = subprocess.run([sys.executable, "-m", "llamakit", "bench", "--device", "cpu", "--preset", "tiny",
-                           "--dp", "2", "--prompts", "6", "--gen-len", "3", "--batch", "4", "--json"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["dp"] == 2 and result["mp"] == 1 and result["generated_tokens"] == 18  # all 6 prompts, once
+    assert result[flag[2:]] == n and result["generated_tokens"] == expected  # 4 prompts x 4 tokens, once each

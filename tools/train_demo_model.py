@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from llamakit.checkpoint.params import ModelConfig  # noqa: E402
 from llamakit.checkpoint.tiny import write_checklist  # noqa: E402
+from llamakit.model.llama import RMSNorm, apply_rope, rope_tables  # noqa: E402  (the inference model's pieces)
 
 DEFAULT_OUT = REPO / "llamakit" / "assets" / "demo"
 DEFAULT_CORPUS = REPO / "llamakit" / "assets" / "demo-corpus.txt"
@@ -49,22 +50,10 @@ BOS, EOS = 1, 2
 
 
 # ---------------------------------------------------------------------------------------------- model
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Meta's rotary embedding: rotate the interleaved pairs (x0, x1), (x2, x3), ... of x [B, T, H, D]."""
-    pairs = x.unflatten(-1, (-1, 2))
-    re, im = pairs[..., 0], pairs[..., 1]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.stack((re * c - im * s, re * s + im * c), dim=-1).flatten(-2)
+    """Meta's rotary embedding on x [B, T, H, D] with cos/sin [T, D/2]: llamakit's own, so training and
+    inference rotate the same pairs."""
+    return apply_rope(x, cos[None], sin[None])
 
 
 class Attention(nn.Module):
@@ -119,11 +108,9 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, dropout) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        hd = cfg.head_dim
-        freqs = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2)[: hd // 2].float() / hd))
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)
-        self.register_buffer("cos", torch.cos(angles), persistent=False)  # not saved: Meta has no such key
-        self.register_buffer("sin", torch.sin(angles), persistent=False)
+        cos, sin = rope_tables(cfg.head_dim, max_len, cfg.rope_theta)
+        self.register_buffer("cos", cos, persistent=False)  # not saved: Meta has no such key
+        self.register_buffer("sin", sin, persistent=False)
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 continue
