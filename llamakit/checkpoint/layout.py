@@ -86,22 +86,3 @@ def split_tensor(key: str, full: torch.Tensor, n: int) -> list[torch.Tensor]:
     if full.shape[dim] % n:
         raise ValueError(f"{key}: size {full.shape[dim]} along dim {dim} is not divisible by {n}")
     return [t.contiguous() for t in torch.chunk(full, n, dim=dim)]
-
-
-def reslice(key: str, parts: list[torch.Tensor], n_out: int, index: int) -> torch.Tensor:
-    """Output shard `index` of `n_out` for one key, touching only the input shards that overlap it."""
-    dim = split_dim(key)
-    if dim is None:
-        return parts[0]
-    n_in = len(parts)
-    size_in = parts[0].shape[dim]
-    total = size_in * n_in
-    if total % n_out:
-        raise ValueError(f"{key}: size {total} along dim {dim} is not divisible by {n_out}")
-    size_out = total // n_out
-    lo, hi = index * size_out, (index + 1) * size_out
-    pieces = []
-    for j in range(lo // size_in, (hi - 1) // size_in + 1):
-        a, b = max(lo, j * size_in) - j * size_in, min(hi, (j + 1) * size_in) - j * size_in
-        pieces.append(parts[j].narrow(dim, a, b - a))
-    return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces, dim=dim)

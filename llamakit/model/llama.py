@@ -9,7 +9,6 @@ per running sequence).
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator
 
 import torch
@@ -271,6 +270,3 @@ def model_parallel_info() -> tuple[int, int]:
     """(rank, size) of this process in its model-parallel group."""
     return get_model_parallel_rank(), get_model_parallel_world_size()
 
-
-def attention_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)
