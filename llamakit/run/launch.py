@@ -38,10 +38,14 @@ class Progress:
     tokens: int  # generated tokens counted since the first finished row (the rate ignores model loading)
     elapsed: float  # seconds since the first finished row
     phase: str  # "loading" until the first row arrives, then "generating"
+    all_tokens: int = 0  # every token this run wrote, and the seconds since launch: the rate when all rows
+    since_start: float = 0.0  # arrived in one poll (tiny models), where the first-row clock measured nothing
 
     @property
     def tok_per_s(self) -> float:
-        return self.tokens / self.elapsed if self.elapsed > 0 else 0.0
+        if self.tokens > 0 and self.elapsed > 0:
+            return self.tokens / self.elapsed
+        return self.all_tokens / self.since_start if self.since_start > 0 else 0.0
 
 
 @dataclass
@@ -316,7 +320,8 @@ def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0
                     first = (now, follower.tokens)
                 # the rate counts from the first finished row, so model loading does not dilute it
                 prog = Progress(follower.rows, plan.pending, follower.tokens - (first[1] if first else 0),
-                                now - first[0] if first else 0.0, "generating" if follower.rows else "loading")
+                                now - first[0] if first else 0.0, "generating" if follower.rows else "loading",
+                                follower.tokens, now - start)
                 if on_progress:
                     on_progress(prog)
                 if now - last_log >= 30 or (rc is not None and follower.rows):
