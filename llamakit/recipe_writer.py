@@ -251,7 +251,7 @@ def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | Non
     recipe_path = Path(recipe_path)
     ckpt_path = _resolve_builtin("ckpt_dir", ckpt)
     c = open_checkpoint(ckpt_path)
-    model = "the built-in demo model (random weights)" if ckpt.startswith("builtin:") else identify(c.config)
+    model = "the built-in demo model (0.9M parameters, trained on bundled news text)" if ckpt.startswith("builtin:") else identify(c.config)
     model = "a model of unpublished shape" if model == "custom" else model
     params = c.config.with_vocab(c.vocab_rows).param_count()
     if tokenizer:
