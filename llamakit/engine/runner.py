@@ -52,17 +52,15 @@ class ModelRunner:
         if self.graphs is not None:
             return self.graphs([s.generated[-1] for s in seqs], [s.next_pos for s in seqs],
                                [s.request.key for s in seqs], [len(s.generated) for s in seqs])
-        if self.cfg.fast:
-            tokens = torch.tensor([s.generated[-1] for s in seqs], dtype=torch.int64, device=self.device)
-            pos = torch.tensor([s.next_pos for s in seqs], dtype=torch.int64, device=self.device)
-            return self._sample(self.model.decode_fast(tokens, pos, self.cache), seqs)
         tokens = torch.tensor([s.generated[-1] for s in seqs], dtype=torch.int64, device=self.device)
         positions = [s.next_pos for s in seqs]
         pos = torch.tensor(positions, dtype=torch.int64, device=self.device)
+        if self.cfg.fast:  # fused kernels (their eager twins off GPU), no CUDA graph
+            return self._sample(self.model.decode_fast(tokens, pos, self.cache), seqs)
+        # plain path: SDPA over the first kv_len positions of every slot (the reference the fast path is tested on)
         need = max(positions) + 1
         kv_len = min(self.cache.max_seq_len, -(-need // self.kv_bucket) * self.kv_bucket)
-        logits = self.model.decode(tokens, pos, self.cache, kv_len)
-        return self._sample(logits, seqs)
+        return self._sample(self.model.decode(tokens, pos, self.cache, kv_len), seqs)
 
     def move(self, src: int, dst: int, length: int) -> None:
         self.cache.move_slot(src, dst, length)
