@@ -229,7 +229,7 @@ def describe(plan: Plan, argv: list[str]) -> list[str]:
                                         if plan.engine.get("quantize", "none") != "none" else ""),
         f"batch        max_batch_size {plan.engine['max_batch_size']} per replica, max_seq_len "
         f"{plan.engine['max_seq_len']}, max_gen_len {plan.max_gen_len}",
-        f"sampling     " + ("greedy (temperature 0)" if plan.engine["temperature"] == 0 else
+        "sampling     " + ("greedy (temperature 0)" if plan.engine["temperature"] == 0 else
                             f"temperature {plan.engine['temperature']}, top_p {plan.engine['top_p']}")
         + f", seed {plan.engine['seed']}",
     ]

@@ -93,7 +93,7 @@ def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id")
         pid = obj.get(id_field, line)
         if isinstance(pid, bool) or not isinstance(pid, (str, int)):
             raise LlamakitError(f"field '{id_field}' is {type(pid).__name__}, not a string or integer",
-                                f"use string or integer ids (or set id_field in the recipe)", path, line)
+                                "use string or integer ids (or set id_field in the recipe)", path, line)
         extra = {k: v for k, v in obj.items() if k not in (prompt_field, id_field)}
         clash = sorted(RESERVED & set(extra))
         if clash:
