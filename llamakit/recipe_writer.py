@@ -124,20 +124,6 @@ class RecipePlan:
     notes: list[str] = field(default_factory=list)  # warnings for the terminal and the recipe's head
 
 
-def _resolve_builtin(key: str, value: str) -> Path:
-    """`builtin:NAME` -> the shipped data (the same table `llamakit run` uses), else the path itself."""
-    from llamakit.run.recipe import BUILTIN, BUILTINS
-
-    if value.startswith(BUILTIN):
-        name = value[len(BUILTIN):]
-        table = BUILTINS.get(key, {})
-        if name not in table:
-            known = ", ".join(BUILTIN + n for n in table) or "none"
-            raise LlamakitError(f"unknown built-in {value!r}", f"use one of: {known}, or a path", "command line")
-        return Path(table[name]()).resolve()
-    return Path(value).expanduser().resolve()
-
-
 def round_up(n: int, step: int = SEQ_STEP) -> int:
     return max(step, math.ceil(n / step) * step)
 
@@ -243,15 +229,17 @@ def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | Non
     from llamakit.checkpoint.params import identify
     from llamakit.checkpoint.shards import open_checkpoint
     from llamakit.run.prompts import read_prompts
+    from llamakit.run.recipe import resolve_builtin
     from llamakit.tokenizer import Tokenizer, find_tokenizer
 
     if max_gen_len < 1:
         raise LlamakitError(f"--max-gen-len {max_gen_len} is too small", "use a number of new tokens >= 1, e.g. 256",
                             "command line")
     recipe_path = Path(recipe_path)
-    ckpt_path = _resolve_builtin("ckpt_dir", ckpt)
+    ckpt_path = resolve_builtin("ckpt_dir", ckpt)
     c = open_checkpoint(ckpt_path)
-    model = "the built-in demo model (0.9M parameters, trained on bundled news text)" if ckpt.startswith("builtin:") else identify(c.config)
+    model = ("the built-in demo model (0.9M parameters, trained on bundled news text)" if ckpt.startswith("builtin:")
+             else identify(c.config))
     model = "a model of unpublished shape" if model == "custom" else model
     params = c.config.with_vocab(c.vocab_rows).param_count()
     if tokenizer:
@@ -265,7 +253,7 @@ def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | Non
         raise LlamakitError(f"tokenizer has {tok.n_words} tokens but the checkpoint's embedding has {c.vocab_rows} "
                             "rows", "use the tokenizer.model that came with this checkpoint (--tokenizer FILE)",
                             tok_path.resolve())
-    prompt_path = _resolve_builtin("prompt_path", prompts)
+    prompt_path = resolve_builtin("prompt_path", prompts)
     items = read_prompts(prompt_path, prompt_field, id_field)
     lengths = [len(ids) + 1 for ids in tok.sp.encode([p.text for p in items])]  # + bos, as the run feeds them
     longest = max(lengths)
@@ -274,6 +262,9 @@ def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | Non
     size = choose_size(c.config, c.vocab_rows, c.mp, model, lengths, max_gen_len, parse_gpus(gpus, gpu_facts),
                        ckpt_path)
     out_value = out if out else str(recipe_path.with_suffix(".jsonl"))
+    if not out and Path(out_value).expanduser().resolve() == prompt_path:
+        # `new-recipe ... news.jsonl news.yaml` would otherwise write the output over the prompt file's name
+        out_value = str(recipe_path.with_name(recipe_path.stem + "-out.jsonl"))
     log_value = str(Path(out_value).with_suffix(".log"))
     notes = size.notes
     if Path(out_value).expanduser().exists():

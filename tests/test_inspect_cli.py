@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llamakit.cli import app
+from llamakit.errors import LlamakitError
 from llamakit.inspect import InspectReport, inspect_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,3 +137,10 @@ def test_help_does_not_import_torch():
     code = "import sys, llamakit.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_builtin_demo_can_be_inspected_like_in_recipes():
+    r = invoke("builtin:demo")
+    assert r.exit_code == 0 and "llamakit/assets/demo" in r.output.replace("\\", "/")
+    with pytest.raises(LlamakitError, match="unknown built-in"):  # main() turns it into one line, exit 2
+        invoke("builtin:nope")

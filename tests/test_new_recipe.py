@@ -181,3 +181,10 @@ def test_new_recipe_output_runs_as_written(tmp_path):
     for r in rows:
         assert {"id", "prompt", "completion", "prompt_tokens", "completion_tokens", "finish_reason"} <= set(r)
         assert 0 < r["completion_tokens"] <= 6
+
+
+def test_recipe_named_like_the_prompt_file_never_writes_over_it(folder):
+    """`new-recipe builtin:demo p.jsonl p.yaml` is a natural choice; the output must not be p.jsonl."""
+    path, plan, _ = write_new_recipe("p.yaml", "builtin:demo", "p.jsonl", gpu_facts=NO_GPU)
+    assert plan.out_value == "p-out.jsonl" and plan.log_value == "p-out.log"
+    assert plan_run(path, gpu_facts=NO_GPU).plan.pending == 6  # and the recipe runs

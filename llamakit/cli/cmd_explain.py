@@ -39,7 +39,7 @@ def lookup(word: str) -> "Explanation":
                            "See docs/run.md for every recipe key.")
     texts = explain_texts()
     names = [k for section in texts.values() for k in section] + list(KEYS)
-    close = difflib.get_close_matches(key, list(dict.fromkeys(names)), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(key, list(dict.fromkeys(names)), n=3, cutoff=0.7)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise LlamakitError(f"no explanation for {word!r}", f"{hint}`llamakit explain` lists every word it knows")
 
@@ -71,7 +71,7 @@ def explain_cmd(
             console.print(t)
             console.print()
         console.print("llamakit explain WORD prints the full text (spelling is forgiving: 'World Size', "
-                      "'--local-rank').", markup=False)
+                      "'local-rank').", markup=False)
         return
     e = lookup(word)
     head = {"terms": "", "params": " (params.json field)", "recipe": " (recipe key)"}.get(e.section, "")

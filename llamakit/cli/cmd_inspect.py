@@ -168,6 +168,10 @@ def inspect_cmd(
     ckpt = ckpt_dir or settings.get("ckpt_dir")
     if ckpt is None:
         raise LlamakitError("no checkpoint folder given", "pass CKPT_DIR (or a --recipe that names ckpt_dir)")
+    if str(ckpt).startswith("builtin:"):  # e.g. `llamakit inspect builtin:demo`, as recipes name it
+        from llamakit.run.recipe import resolve_builtin
+
+        ckpt = resolve_builtin("ckpt_dir", str(ckpt))
     kwargs = dict(tokenizer=tokenizer or settings.get("tokenizer"),
                   dtype=dtype or settings.get("dtype") or DEFAULT_DTYPE,
                   batch=batch or settings.get("batch") or DEFAULT_BATCH,

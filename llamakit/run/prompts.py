@@ -72,7 +72,7 @@ def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id")
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            raise LlamakitError(f"not valid JSON ({e.msg} at column {e.colno})",
+            raise LlamakitError(f"not valid JSON ({e.msg.removesuffix(' at')}, at column {e.colno})",
                                 "each line must be one JSON object, e.g. {\"id\": 1, \"prompt\": \"...\"}",
                                 path, line) from None
         if not isinstance(obj, dict):

@@ -297,6 +297,18 @@ BUILTINS = {"ckpt_dir": {"demo": demo_checkpoint},
             "prompt_path": {"demo-prompts.jsonl": lambda: asset_path("demo-prompts.jsonl")}}
 
 
+def resolve_builtin(key: str, value: str, where: str = "command line") -> Path:
+    """A path given on the command line: `builtin:NAME` = shipped data (as in recipes), else the path itself."""
+    if value.startswith(BUILTIN):
+        name = value[len(BUILTIN):]
+        table = BUILTINS.get(key, {})
+        if name not in table:
+            known = ", ".join(BUILTIN + n for n in table) or "none"
+            raise LlamakitError(f"unknown built-in {value!r}", f"use one of: {known}, or a path", where)
+        return Path(table[name]()).resolve()
+    return Path(value).expanduser().resolve()
+
+
 def resolve_path(lr: LoadedRecipe, key: str, value: str) -> Path:
     """Absolute path for a recipe path value: `builtin:NAME` = shipped data, else relative to the working directory."""
     if value.startswith(BUILTIN):
