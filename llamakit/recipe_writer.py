@@ -337,7 +337,8 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
     key("id_field", p.id_field, "Ids must be unique: resume finds the finished prompts by them.")
     key("out_path", p.out_value, "Each row: id, prompt, completion, prompt_tokens, completion_tokens, finish_reason "
         "and your other fields.")
-    key("logging_path", p.log_value)
+    key("logging_path", p.log_value, "Left out on purpose: the log then sits next to out_path (out_path with .log), "
+        "also when you change out_path with --out for one run.", commented=True)
 
     lines += ["# ---- how much text", ""]
     key("max_gen_len", p.max_gen_len, "A token is a word or a piece of one; German text needs more tokens than English.")

@@ -116,8 +116,9 @@ def test_written_recipe_validates_and_plans_as_written(folder):
 def test_every_key_is_written_with_a_comment_from_the_glossary_where_one_exists(folder):
     _, _, text = write_new_recipe("r.yaml", "builtin:demo", "p.jsonl", gpu_facts=NO_GPU)
     raw = yaml.safe_load(text)
-    assert set(raw) == set(KEYS) - {"tokenizer_path"}  # left out: the demo's own tokenizer is used
-    assert re.search(r"^# tokenizer_path: ", text, flags=re.M)
+    # left out: the demo's own tokenizer is used, and the log follows out_path (also under --out)
+    assert set(raw) == set(KEYS) - {"tokenizer_path", "logging_path"}
+    assert re.search(r"^# tokenizer_path: ", text, flags=re.M) and re.search(r"^# logging_path: ", text, flags=re.M)
     lines = text.splitlines()
     for key in KEYS:
         i = next(i for i, ln in enumerate(lines) if re.match(rf"^(# )?{key}: ", ln))
