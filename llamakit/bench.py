@@ -8,7 +8,6 @@ import json
 import math
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import torch
 
 from llamakit.checkpoint.layout import expected_shapes
 from llamakit.checkpoint.params import PRESETS, ModelConfig, load_params
+from llamakit.run.plan import free_port
 from llamakit.distributed import finish_and_exit, init_model_parallel
 from llamakit.engine.api import EngineConfig, Request
 from llamakit.engine.engine import DTYPES, BatchEngine
@@ -287,12 +287,6 @@ def resolve(opts: BenchOptions) -> BenchOptions:
     return new
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench(opts: BenchOptions) -> BenchResult:
     """Run the benchmark: in this process at MP=1, through torchrun (one process per GPU) at MP>1."""
     opts = resolve(opts)
@@ -301,12 +295,12 @@ def bench(opts: BenchOptions) -> BenchResult:
 
         if not dist.is_initialized():
             backend = "nccl" if opts.device == "cuda" else "gloo"
-            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
         init_model_parallel(1)
         return run_bench(opts)
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"llamakit-bench-{os.getpid()}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={opts.mp * opts.dp}", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "llamakit.bench", json.dumps(asdict(opts)), str(out)]
+           f"--master_port={free_port()}", "-m", "llamakit.bench", json.dumps(asdict(opts)), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not out.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]

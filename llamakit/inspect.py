@@ -18,7 +18,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 import torch
 
-from llamakit.checkpoint.layout import expected_shapes, is_known, split_dim
+from llamakit.checkpoint.layout import DTYPES, expected_shapes, is_known, split_dim
 from llamakit.checkpoint.params import ModelConfig, identify, load_params
 from llamakit.checkpoint.shards import SHARD_RE, find_shards, load_shard
 from llamakit.engine.api import EngineConfig
@@ -35,7 +35,7 @@ DEFAULT_DTYPE = "bf16"
 CARD_SIZES_GB = (16, 24, 40, 48, 80, 141)
 USABLE = 0.99
 GPU_COUNTS = (1, 2, 4, 8)
-TORCH_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+TORCH_DTYPES = {t: name for name, t in DTYPES.items()}
 ProgressFn = Callable[[str, int, int], None]  # (file name, bytes done over all files, bytes total)
 
 

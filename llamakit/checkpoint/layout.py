@@ -21,6 +21,10 @@ _RULES: list[tuple[re.Pattern[str], int | None]] = [
 ]
 
 
+# The 16/32-bit weight dtypes by the names recipes, params and the CLI use.
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
 class UnknownKey(KeyError):
     """A key that is not part of the Meta LLaMA layout."""
 

@@ -19,10 +19,11 @@ from typing import Callable, Iterator
 import torch
 
 from llamakit.checkpoint.layout import split_dim
+from llamakit.checkpoint.layout import DTYPES as ALL_DTYPES
 from llamakit.checkpoint.shards import Checkpoint, load_shard, open_checkpoint
 from llamakit.errors import LlamakitError
 
-DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {k: ALL_DTYPES[k] for k in ("bf16", "fp16")}  # conversions offered
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # Meta stores rope.freqs in fp32 and its model recomputes the frequencies: it is copied, never converted.
 KEEP_DTYPE = {"rope.freqs"}

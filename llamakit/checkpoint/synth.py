@@ -10,13 +10,12 @@ from pathlib import Path
 
 import torch
 
-from llamakit.checkpoint.layout import expected_shapes
+from llamakit.checkpoint.layout import DTYPES, expected_shapes
 from llamakit.checkpoint.params import PRESETS, ModelConfig
 from llamakit.checkpoint.tiny import write_checklist
 from llamakit.checkpoint.shards import new_checkpoint_dir
 from llamakit.errors import LlamakitError
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _fill(shape: tuple[int, ...], dtype: torch.dtype, key: str, fill: str, device: str,

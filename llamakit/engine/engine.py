@@ -7,6 +7,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from llamakit.checkpoint.layout import DTYPES
 from llamakit.checkpoint.shards import Checkpoint
 from llamakit.engine.api import Completion, EngineConfig, Request
 from llamakit.engine.runner import ModelRunner
@@ -16,7 +17,6 @@ from llamakit.model.llama import Transformer, model_parallel_info
 
 log = logging.getLogger("llamakit.engine")
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 EOS_ID = 2  # Meta's tokenizer: bos 1, eos 2
 
 
