@@ -21,8 +21,7 @@ from llamakit.checkpoint.params import PRESETS, ModelConfig, load_params
 from llamakit.run.plan import free_port
 from llamakit.distributed import finish_and_exit, init_model_parallel
 from llamakit.engine.api import EngineConfig, Request
-from llamakit.engine.engine import DTYPES, BatchEngine
-from llamakit.engine.runner import ModelRunner
+from llamakit.engine.engine import DTYPES, BatchEngine, engine_for_model
 from llamakit.errors import LlamakitError
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer
@@ -108,13 +107,7 @@ def random_shard(cfg: ModelConfig, vocab: int, mp: int, dtype: torch.dtype, devi
 
 
 def _engine(model: Transformer, ecfg: EngineConfig, n_slots: int) -> BatchEngine:
-    from fairscale.nn.model_parallel.initialize import get_model_parallel_world_size
-
-    cfg = model.cfg
-    mp = get_model_parallel_world_size()
-    cache = KVCache(cfg.n_layers, n_slots, cfg.kv_heads // mp, ecfg.max_seq_len, cfg.head_dim, model.dtype,
-                    model.device)
-    return BatchEngine(ModelRunner(model, cache, ecfg), ecfg, eos_id=-1)  # the benchmark ignores EOS
+    return engine_for_model(model, ecfg, n_slots, eos_id=-1)  # the benchmark ignores EOS
 
 
 def _sync(device: torch.device) -> None:

@@ -74,8 +74,12 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -
     shard = ckpt.load(rank)
     model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize)
     del shard
-    n_kv_local = model_cfg.kv_heads // mp_size
-    slots = _kv_slots(cfg, model_cfg, n_kv_local, dtype, device)
-    cache = KVCache(model_cfg.n_layers, slots, n_kv_local, cfg.max_seq_len, model_cfg.head_dim, dtype, device)
-    runner = ModelRunner(model, cache, cfg)
-    return BatchEngine(runner, cfg)
+    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, model_cfg.kv_heads // mp_size, dtype, device))
+
+
+def engine_for_model(model: Transformer, cfg: EngineConfig, n_slots: int, eos_id: int = EOS_ID) -> BatchEngine:
+    """An engine around an already built model: a KV cache of `n_slots` sequences, its runner, the scheduler."""
+    mc = model.cfg
+    n_kv_local = mc.kv_heads // model_parallel_info()[1]
+    cache = KVCache(mc.n_layers, n_slots, n_kv_local, cfg.max_seq_len, mc.head_dim, model.dtype, model.device)
+    return BatchEngine(ModelRunner(model, cache, cfg), cfg, eos_id)
