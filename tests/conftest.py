@@ -41,16 +41,14 @@ def tiny_copy(tiny_factory, tmp_path):
 def mp1_group():
     """A real single-process gloo group with fairscale model parallel of size 1 (for in-process engines)."""
     import os
-    import socket
 
     import torch.distributed as dist
     from fairscale.nn.model_parallel.initialize import initialize_model_parallel, model_parallel_is_initialized
 
     if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        from llamakit.run.plan import free_port
+
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     if not model_parallel_is_initialized():
         initialize_model_parallel(1)
     os.environ.setdefault("LLAMAKIT_TEST_MP1", "1")

@@ -3,11 +3,6 @@ in fp32 on CPU, for LLaMA-1, Llama-2 and Llama-2-70B-style GQA checkpoints, at M
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +13,7 @@ from llamakit.engine.api import EngineConfig, Request
 from llamakit.engine.engine import build_engine
 from llamakit.tokenizer import Tokenizer
 from tests.helpers.hf_reference import build_hf_model, hf_greedy
+from tests.helpers.mp_generate import run_under_torchrun
 
 PROMPTS = [
     "Der Stadtrat hat am Montagabend",
@@ -44,21 +40,9 @@ def _engine_outputs(ckpt: Path, batch: int, temperature: float = 0.0) -> dict[in
 
 def _torchrun_outputs(ckpt: Path, nproc: int, tmp_path: Path,
                       config: dict | None = None) -> dict[int, tuple[list[int], str]]:
-    spec = tmp_path / "spec.json"
     config = config or {"max_seq_len": 128, "max_batch_size": 3}
-    spec.write_text(json.dumps({"config": config, "max_gen_len": GEN,
-                                "prompts": _prompts(ckpt)}))
-    out = tmp_path / "out.json"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "tests.helpers.mp_generate", str(ckpt), str(spec), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {int(k): (v[0], v[1]) for k, v in json.loads(out.read_text()).items()}
+    raw = run_under_torchrun(ckpt, nproc, tmp_path, config, _prompts(ckpt), GEN)
+    return {k: (v[0], v[1]) for k, v in raw.items()}
 
 
 @pytest.fixture(scope="module")

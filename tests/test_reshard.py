@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -293,19 +292,10 @@ def _greedy_in_process(ckpt: Path) -> dict[int, list]:
 
 
 def _greedy_torchrun(ckpt: Path, nproc: int, tmp_path: Path) -> dict[int, list]:
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"config": {"max_seq_len": 64, "max_batch_size": 3}, "max_gen_len": GEN,
-                                "prompts": [r.prompt_tokens for r in _requests(ckpt)]}))
-    out = tmp_path / "greedy.json"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "tests.helpers.mp_generate", str(ckpt), str(spec), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {int(k): v for k, v in json.loads(out.read_text()).items()}
+    from tests.helpers.mp_generate import run_under_torchrun
+
+    return run_under_torchrun(ckpt, nproc, tmp_path, {"max_seq_len": 64, "max_batch_size": 3},
+                              [r.prompt_tokens for r in _requests(ckpt)], GEN)
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import torch.distributed as dist
 from fairscale.nn.model_parallel.initialize import initialize_model_parallel
@@ -12,6 +14,22 @@ from fairscale.nn.model_parallel.initialize import initialize_model_parallel
 from llamakit.checkpoint import open_checkpoint
 from llamakit.engine.api import EngineConfig, Request
 from llamakit.engine.engine import build_engine
+
+
+def run_under_torchrun(ckpt: Path, nproc: int, workdir: Path, config: dict, prompts: list[list[int]],
+                       max_gen_len: int) -> dict[int, list]:
+    """Start this module under torchrun (gloo, `nproc` ranks) from a test; {request key: [tokens, finish_reason]}."""
+    from llamakit.run.plan import free_port
+
+    spec, out = workdir / "spec.json", workdir / "out.json"
+    spec.write_text(json.dumps({"config": config, "max_gen_len": max_gen_len, "prompts": prompts}))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "tests.helpers.mp_generate", str(ckpt), str(spec), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {int(k): v for k, v in json.loads(out.read_text()).items()}
 
 
 def main() -> None:
