@@ -531,6 +531,10 @@ def fit_summary(options: list[FitOption], dtype: str) -> str:
     opts = [o for o in options if o.dtype == dtype]
     if not opts:
         return f"at {dtype} it does not fit on 8 GPUs of {CARD_SIZES_GB[-1]} GB"
+    first = opts[0]
+    if first.gpus == 1 and first.per_gpu_bytes <= _card_bytes(CARD_SIZES_GB[0]) // 2:
+        # far below the smallest listed card: naming "16 GB" would mislead (the demo model needs 1.5 GiB)
+        return f"needs 1 GPU with {_gib(first.per_gpu_bytes)} free at {dtype}"
     return "needs " + " or ".join(f"{o.gpus}x {o.gpu_gb} GB" for o in opts) + f" at {dtype}"
 
 

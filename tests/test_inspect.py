@@ -305,6 +305,15 @@ def test_fit_options_name_cards():
     assert fit_summary(opts, "bf16") == "needs 1x 40 GB or 2x 24 GB or 4x 16 GB at bf16"
 
 
+def test_fit_summary_small_model_names_memory_not_a_card():
+    # the built-in demo model: 1.8 MiB of weights + 32 MiB KV cache + 1.5 GiB overhead; "1x 16 GB" would mislead
+    from llamakit.checkpoint.params import ModelConfig
+
+    cfg = ModelConfig(dim=128, n_layers=4, n_heads=4, vocab_size=1024, multiple_of=32, ffn_dim_multiplier=0.75)
+    summary = fit_summary(fit_options(cfg, 1024, "bf16", 32, 512), "bf16")
+    assert summary == "needs 1 GPU with 1.5 GiB free at bf16"
+
+
 def test_bad_arguments_raise():
     from llamakit.errors import LlamakitError
 
