@@ -164,6 +164,31 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(world, reference):
     assert rows == reference[1]
 
 
+def test_ctrl_c_stops_with_one_line_and_resume_completes(world, reference):
+    # SIGINT to the whole process group, as a terminal's Ctrl-C sends it: launcher, torchrun and both MP ranks
+    root, recipe = world
+    r = recipe("ctrlc", mp=2)
+    out = root / "ctrlc.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "llamakit", "run", str(r)], cwd=root, env=env_for(root),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= 4:
+            break
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "interrupted (Ctrl-C); the rows written so far are kept" in err and "re-run" in err
+    assert "Traceback" not in err and err.strip().count("\n") == 0  # one line on the terminal
+    log = (root / "ctrlc.log").read_text()
+    assert "KeyboardInterrupt" not in log  # the workers' own stop is not reported as a crash
+    res = run_cli(root, str(r))
+    assert res.returncode == 0, res.stderr + log
+    assert rows_of(out) == reference[1]
+
+
 def test_a_failing_rank_stops_the_run_with_its_error_once(world, capfd):
     root, recipe = world
     setup = plan_run(recipe("fails", mp=2), gpu_facts=([], False))

@@ -277,7 +277,8 @@ def _log_to(path: Path) -> logging.Handler:
 
 def _stop(proc: subprocess.Popen, plan: Plan, why: str) -> LlamakitError:
     """Stop torchrun (it stops its workers), wait for it, and say how to resume."""
-    log.info("%s: stopping the workers", why)
+    log.info("%s: stopping torchrun and the workers (a 'SignalException' traceback from torchrun below is its "
+             "normal reaction to the stop, not a second error)", why)
     try:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -366,7 +367,7 @@ def _worker_error(rc: int, plan: Plan) -> LlamakitError:
     log.error("rank %s failed: %s", err.get("rank"), err.get("message"))
     what = err.get("what") or err.get("message", "worker failed")
     fix = err.get("fix") or f"see the traceback in the log ({plan.log_path})"
-    return LlamakitError(f"rank {err.get('rank')}: {what}", fix + "; then re-run to resume", err.get("where"),
+    return LlamakitError(f"rank {err.get('rank')}: {what}", fix if "resume" in fix else fix + "; then re-run to resume", err.get("where"),
                          err.get("line"))
 
 

@@ -97,6 +97,10 @@ def report_error(plan: Plan, rank: int, exc: BaseException) -> None:
     entry: dict[str, Any] = {"rank": rank, "time": time.time()}
     if isinstance(exc, LlamakitError):
         entry.update(what=exc.what, fix=exc.fix, where=exc.where, line=exc.line, message=exc.one_line())
+    elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or torchrun passing on a stop: not a bug, no traceback
+        what = "stopped by SIGINT (Ctrl-C, or torchrun stopping its workers); the rows written so far are kept"
+        entry.update(what=what, fix="re-run the same command to resume", where=None, line=None, message=what)
+        log.warning("%s", what)
     else:
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         fix = f"see the traceback in the log ({plan.log_path})"
@@ -107,7 +111,8 @@ def report_error(plan: Plan, rank: int, exc: BaseException) -> None:
         entry.update(what=f"{type(exc).__name__}: {first}" if first else type(exc).__name__,
                      fix=fix, where=None, line=None,
                      message=f"{type(exc).__name__}: {first}")
-    log.error("failed: %s\n%s", entry["message"], "".join(traceback.format_exception(exc)))
+    if not isinstance(exc, KeyboardInterrupt):
+        log.error("failed: %s\n%s", entry["message"], "".join(traceback.format_exception(exc)))
     path = Path(plan.run_dir) / f"error.rank{rank}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
