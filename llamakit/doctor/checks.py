@@ -38,7 +38,7 @@ CHECKS: tuple[Check, ...] = (
     Check("ram", "free RAM vs the checkpoint's largest shard", R.rule_ram),
     Check("disk", "free disk where outputs go", R.rule_disk),
     Check("ports", "port 29500 (torchrun's default) free, and a free port", R.rule_ports),
-    Check("dist-env", "leftover WORLD_SIZE / RANK / LOCAL_RANK / MASTER_* / NCCL_* variables", R.rule_dist_env),
+    Check("dist-env", "leftover WORLD_SIZE / RANK / LOCAL_RANK / MASTER_* variables; NCCL_* settings listed", R.rule_dist_env),
     Check("pynvml", "nvidia-ml-py present, no deprecated pynvml shadowing it", R.rule_pynvml),
     Check("visible-devices", "CUDA_VISIBLE_DEVICES and which GPUs it leaves visible", R.rule_visible_devices),
     Check("checkpoint", "the checkpoint (--ckpt-dir or the recipe's) opens: config, MP, shards", R.rule_checkpoint),

@@ -442,15 +442,19 @@ def rule_ports(f: Facts) -> CheckResult:
 
 
 def rule_dist_env(f: Facts) -> CheckResult:
-    left = {k: v for k, v in f.leftover_env.items() if k not in HARMLESS_NCCL}
-    if left:
-        shown = ", ".join(f"{k}={v}" for k, v in left.items())
+    """Leftover torchrun variables (WORLD_SIZE, RANK, MASTER_*) change how processes start: warn. NCCL_* settings
+    are transport and tuning choices (NCCL_P2P_DISABLE=1 is one of our own fixes; NVLink multicast off is a site
+    rule on some machines), and the NCCL test ran with them, so they are listed, not flagged."""
+    launch = {k: v for k, v in f.leftover_env.items() if not k.startswith("NCCL_")}
+    nccl = [f"{k}={v}" for k, v in f.leftover_env.items() if k.startswith("NCCL_") and k not in HARMLESS_NCCL]
+    nccl_note = f"; NCCL settings in effect: {', '.join(nccl)} (the NCCL test ran with them)" if nccl else ""
+    if launch:
+        shown = ", ".join(f"{k}={v}" for k, v in launch.items())
         return CheckResult("dist-env", WARN, f"set in this shell: {shown} (left from an earlier torchrun or a "
-                           "copied script?); they change how processes start",
-                           f"unset {' '.join(left)}  (keep NCCL_* only if you set them on purpose)")
+                           f"copied script?); they change how processes start{nccl_note}", f"unset {' '.join(launch)}")
     harmless = [k for k in f.leftover_env if k in HARMLESS_NCCL]
-    return CheckResult("dist-env", OK, "no WORLD_SIZE / RANK / MASTER_* / NCCL_* variables set"
-                       + (f" (besides {', '.join(harmless)})" if harmless else ""))
+    return CheckResult("dist-env", OK, "no WORLD_SIZE / RANK / MASTER_* variables set"
+                       + (f" (harmless: {', '.join(harmless)})" if harmless else "") + nccl_note)
 
 
 def rule_pynvml(f: Facts) -> CheckResult:
