@@ -12,6 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from llamakit.cli.app import app, console, err_console
+from llamakit.units import human_bytes
 from llamakit.errors import LlamakitError
 from llamakit.explain import explain_param, explain_texts
 from llamakit.engine.api import EngineConfig
@@ -22,13 +23,6 @@ if TYPE_CHECKING:
 # The same defaults as llamakit.inspect (checked by a test); importing that module here would pull torch into
 # every `llamakit --help`.
 DEFAULT_BATCH, DEFAULT_SEQ, DEFAULT_DTYPE = EngineConfig().max_batch_size, EngineConfig().max_seq_len, "bf16"
-GiB = 1024**3
-
-def _size(n: int) -> str:
-    if n >= GiB:
-        return f"{n / GiB:.1f} GiB"
-    return f"{n / 1024**2:.1f} MiB" if n >= 1024**2 else f"{n:,} B"
-
 
 def _count(n: int) -> str:
     return f"{n:,} ({n / 1e9:.2f} B)" if n >= 1e8 else f"{n:,}"
@@ -95,7 +89,7 @@ def render(report: InspectReport, explain: bool = False) -> None:
         t.add_column("size", justify="right")
         t.add_column("keys", justify="right")
         for f in s.files:
-            t.add_row(f.name, _size(f.bytes), str(f.keys) if f.readable else "[red]unreadable[/red]")
+            t.add_row(f.name, human_bytes(f.bytes), str(f.keys) if f.readable else "[red]unreadable[/red]")
         console.print(t)
         verdict = "agree across shards" if s.consistent else "[red]differ between shards[/red]"
         if s.matches_params is not None:
@@ -129,8 +123,8 @@ def render(report: InspectReport, explain: bool = False) -> None:
     mem = report.memory
     if mem is not None:
         _out(f"[bold]Memory per GPU[/bold] (MP {mem.mp}, {mem.dtype}, batch {mem.batch}, seq {mem.seq}): "
-             f"weights {_size(mem.weights_bytes)} + KV cache {_size(mem.kv_cache_bytes)} + overhead "
-             f"{_size(mem.overhead_bytes)} = {_size(mem.total_bytes)}")
+             f"weights {human_bytes(mem.weights_bytes)} + KV cache {human_bytes(mem.kv_cache_bytes)} + overhead "
+             f"{human_bytes(mem.overhead_bytes)} = {human_bytes(mem.total_bytes)}")
         needs = fit_summary(mem.options, mem.dtype)
         if any(o.dtype == "int8" for o in mem.options):
             needs += f"; {fit_summary(mem.options, 'int8')}"

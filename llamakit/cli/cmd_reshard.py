@@ -8,8 +8,8 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from llamakit.cli.app import app, console, err_console
+from llamakit.units import human_bytes
 
-GiB = 1024**3
 
 
 HELP = (
@@ -21,10 +21,6 @@ HELP = (
     "tokenizer.model and a fresh checklist.chk; the leftover partial folder of a killed run is removed on the "
     "next attempt."
 )
-
-
-def _size(n: int) -> str:
-    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / 1024**2:.1f} MiB"
 
 
 @app.command("reshard", help=HELP)
@@ -53,11 +49,11 @@ def reshard_cmd(
     for path in result.cleaned:
         console.print(f"removed {path.name}, left by an interrupted reshard")
     console.print(f"wrote {result.dst}: MP {result.mp_in} -> {result.mp_out}, {result.dtype}, "
-                  f"{_size(result.shard_bytes)} per shard, {result.seconds:.0f} s")
+                  f"{human_bytes(result.shard_bytes)} per shard, {result.seconds:.0f} s")
     console.print(result.tokenizer)
     if result.streaming:
-        console.print(f"peak RAM for tensors: about {_size(result.peak_ram_bytes)} (one tensor at a time)")
+        console.print(f"peak RAM for tensors: about {human_bytes(result.peak_ram_bytes)} (one tensor at a time)")
     else:
         console.print(f"this torch has no serialization.skip_data: each shard was built in RAM "
-                      f"({_size(result.peak_ram_bytes)}); torch >= 2.5 streams one tensor at a time")
+                      f"({human_bytes(result.peak_ram_bytes)}); torch >= 2.5 streams one tensor at a time")
     console.print(f"next: llamakit inspect {result.dst}")
