@@ -170,10 +170,31 @@ def test_resuming_an_interrupted_run_with_other_sampling_settings_is_refused(tin
     setup = plan_run(r, gpu_facts=([], False))
     Path(setup.plan.run_dir).mkdir()
     setup.plan.save(setup.plan_file)  # what an interrupted run leaves behind
+    # no row written yet: nothing to mix, other settings are fine
+    assert plan_run(r, ["temperature=0.7"], gpu_facts=([], False)).plan.engine["temperature"] == 0.7
+    row = {"id": 1, "prompt": "Guten Morgen", "completion": " x", "prompt_tokens": 3, "completion_tokens": 1,
+           "finish_reason": "length"}
+    (tmp_path / "out.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")  # one row of two
     assert plan_run(r, ["max_batch_size=2"], gpu_facts=([], False)).plan.engine["max_batch_size"] == 2
     with pytest.raises(LlamakitError) as e:
         plan_run(r, ["temperature=0.7", "seed=5"], gpu_facts=([], False))
     assert "temperature 0.8 -> 0.7; seed 1 -> 5" in e.value.what and "new out_path" in e.value.fix
+    assert "started with other settings" in e.value.what
+
+
+def test_a_finished_output_rerun_with_other_settings_says_so(tiny_factory, tmp_path):
+    r = recipe(tmp_path, tiny_factory(), PROMPTS, temperature=0.8)
+    setup = plan_run(r, gpu_facts=([], False))
+    Path(setup.plan.run_dir).mkdir()
+    setup.plan.save(setup.plan_file)  # what a finished run keeps
+    rows = [{"id": i, "prompt": p, "completion": " x", "prompt_tokens": 3, "completion_tokens": 1,
+             "finish_reason": "length"} for i, p in [(1, "Guten Morgen"), (2, "Hello there")]]
+    (tmp_path / "out.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows), encoding="utf-8")
+    assert plan_run(r, gpu_facts=([], False)).plan.pending == 0  # same settings: nothing to do, no error
+    with pytest.raises(LlamakitError) as e:
+        plan_run(r, ["temperature=1.0"], gpu_facts=([], False))
+    assert "complete and was written with other settings (temperature 0.8 -> 1.0)" in e.value.what
+    assert "--out NEW.jsonl" in e.value.fix
 
 
 def test_missing_checkpoint_tokenizer_and_prompts_show_the_resolved_path(tiny_factory, tmp_path, monkeypatch):

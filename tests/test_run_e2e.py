@@ -89,7 +89,8 @@ def test_run_writes_every_prompt_once_in_input_order(world, reference):
         assert r["finish_reason"] in ("stop", "length") and 0 <= r["completion_tokens"] <= 12
         assert r.get("truncated", False) == (i in LONG) and (r["prompt_tokens"] == 84) == (i in LONG)
     assert "Bürgermeister" in (root / "ref.jsonl").read_text(encoding="utf-8")  # umlauts written as they are
-    assert not (root / ".ref.jsonl.llamakit").exists()  # run folder removed after success
+    # after success the run folder keeps only the settings the output was made with
+    assert [p.name for p in (root / ".ref.jsonl.llamakit").iterdir()] == ["plan.json"]
     assert f"{N} prompts: {N} generated now, 0 were already in the output" in res.stdout
     assert "Traceback" not in res.stdout + res.stderr and "torch.distributed" not in res.stderr
     log = (root / "ref.log").read_text(encoding="utf-8")
@@ -102,6 +103,9 @@ def test_rerun_of_a_finished_run_generates_nothing(world, reference):
     res = run_cli(root, str(recipe("ref")))
     assert res.returncode == 0, res.stderr
     assert f"0 generated now, {N} were already in the output" in res.stdout
+    assert (root / "ref.jsonl").read_bytes() == before
+    res = run_cli(root, str(recipe("ref")), "--set", "temperature=0.7")  # new settings, same finished output
+    assert res.returncode == 2 and "complete and was written with other settings (temperature 0.0 -> 0.7)" in res.stderr
     assert (root / "ref.jsonl").read_bytes() == before
 
 

@@ -138,7 +138,7 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                 pending=sum(1 for t in todo if not t.skipped), already_done=len(prompts) - len(pending),
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
                 omp_threads=omp_threads(dev.nproc), master_port=free_port(), memory=mem, notes=notes)
-    check_same_settings(plan, run_dir / "plan.json")
+    check_same_settings(plan, run_dir / "plan.json", len(state.done))
     argv = torchrun_argv(plan, run_dir / "plan.json")
     return Setup(lr, paths, ckpt, prompts, todo, plan, argv, state.torn_bytes)
 
@@ -148,10 +148,12 @@ TEXT_SETTINGS = ("ckpt_dir", "tokenizer_path", "prompt_path", "max_gen_len")
 TEXT_ENGINE_SETTINGS = ("max_seq_len", "temperature", "top_p", "seed", "quantize")
 
 
-def check_same_settings(plan: Plan, previous_plan: Path) -> None:
-    """An interrupted run left its plan behind: resuming it with other text-changing settings is an error."""
-    if not previous_plan.is_file():
-        return
+def check_same_settings(plan: Plan, previous_plan: Path, rows_in_output: int) -> None:
+    """The output's earlier run (interrupted, or finished: its plan is kept) used other text-changing settings:
+    adding rows with the new ones would mix two datasets in one file, and re-running a finished output with new
+    settings would silently do nothing. Either is an error that names the changed settings."""
+    if rows_in_output == 0 or not previous_plan.is_file():
+        return  # no rows yet: nothing to mix
     try:
         old = json.loads(previous_plan.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -160,10 +162,16 @@ def check_same_settings(plan: Plan, previous_plan: Path) -> None:
     changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in TEXT_SETTINGS if k in old and old[k] != new[k]]
     changed += [f"{k} {old['engine'][k]!r} -> {new['engine'][k]!r}" for k in TEXT_ENGINE_SETTINGS
                 if k in old.get("engine", {}) and old["engine"][k] != new["engine"][k]]
-    if changed:
-        raise LlamakitError(f"this output belongs to an interrupted run with other settings ({'; '.join(changed)})",
-                            f"resume with the same settings, use a new out_path, or delete {previous_plan.parent} "
-                            "to continue with the new settings", plan.out_path)
+    if not changed:
+        return
+    settings = "; ".join(changed)
+    if plan.pending == 0 and plan.already_done == plan.total:
+        raise LlamakitError(f"this output is complete and was written with other settings ({settings}), so "
+                            "nothing would be generated", "to generate with the new settings give a new output file "
+                            "(--out NEW.jsonl); to keep this one, leave the settings as they were", plan.out_path)
+    raise LlamakitError(f"this output was started with other settings ({settings}); adding rows now would mix "
+                        "them in one file", f"resume with the same settings, use a new out_path (--out NEW.jsonl), "
+                        f"or delete {previous_plan.parent} to continue with the new settings", plan.out_path)
 
 
 # ---------------------------------------------------------------- locks, run folder
@@ -339,6 +347,14 @@ def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0
                 signal.signal(signal.SIGTERM, previous)
 
 
+def _keep_only_plan(run_dir: Path, setup: Setup) -> None:
+    """After success the run folder keeps only plan.json: the settings this output was made with, so a later
+    re-run with other settings is told so instead of silently doing nothing."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup.plan.save(setup.plan_file)
+
+
 def _prepare_output(setup: Setup) -> int:
     """Clear leftovers of a killed run, cut a torn last row, write the rows of skipped prompts; returns them."""
     out_path, run_dir = Path(setup.plan.out_path), Path(setup.plan.run_dir)
@@ -412,7 +428,7 @@ def execute(setup: Setup, on_progress: ProgressFn | None = None) -> Summary:
                 if rc != 0:
                     raise _worker_error(rc, plan)
             summary = _finish(setup, n_skipped, t0)
-        shutil.rmtree(plan.run_dir, ignore_errors=True)
+        _keep_only_plan(Path(plan.run_dir), setup)
         return summary
     except LlamakitError as e:
         log.error("error: %s", e.one_line())
