@@ -142,18 +142,24 @@ def _kill_everything(parent: subprocess.Popen) -> None:
     parent.wait(timeout=30)
 
 
+def _start_until_rows(root: Path, r: Path, out: Path, pipe: int, rows: int = 4) -> subprocess.Popen:
+    """Start `llamakit run r` in its own process group; return once `rows` rows are in the output."""
+    proc = subprocess.Popen([sys.executable, "-m", "llamakit", "run", str(r)], cwd=root, env=env_for(root),
+                            stdout=pipe, stderr=pipe, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= rows:
+            return proc
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        time.sleep(0.05)
+    raise AssertionError(f"no {rows} rows in {out} after 120 s")
+
+
 def test_kill_9_then_resume_loses_and_repeats_nothing(world, reference):
     root, recipe = world
     r = recipe("killed")
     out = root / "killed.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "llamakit", "run", str(r)], cwd=root, env=env_for(root),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if out.exists() and out.read_bytes().count(b"\n") >= 4:
-            break
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
+    proc = _start_until_rows(root, r, out, subprocess.DEVNULL)
     _kill_everything(proc)
     first = rows_of(out) if out.read_bytes().endswith(b"\n") else []
     assert 4 <= len(first) < N if first else True
@@ -173,14 +179,7 @@ def test_ctrl_c_stops_with_one_line_and_resume_completes(world, reference):
     root, recipe = world
     r = recipe("ctrlc", mp=2)
     out = root / "ctrlc.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "llamakit", "run", str(r)], cwd=root, env=env_for(root),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if out.exists() and out.read_bytes().count(b"\n") >= 4:
-            break
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.05)
+    proc = _start_until_rows(root, r, out, subprocess.PIPE)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
