@@ -2,7 +2,7 @@
 # Evidence on a GPU machine (the device tool), from a checkout with PYTHONPATH set (no install needed):
 #   GPU tests, llamakit bench (bf16 and int8), doctor --json, inspect of a full-size 7B-shaped checkpoint written
 #   to disk, and llamakit run end to end on it (kill -9 + resume). Writes its logs and JSON into $OUT (or ./gpu-out).
-# Usage: bash tools/gpu_evidence.sh [all|tests|bench|doctor|run]
+# Usage: bash tools/gpu_evidence.sh [all|tests|bench|doctor|run|arch|stop]
 set -u
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
@@ -76,4 +76,45 @@ print("rows", len(rows), "unique ids", len(c), "duplicates", sum(v > 1 for v in 
       "missing", 400 - len(c), "finish", collections.Counter(r["finish_reason"] for r in rows))
 PY
   cp /tmp/out7b.log "$OUT/run-7b.log"
+fi
+if [[ $what == all || $what == arch ]]; then
+  step "Triton kernels compiled for sm_80/86/89/90: shared memory per block vs each generation's limit"
+  python3 tools/triton_arch_check.py 2>&1 | tee "$OUT/triton-arch.txt"
+fi
+if [[ $what == all || $what == stop ]]; then
+  step "Ctrl-C (SIGINT to the process group) during a GPU run with CUDA graphs, then resume"
+  [[ -f /tmp/tiny/tokenizer.model ]] || python3 -m llamakit make-tiny /tmp/tiny >/dev/null
+  python3 - "$OUT" <<'PY'
+import collections, json, os, signal, subprocess, sys, time
+out_dir = sys.argv[1]
+src = [json.loads(l) for l in open("llamakit/assets/demo-prompts.jsonl", encoding="utf-8")]
+with open("/tmp/p-stop.jsonl", "w", encoding="utf-8") as f:
+    for i in range(20000):
+        r = dict(src[i % len(src)]); r["id"] = f"s{i:05d}"; f.write(json.dumps(r, ensure_ascii=False) + "\n")
+for p in ("/tmp/out-stop.jsonl", "/tmp/out-stop.log"):
+    if os.path.exists(p):
+        os.remove(p)
+cmd = [sys.executable, "-m", "llamakit", "run", "demo", "--set", "ckpt_dir=/tmp/tiny", "--set", "device=cuda",
+       "--set", "prompt_path=/tmp/p-stop.jsonl", "--set", "max_gen_len=64", "--set", "max_batch_size=64",
+       "--set", "logging_path=/tmp/out-stop.log", "--out", "/tmp/out-stop.jsonl"]
+proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+t0 = time.time()
+while time.time() - t0 < 120:
+    n = sum(1 for _ in open("/tmp/out-stop.jsonl")) if os.path.exists("/tmp/out-stop.jsonl") else 0
+    if n >= 2000 or proc.poll() is not None:
+        break
+    time.sleep(0.2)
+os.killpg(proc.pid, signal.SIGINT)
+_, err = proc.communicate(timeout=90)
+rows = sum(1 for _ in open("/tmp/out-stop.jsonl"))
+print(f"interrupted after {rows} rows: rc={proc.returncode}, stderr: {err.strip()!r}")
+res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+print("resume rc", res.returncode, res.stdout.strip().splitlines()[-4:-2])
+ids = collections.Counter(json.loads(l)["id"] for l in open("/tmp/out-stop.jsonl", encoding="utf-8"))
+print(f"rows {sum(ids.values())}, unique ids {len(ids)}, duplicates {sum(v > 1 for v in ids.values())}, "
+      f"missing {20000 - len(ids)}; run folder keeps {sorted(os.listdir('/tmp/.out-stop.jsonl.llamakit'))}")
+log = open("/tmp/out-stop.log", encoding="utf-8").read()
+print("KeyboardInterrupt traceback in the log:", "KeyboardInterrupt" in log)
+open(os.path.join(out_dir, "stop-resume.log"), "w").write(log)
+PY
 fi
