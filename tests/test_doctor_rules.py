@@ -203,8 +203,14 @@ def test_leftover_torchrun_variables_warn_and_unset_them():
 
 
 def test_nccl_tuning_variables_are_listed_not_flagged():
-    r = R.rule_dist_env(server(leftover_env={"NCCL_NVLS_ENABLE": "0", "NCCL_DEBUG": "INFO"}))
-    assert r.status == "ok" and "NCCL_NVLS_ENABLE=0" in r.finding and "the NCCL test ran with them" in r.finding
+    env = {"NCCL_NVLS_ENABLE": "0", "NCCL_DEBUG": "INFO"}
+    passed = AllreduceResult("nccl", 2, True, 256 << 20, 0.01, 20.0, 20.0, "2.21.5")
+    r = R.rule_dist_env(server(leftover_env=env, allreduce=passed))
+    assert r.status == "ok" and "NCCL_NVLS_ENABLE=0 (the NCCL test passed with them)" in r.finding
+    failed = AllreduceResult("nccl", 2, False, error="unhandled system error")
+    assert "the NCCL test failed: they may be why" in R.rule_dist_env(server(leftover_env=env, allreduce=failed)).finding
+    untested = R.rule_dist_env(server(leftover_env=env, allreduce=None)).finding  # doctor --fast, or no GPU
+    assert "not tested here" in untested and "passed" not in untested
     assert R.rule_dist_env(server(leftover_env={"NCCL_DEBUG": "INFO"})).status == "ok"
 
 

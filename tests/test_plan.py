@@ -178,7 +178,7 @@ def test_resuming_an_interrupted_run_with_other_sampling_settings_is_refused(tin
     assert plan_run(r, ["max_batch_size=2"], gpu_facts=([], False)).plan.engine["max_batch_size"] == 2
     with pytest.raises(LlamakitError) as e:
         plan_run(r, ["temperature=0.7", "seed=5"], gpu_facts=([], False))
-    assert "temperature 0.8 -> 0.7; seed 1 -> 5" in e.value.what and "new out_path" in e.value.fix
+    assert "temperature 0.8 -> 0.7; seed 1 -> 5" in e.value.what and "new output file (--out NEW.jsonl)" in e.value.fix
     assert "started with other settings" in e.value.what
 
 
@@ -195,6 +195,62 @@ def test_a_finished_output_rerun_with_other_settings_says_so(tiny_factory, tmp_p
         plan_run(r, ["temperature=1.0"], gpu_facts=([], False))
     assert "complete and was written with other settings (temperature 0.8 -> 1.0)" in e.value.what
     assert "--out NEW.jsonl" in e.value.fix
+
+
+def test_a_moved_project_folder_is_the_same_run_but_other_weights_are_not(tiny_factory, tmp_path):
+    import shutil
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copytree(tiny_factory(), proj / "ckpt")
+    r = recipe(proj, proj / "ckpt", PROMPTS, temperature=0.8)
+    setup = plan_run(r, gpu_facts=([], False))
+    Path(setup.plan.run_dir).mkdir()
+    setup.plan.save(setup.plan_file)
+    _write_rows(proj / "out.jsonl", [(1, "Guten Morgen")])
+    moved = tmp_path / "moved"
+    proj.rename(moved)
+    r2 = recipe(moved, moved / "ckpt", PROMPTS, temperature=0.8)
+    assert plan_run(r2, gpu_facts=([], False)).plan.pending == 1  # same files, other paths: resumes
+    other = tiny_factory(seed=1)  # same shape and file sizes, other weights (as base vs chat of one size)
+    with pytest.raises(LlamakitError) as e:
+        plan_run(recipe(moved, other, PROMPTS, temperature=0.8), gpu_facts=([], False))
+    assert "started with other settings (checkpoint" in e.value.what
+
+
+def test_rows_made_from_an_edited_prompt_file_are_named(tiny_factory, tmp_path):
+    r = recipe(tmp_path, tiny_factory(), PROMPTS)
+    _write_rows(tmp_path / "out.jsonl", [(1, "Guten Abend")])  # the prompt file says "Guten Morgen" for id 1
+    with pytest.raises(LlamakitError) as e:
+        plan_run(r, gpu_facts=([], False))
+    assert "generated from another text" in e.value.what and "(line 1)" in e.value.what
+    assert e.value.where == str(tmp_path / "out.jsonl") and e.value.line == 1
+
+
+def test_settings_of_a_live_run_are_not_compared_it_is_named(tiny_factory, tmp_path):
+    import fcntl
+    import os
+
+    r = recipe(tmp_path, tiny_factory(), PROMPTS, temperature=0.8)
+    setup = plan_run(r, gpu_facts=([], False))
+    Path(setup.plan.run_dir).mkdir()
+    setup.plan.save(setup.plan_file)
+    _write_rows(tmp_path / "out.jsonl", [(1, "Guten Morgen")])
+    fd = os.open(Path(setup.plan.run_dir) / "lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"4242")
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a live run holds the lock
+    try:
+        with pytest.raises(LlamakitError) as e:
+            plan_run(r, ["temperature=0.7"], gpu_facts=([], False))
+        assert "another llamakit run (pid 4242) is writing this output" in e.value.what
+    finally:
+        os.close(fd)
+
+
+def _write_rows(path: Path, rows: list[tuple[int, str]]) -> None:
+    path.write_text("".join(json.dumps({"id": i, "prompt": p, "completion": " x", "prompt_tokens": 3,
+                                        "completion_tokens": 1, "finish_reason": "length"}) + "\n"
+                            for i, p in rows), encoding="utf-8")
 
 
 def test_missing_checkpoint_tokenizer_and_prompts_show_the_resolved_path(tiny_factory, tmp_path, monkeypatch):

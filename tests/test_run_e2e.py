@@ -89,8 +89,8 @@ def test_run_writes_every_prompt_once_in_input_order(world, reference):
         assert r["finish_reason"] in ("stop", "length") and 0 <= r["completion_tokens"] <= 12
         assert r.get("truncated", False) == (i in LONG) and (r["prompt_tokens"] == 84) == (i in LONG)
     assert "Bürgermeister" in (root / "ref.jsonl").read_text(encoding="utf-8")  # umlauts written as they are
-    # after success the run folder keeps only the settings the output was made with
-    assert [p.name for p in (root / ".ref.jsonl.llamakit").iterdir()] == ["plan.json"]
+    # after success the run folder keeps only its lock and the settings the output was made with
+    assert sorted(p.name for p in (root / ".ref.jsonl.llamakit").iterdir()) == ["lock", "plan.json"]
     assert f"{N} prompts: {N} generated now, 0 were already in the output" in res.stdout
     assert "Traceback" not in res.stdout + res.stderr and "torch.distributed" not in res.stderr
     log = (root / "ref.log").read_text(encoding="utf-8")
@@ -107,6 +107,14 @@ def test_rerun_of_a_finished_run_generates_nothing(world, reference):
     res = run_cli(root, str(recipe("ref")), "--set", "temperature=0.7")  # new settings, same finished output
     assert res.returncode == 2 and "complete and was written with other settings (temperature 0.0 -> 0.7)" in res.stderr
     assert (root / "ref.jsonl").read_bytes() == before
+    # an output finished without a recorded plan (an older llamakit): a no-op run must not record its own settings
+    import shutil
+
+    shutil.rmtree(root / ".ref.jsonl.llamakit")
+    res = run_cli(root, str(recipe("ref")), "--set", "temperature=0.7")
+    assert res.returncode == 0 and "0 generated now" in res.stdout
+    assert not (root / ".ref.jsonl.llamakit" / "plan.json").exists()
+    assert run_cli(root, str(recipe("ref"))).returncode == 0 and (root / "ref.jsonl").read_bytes() == before
 
 
 def test_mp2_on_cpu_over_gloo_gives_the_same_greedy_completions(world, reference):
@@ -190,6 +198,19 @@ def test_ctrl_c_stops_with_one_line_and_resume_completes(world, reference):
     res = run_cli(root, str(r))
     assert res.returncode == 0, res.stderr + log
     assert rows_of(out) == reference[1]
+
+
+def test_a_worker_stopped_by_sigint_reports_a_stop_not_a_crash(world, capfd):
+    # the worker side of Ctrl-C, directly: whether a worker sees SIGINT before torchrun's SIGTERM is a race
+    from llamakit.run.worker import report_error
+
+    root, recipe = world
+    setup = plan_run(recipe("sigint"), gpu_facts=([], False))
+    Path(setup.plan.run_dir).mkdir()
+    report_error(setup.plan, 1, KeyboardInterrupt())
+    entry = json.loads((Path(setup.plan.run_dir) / "error.rank1.json").read_text())
+    assert entry["what"].startswith("stopped by SIGINT") and entry["fix"] == "re-run the same command to resume"
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_a_failing_rank_stops_the_run_with_its_error_once(world, capfd):

@@ -444,10 +444,16 @@ def rule_ports(f: Facts) -> CheckResult:
 def rule_dist_env(f: Facts) -> CheckResult:
     """Leftover torchrun variables (WORLD_SIZE, RANK, MASTER_*) change how processes start: warn. NCCL_* settings
     are transport and tuning choices (NCCL_P2P_DISABLE=1 is one of our own fixes; NVLink multicast off is a site
-    rule on some machines), and the NCCL test ran with them, so they are listed, not flagged."""
+    rule on some machines): listed with what the NCCL test (if it ran) said, not flagged."""
     launch = {k: v for k, v in f.leftover_env.items() if not k.startswith("NCCL_")}
     nccl = [f"{k}={v}" for k, v in f.leftover_env.items() if k.startswith("NCCL_") and k not in HARMLESS_NCCL]
-    nccl_note = f"; NCCL settings in effect: {', '.join(nccl)} (the NCCL test ran with them)" if nccl else ""
+    nccl_note = ""
+    if nccl:
+        ar = f.allreduce
+        tested = (" (the NCCL test passed with them)" if ar is not None and ar.backend == "nccl" and ar.ok else
+                  " (the NCCL test failed: they may be why)" if ar is not None and ar.backend == "nccl" else
+                  " (not tested here: no NCCL all-reduce ran)")
+        nccl_note = f"; NCCL settings in effect: {', '.join(nccl)}{tested}"
     if launch:
         shown = ", ".join(f"{k}={v}" for k, v in launch.items())
         return CheckResult("dist-env", WARN, f"set in this shell: {shown} (left from an earlier torchrun or a "

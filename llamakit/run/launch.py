@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -137,15 +138,56 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                 run_dir=str(run_dir), work_path=str(run_dir / "work.jsonl"), total=len(prompts),
                 pending=sum(1 for t in todo if not t.skipped), already_done=len(prompts) - len(pending),
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
-                omp_threads=omp_threads(dev.nproc), master_port=free_port(), memory=mem, notes=notes)
+                omp_threads=omp_threads(dev.nproc), master_port=free_port(), memory=mem, notes=notes,
+                fingerprints=fingerprints(ckpt, Path(tok_path)))
+    RunLock.check_free(run_dir, paths.out_path)  # a live run's own error comes first, not a settings mismatch
     check_same_settings(plan, run_dir / "plan.json", len(state.done))
     argv = torchrun_argv(plan, run_dir / "plan.json")
     return Setup(lr, paths, ckpt, prompts, todo, plan, argv, state.torn_bytes)
 
 
-# Settings that change the generated text: a resume must not mix them in one output file.
-TEXT_SETTINGS = ("ckpt_dir", "tokenizer_path", "prompt_path", "max_gen_len")
+# Settings that change the generated text: one output file must not mix them. The checkpoint and the tokenizer
+# are compared by content (Plan.fingerprints), so moving a project folder is no change; the prompts are checked
+# row by row against the prompt file (scan_output).
+TEXT_SETTINGS = ("max_gen_len",)
 TEXT_ENGINE_SETTINGS = ("max_seq_len", "temperature", "top_p", "seed", "quantize")
+CONTENT_SETTINGS = (("checkpoint", "ckpt_dir"), ("tokenizer", "tokenizer_path"))
+
+
+def fingerprints(ckpt: Checkpoint, tokenizer_path: Path) -> dict[str, str]:
+    """Short digests of what the text depends on. Checkpoint: params.json, checklist.chk (Meta's md5 of every
+    shard) and, per shard, its name, size and first and last MiB (a torch zip file ends with the CRC-32 of every
+    tensor), so fine-tunes of one shape differ; reading 2 MiB per shard keeps it instant. Tokenizer: the file."""
+    h = hashlib.sha256((ckpt.path / "params.json").read_bytes())
+    if (ckpt.path / "checklist.chk").is_file():
+        h.update((ckpt.path / "checklist.chk").read_bytes())
+    for shard in ckpt.shards:
+        size = shard.stat().st_size
+        h.update(f"{shard.name}:{size}".encode())
+        with open(shard, "rb") as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            h.update(f.read(1 << 20))
+    return {"checkpoint": h.hexdigest()[:16],
+            "tokenizer": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest()[:16]}
+
+
+def changed_settings(old: dict[str, Any], plan: Plan) -> list[str]:
+    """'temperature 0.8 -> 1.0' for every text-changing setting that differs from an earlier plan (as JSON)."""
+    new = asdict(plan)
+    out = []
+    for name, path_key in CONTENT_SETTINGS:
+        old_fp, new_fp = old.get("fingerprints", {}).get(name), new["fingerprints"].get(name)
+        if old_fp and new_fp:
+            if old_fp != new_fp:
+                out.append(f"{name} {old.get(path_key)!r} -> {new[path_key]!r}" if old.get(path_key) != new[path_key]
+                           else f"{name} files in {new[path_key]!r} changed")
+        elif path_key in old and old[path_key] != new[path_key]:  # a plan written before fingerprints
+            out.append(f"{path_key} {old[path_key]!r} -> {new[path_key]!r}")
+    out += [f"{k} {old[k]!r} -> {new[k]!r}" for k in TEXT_SETTINGS if k in old and old[k] != new[k]]
+    out += [f"{k} {old['engine'][k]!r} -> {new['engine'][k]!r}" for k in TEXT_ENGINE_SETTINGS
+            if k in old.get("engine", {}) and old["engine"][k] != new["engine"][k]]
+    return out
 
 
 def check_same_settings(plan: Plan, previous_plan: Path, rows_in_output: int) -> None:
@@ -158,10 +200,7 @@ def check_same_settings(plan: Plan, previous_plan: Path, rows_in_output: int) ->
         old = json.loads(previous_plan.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return
-    new = asdict(plan)
-    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in TEXT_SETTINGS if k in old and old[k] != new[k]]
-    changed += [f"{k} {old['engine'][k]!r} -> {new['engine'][k]!r}" for k in TEXT_ENGINE_SETTINGS
-                if k in old.get("engine", {}) and old["engine"][k] != new["engine"][k]]
+    changed = changed_settings(old, plan)
     if not changed:
         return
     settings = "; ".join(changed)
@@ -170,8 +209,8 @@ def check_same_settings(plan: Plan, previous_plan: Path, rows_in_output: int) ->
                             "nothing would be generated", "to generate with the new settings give a new output file "
                             "(--out NEW.jsonl); to keep this one, leave the settings as they were", plan.out_path)
     raise LlamakitError(f"this output was started with other settings ({settings}); adding rows now would mix "
-                        "them in one file", f"resume with the same settings, use a new out_path (--out NEW.jsonl), "
-                        f"or delete {previous_plan.parent} to continue with the new settings", plan.out_path)
+                        "them in one file", "resume with the settings it was started with, or give a new output "
+                        "file (--out NEW.jsonl) for the new ones", plan.out_path)
 
 
 # ---------------------------------------------------------------- locks, run folder
@@ -183,6 +222,22 @@ class RunLock:
     def __init__(self, run_dir: Path, out_path: Path):
         self.run_dir, self.out_path = run_dir, out_path
         self.fd = -1
+
+    @staticmethod
+    def check_free(run_dir: Path, out_path: Path) -> None:
+        """Raise the 'another run is writing' error now if a run holds the lock; creates nothing."""
+        lock = run_dir / "lock"
+        if not lock.is_file():
+            return
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise LlamakitError(f"another llamakit run (pid {other or '?'}) is writing this output",
+                                "wait for it to finish, or stop it; then re-run to resume", out_path) from None
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> "RunLock":
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -285,8 +340,8 @@ def _log_to(path: Path) -> logging.Handler:
 
 def _stop(proc: subprocess.Popen, plan: Plan, why: str) -> LlamakitError:
     """Stop torchrun (it stops its workers), wait for it, and say how to resume."""
-    log.info("%s: stopping torchrun and the workers (a 'SignalException' traceback from torchrun below is its "
-             "normal reaction to the stop, not a second error)", why)
+    log.info("%s: stopping torchrun and the workers (torchrun's 'SignalException' tracebacks below are its "
+             "normal reaction to the stop, not another error)", why)
     try:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -347,12 +402,16 @@ def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0
                 signal.signal(signal.SIGTERM, previous)
 
 
-def _keep_only_plan(run_dir: Path, setup: Setup) -> None:
-    """After success the run folder keeps only plan.json: the settings this output was made with, so a later
-    re-run with other settings is told so instead of silently doing nothing."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup.plan.save(setup.plan_file)
+def _clean_run_dir(run_dir: Path) -> None:
+    """After success, under the lock: keep only `lock` (removing it under a waiting run would let two in) and
+    plan.json (the settings this output was made with, so a re-run with other settings is told so)."""
+    for entry in run_dir.iterdir():
+        if entry.name in ("lock", "plan.json"):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _prepare_output(setup: Setup) -> int:
@@ -417,18 +476,20 @@ def execute(setup: Setup, on_progress: ProgressFn | None = None) -> Summary:
             log.info("llamakit run %s", setup.loaded.path)
             for line in describe(plan, setup.argv):
                 log.info("plan: %s", line)
-            n_skipped = _prepare_output(setup)
-            if plan.pending:
-                _write_work(setup)
+            if plan.pending or any(t.skipped for t in setup.todo):
+                # this run writes rows: record its settings before the first row (a resume compares them)
                 plan.master_port = free_port()  # fresh: the one picked while planning may be taken by now
                 setup.argv = torchrun_argv(plan, setup.plan_file)
                 plan.save(setup.plan_file)
+            n_skipped = _prepare_output(setup)
+            if plan.pending:
+                _write_work(setup)
                 log.info("starting %d processes: %s", plan.nproc, " ".join(setup.argv))
                 rc = spawn(setup, on_progress)
                 if rc != 0:
                     raise _worker_error(rc, plan)
             summary = _finish(setup, n_skipped, t0)
-        _keep_only_plan(Path(plan.run_dir), setup)
+            _clean_run_dir(Path(plan.run_dir))
         return summary
     except LlamakitError as e:
         log.error("error: %s", e.one_line())

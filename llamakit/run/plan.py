@@ -148,13 +148,19 @@ class Plan:
     master_port: int
     memory: str = ""  # per-GPU memory estimate, for display
     notes: list[str] = field(default_factory=list)
+    # what the text depends on, by content rather than path (a moved project folder is the same run):
+    # "checkpoint" (params.json + shard names and sizes) and "tokenizer" (the file), as short sha256 digests
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
     def nproc(self) -> int:
         return self.mp * self.dp
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), ensure_ascii=False, indent=1), encoding="utf-8")
+        """Atomically (temp file + rename): a kill mid-write never leaves a torn plan behind."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

@@ -282,8 +282,9 @@ class OutputState:
 
 
 def scan_output(path: Path, prompts: list[Prompt]) -> OutputState:
-    """Ids already in `path`; rows for ids that are not in the prompt file are an error (another dataset)."""
-    wanted = {id_key(p.id) for p in prompts}
+    """Ids already in `path`; rows for ids that are not in the prompt file, or made from another text for their
+    id, are an error (another dataset, or an edited prompt file)."""
+    wanted = {id_key(p.id): p for p in prompts}
     done: set[str] = set()
     dups = 0
     for line, row in read_rows(path):
@@ -292,6 +293,11 @@ def scan_output(path: Path, prompts: list[Prompt]) -> OutputState:
             raise LlamakitError(f"output already holds id {row['id']!r}, which is not in the prompt file",
                                 "it was written from other prompts: choose a new out_path, or move this file away",
                                 path, line)
+        p = wanted[k]
+        if "prompt" not in p.extra and isinstance(row.get("prompt"), str) and row["prompt"] != p.text:
+            raise LlamakitError(f"the row for id {row['id']!r} was generated from another text than the prompt file "
+                                f"now holds for that id (line {p.line})", "the prompt file changed since: give a "
+                                "new output file (--out NEW.jsonl), or restore the old prompts", path, line)
         if k in done:
             dups += 1
         done.add(k)
