@@ -124,3 +124,11 @@ def test_make_tiny_writes_meta_layout(tiny_factory):
     ck = open_checkpoint(ckpt)
     assert ck.dtypes[0]["layers.0.attention.wq.weight"] == torch.float16  # LLaMA-1 ships fp16
     assert ck.vocab_rows == 512
+
+
+def test_make_tiny_cli_lists_every_style():
+    from llamakit.checkpoint.tiny import STYLES
+    from llamakit.cli.cmd_tiny import STYLES as CLI_STYLES
+
+    assert CLI_STYLES == tuple(STYLES)
+    assert STYLES["llama2-kv8"].allowed_mp(512) == [1, 2, 4, 8]  # the one style that splits 8 ways, like 70B

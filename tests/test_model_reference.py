@@ -23,7 +23,7 @@ PROMPTS = [
     "Scientists found that the river is cleaner today than it was thirty years ago. The report",
 ]
 GEN = 24
-STYLES = ["llama1", "llama2", "llama2-gqa"]
+STYLES = ["llama1", "llama2", "llama2-gqa", "llama2-kv8"]
 
 
 def _prompts(ckpt: Path) -> list[list[int]]:
@@ -65,7 +65,8 @@ def test_mp1_batched_greedy_equals_hf_reference(style, tiny_factory, hf_expected
     assert sum(len(t) for t, _ in got.values()) > 3 * GEN
 
 
-@pytest.mark.parametrize("style,mp", [("llama1", 2), ("llama2", 2), ("llama2-gqa", 2), ("llama2-gqa", 4)])
+@pytest.mark.parametrize("style,mp", [("llama1", 2), ("llama2", 2), ("llama2-gqa", 2), ("llama2-gqa", 4),
+                                      ("llama2-kv8", 8)])  # 70B's own split: one kv head per rank
 def test_model_parallel_greedy_equals_hf_reference(style, mp, tiny_factory, hf_expected, tmp_path):
     got = _torchrun_outputs(tiny_factory(style, mp), mp, tmp_path)
     assert got == hf_expected[style]

@@ -55,6 +55,15 @@ def test_reshard_keeps_every_weight_identical(style, mp_in, mp_out, tiny_factory
     assert (result.dst / "params.json").read_bytes() == (src / "params.json").read_bytes()
 
 
+@pytest.mark.parametrize("mp_in,mp_out", [(8, 2), (8, 1)])
+def test_reshard_70b_style_from_its_shipped_mp8(mp_in, mp_out, tiny_factory, tmp_path):
+    # Llama-2 70B ships at MP 8 with 8 kv heads: one kv head per shard, merged back two or all eight at a time
+    src = tiny_factory("llama2-kv8", mp_in)
+    result = reshard(src, tmp_path / "out", mp_out)
+    assert_same_weights(src, result.dst)
+    assert open_checkpoint(result.dst).mp == mp_out
+
+
 def test_output_equals_the_same_checkpoint_made_at_that_mp(tiny_factory, tmp_path):
     """Shard for shard, resharding 4 -> 2 gives exactly what Meta-style splitting at MP 2 gives."""
     result = reshard(tiny_factory("llama2-gqa", 4), tmp_path / "out", 2)

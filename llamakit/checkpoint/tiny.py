@@ -24,6 +24,9 @@ STYLES: dict[str, ModelConfig] = {
     # Llama-2 70B style: grouped-query attention (4 query heads per kv head), ffn_dim_multiplier.
     "llama2-gqa": ModelConfig(dim=128, n_layers=2, n_heads=16, n_kv_heads=4, multiple_of=64,
                               ffn_dim_multiplier=1.3, norm_eps=1e-5, vocab_size=TINY_VOCAB),
+    # Llama-2 70B as Meta ships it (MP 8): 8 kv heads, so each of 8 ranks holds exactly one kv head.
+    "llama2-kv8": ModelConfig(dim=128, n_layers=2, n_heads=16, n_kv_heads=8, multiple_of=64,
+                              ffn_dim_multiplier=1.3, norm_eps=1e-5, vocab_size=TINY_VOCAB),
 }
 
 
