@@ -233,11 +233,16 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise LlamakitError(f"another llamakit run (pid {other or '?'}) is writing this output",
-                                "wait for it to finish, or stop it; then re-run to resume", out_path) from None
+            raise RunLock._busy(fd, out_path) from None
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _busy(fd: int, out_path: Path) -> LlamakitError:
+        """The error for a lock file that another run holds (its pid is written in it)."""
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return LlamakitError(f"another llamakit run (pid {other or '?'}) is writing this output",
+                             "wait for it to finish, or stop it; then re-run to resume", out_path)
 
     def __enter__(self) -> "RunLock":
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -245,10 +250,9 @@ class RunLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = os.pread(self.fd, 32, 0).decode(errors="replace").strip()
+            err = self._busy(self.fd, self.out_path)
             os.close(self.fd)
-            raise LlamakitError(f"another llamakit run (pid {other or '?'}) is writing this output",
-                                "wait for it to finish, or stop it; then re-run to resume", self.out_path) from None
+            raise err from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
         wfd = os.open(self.run_dir / "writers.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -442,8 +446,9 @@ def _worker_error(rc: int, plan: Plan) -> LlamakitError:
     log.error("rank %s failed: %s", err.get("rank"), err.get("message"))
     what = err.get("what") or err.get("message", "worker failed")
     fix = err.get("fix") or f"see the traceback in the log ({plan.log_path})"
-    return LlamakitError(f"rank {err.get('rank')}: {what}", fix if "resume" in fix else fix + "; then re-run to resume", err.get("where"),
-                         err.get("line"))
+    if "resume" not in fix:
+        fix += "; then re-run to resume"
+    return LlamakitError(f"rank {err.get('rank')}: {what}", fix, err.get("where"), err.get("line"))
 
 
 def _finish(setup: Setup, n_skipped: int, t0: float) -> Summary:
