@@ -450,9 +450,9 @@ def rule_dist_env(f: Facts) -> CheckResult:
     nccl_note = ""
     if nccl:
         ar = f.allreduce
-        tested = (" (the NCCL test passed with them)" if ar is not None and ar.backend == "nccl" and ar.ok else
-                  " (the NCCL test failed: they may be why)" if ar is not None and ar.backend == "nccl" else
-                  " (not tested here: no NCCL all-reduce ran)")
+        tested = " (not tested here: no NCCL all-reduce ran)"
+        if ar is not None and ar.backend == "nccl":
+            tested = " (the NCCL test passed with them)" if ar.ok else " (the NCCL test failed: they may be why)"
         nccl_note = f"; NCCL settings in effect: {', '.join(nccl)}{tested}"
     if launch:
         shown = ", ".join(f"{k}={v}" for k, v in launch.items())

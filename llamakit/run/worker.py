@@ -95,23 +95,23 @@ def run_rank(plan: Plan, local_rank: int) -> int:
 def report_error(plan: Plan, rank: int, exc: BaseException) -> None:
     """Write this rank's one-line error for the launcher; the full traceback goes to the log (stderr)."""
     entry: dict[str, Any] = {"rank": rank, "time": time.time()}
-    if isinstance(exc, LlamakitError):
-        entry.update(what=exc.what, fix=exc.fix, where=exc.where, line=exc.line, message=exc.one_line())
-    elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or torchrun passing on a stop: not a bug, no traceback
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or torchrun passing on a stop: not a bug, no traceback
         what = "stopped by SIGINT (Ctrl-C, or torchrun stopping its workers); the rows written so far are kept"
         entry.update(what=what, fix="re-run the same command to resume", where=None, line=None, message=what)
         log.warning("%s", what)
     else:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        fix = f"see the traceback in the log ({plan.log_path})"
-        if "out of memory" in str(exc).lower():
-            half = max(1, int(plan.engine.get("max_batch_size", 2)) // 2)
-            fix = (f"the GPU ran out of memory: re-run with --set max_batch_size={half} (or a lower max_seq_len, "
-                   f"or quantize: int8), and check `nvidia-smi` for other jobs; the re-run resumes")
-        entry.update(what=f"{type(exc).__name__}: {first}" if first else type(exc).__name__,
-                     fix=fix, where=None, line=None,
-                     message=f"{type(exc).__name__}: {first}")
-    if not isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, LlamakitError):
+            entry.update(what=exc.what, fix=exc.fix, where=exc.where, line=exc.line, message=exc.one_line())
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            fix = f"see the traceback in the log ({plan.log_path})"
+            if "out of memory" in str(exc).lower():
+                half = max(1, int(plan.engine.get("max_batch_size", 2)) // 2)
+                fix = (f"the GPU ran out of memory: re-run with --set max_batch_size={half} (or a lower "
+                       f"max_seq_len, or quantize: int8), and check `nvidia-smi` for other jobs; the re-run resumes")
+            entry.update(what=f"{type(exc).__name__}: {first}" if first else type(exc).__name__,
+                         fix=fix, where=None, line=None,
+                         message=f"{type(exc).__name__}: {first}")
         log.error("failed: %s\n%s", entry["message"], "".join(traceback.format_exception(exc)))
     path = Path(plan.run_dir) / f"error.rank{rank}.json"
     tmp = path.with_suffix(".tmp")
