@@ -200,17 +200,31 @@ def test_ctrl_c_stops_with_one_line_and_resume_completes(world, reference):
     assert rows_of(out) == reference[1]
 
 
-def test_a_worker_stopped_by_sigint_reports_a_stop_not_a_crash(world, capfd):
+def test_a_worker_stopped_by_sigint_reports_a_stop_not_a_crash(world, caplog):
     # the worker side of Ctrl-C, directly: whether a worker sees SIGINT before torchrun's SIGTERM is a race
+    import logging
+
     from llamakit.run.worker import report_error
 
     root, recipe = world
     setup = plan_run(recipe("sigint"), gpu_facts=([], False))
     Path(setup.plan.run_dir).mkdir()
-    report_error(setup.plan, 1, KeyboardInterrupt())
+    with caplog.at_level(logging.INFO, logger="llamakit"):
+        report_error(setup.plan, 1, KeyboardInterrupt())
     entry = json.loads((Path(setup.plan.run_dir) / "error.rank1.json").read_text())
     assert entry["what"].startswith("stopped by SIGINT") and entry["fix"] == "re-run the same command to resume"
-    assert "Traceback" not in capfd.readouterr().err
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "Traceback" not in caplog.text
+    caplog.clear()
+    # a GPU out of memory (a crash, traceback in the log) names the smaller batch to resume with
+    try:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    except RuntimeError as e:
+        oom = e
+    with caplog.at_level(logging.INFO, logger="llamakit"):
+        report_error(setup.plan, 0, oom)
+    entry = json.loads((Path(setup.plan.run_dir) / "error.rank0.json").read_text())
+    assert entry["what"].startswith("RuntimeError: CUDA out of memory") and "--set max_batch_size=2" in entry["fix"]
+    assert [r.levelname for r in caplog.records] == ["ERROR"] and "Traceback" in caplog.text
 
 
 def test_a_failing_rank_stops_the_run_with_its_error_once(world, capfd):
