@@ -141,8 +141,8 @@ def clean_partials(dst: Path) -> list[Path]:
 def _check_paths(src: Path, dst: Path) -> None:
     s, d = src.resolve(), dst.resolve()
     if d == s or s in d.parents or d in s.parents:
-        raise LlamakitError("DST must be a new folder outside SRC", "pass a folder beside it, e.g. /data/LLaMA/65B-mp2",
-                            dst)
+        raise LlamakitError("DST must be a new folder outside SRC",
+                            f"pass a folder beside it, e.g. {s.parent / (s.name + '-resharded')}", dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise LlamakitError("DST already exists and is not empty; reshard never overwrites",
                             "choose a new folder, or delete this one first", dst.resolve())
