@@ -9,9 +9,30 @@ from llamakit.checkpoint.params import ModelConfig
 
 GiB = 1024**3
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
-# CUDA context, allocator slack, activations and logits of one step: measured about 1 GiB on an H100
-# for 7B at batch 64; rounded up so the plan errs on the safe side.
-OVERHEAD_BYTES = int(1.5 * GiB)
+# Beyond weights and KV cache, a GPU process holds its CUDA context and what the caching allocator keeps for the
+# activations of a prefill step (the engine prefills up to PREFILL_TOKENS tokens at once). Calibrated with
+# `tools/memory_check.py` on an H200 (torch 2.11+cu130, 2026-11-24; docs/BENCHMARKS.md): context 0.74 GiB; the
+# allocator's reserve above weights + KV cache was 2.0-2.2x the FFN-time activations of one full prefill step in
+# bf16 (7B, 13B, 30B widths), and in int8 up to 5.5x the dequantized w1/w3 weight more (65B width). The factors
+# below cover every measured case with room to spare.
+CUDA_CONTEXT_BYTES = int(0.75 * GiB)
+# With MP > 1 each GPU also holds NCCL's buffers (by NCCL's defaults a few MiB per channel and peer; more channels
+# over NVLink). An allowance, not a measurement: no two-GPU process total was measured yet.
+NCCL_BYTES = int(0.5 * GiB)
+PREFILL_TOKENS = 8192  # per prefill step on CUDA (at least max_seq_len); llamakit.engine.engine uses it
+ACTIVATION_FACTOR = 2.5
+INT8_DEQUANT_FACTOR = 6
+
+
+def overhead_bytes(config: ModelConfig, mp: int, dtype: str, seq: int) -> int:
+    """CUDA context (+ NCCL buffers at MP > 1) + allocator reserve for one prefill step's activations (+ int8's
+    dequantized weights)."""
+    ffn_local = config.ffn_hidden // mp
+    elt = 4 if dtype == "fp32" else 2
+    tokens = max(PREFILL_TOKENS, seq)
+    activations = tokens * elt * (2 * config.dim + 3 * ffn_local)  # residual + normed input, w1/w3 out, SwiGLU out
+    dequant = INT8_DEQUANT_FACTOR * 2 * ffn_local * config.dim * 2 if dtype == "int8" else 0  # w1/w3 in bf16
+    return CUDA_CONTEXT_BYTES + (NCCL_BYTES if mp > 1 else 0) + int(ACTIVATION_FACTOR * activations) + dequant
 
 
 @dataclass(frozen=True)
@@ -62,7 +83,7 @@ def plan_memory(config: ModelConfig, vocab_size: int, mp: int, dtype: str, batch
     return MemoryPlan(mp=mp, dtype=dtype, batch=batch, seq=seq,
                       weights=weight_bytes_per_rank(config, vocab_size, mp, dtype),
                       kv_cache=kv_cache_bytes(config, mp, batch, seq, dtype),
-                      overhead=OVERHEAD_BYTES)
+                      overhead=overhead_bytes(config, mp, dtype, seq))
 
 
 def max_batch_that_fits(config: ModelConfig, vocab_size: int, mp: int, dtype: str, seq: int, gpu_bytes: int,

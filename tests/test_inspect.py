@@ -7,11 +7,12 @@ import shutil
 
 import pytest
 
+from llamakit.checkpoint import open_checkpoint
 from llamakit.checkpoint.params import PRESET_MP, PRESETS
 from llamakit.checkpoint.tiny import train_tokenizer
 from llamakit.gpus import GpuInfo
 from llamakit.inspect import InspectReport, fit_options, fit_summary, inspect_checkpoint, memory_info
-from llamakit.memory import OVERHEAD_BYTES
+from llamakit.memory import CUDA_CONTEXT_BYTES, overhead_bytes, plan_memory
 
 GB48 = 51_527_024_640  # what NVML reports for an RTX A6000 "48 GB"
 
@@ -67,7 +68,8 @@ def test_report_is_exact_for_every_style_and_mp(tiny_factory, style, mp):
     plan = r.memory
     assert plan.mp == mp and plan.weights_bytes == 2 * want["per_rank"][mp]
     assert plan.kv_cache_bytes == 2 * 8 * want["kv_per_token"] // mp
-    assert plan.total_bytes == plan.weights_bytes + plan.kv_cache_bytes + OVERHEAD_BYTES
+    assert plan.total_bytes == plan.weights_bytes + plan.kv_cache_bytes + plan.overhead_bytes
+    assert plan.overhead_bytes > CUDA_CONTEXT_BYTES  # context + the allocator's reserve for activations
     assert plan.fits_here is None and plan.gpus == []
     assert (r.tokenizer.n_words, r.tokenizer.bos_id, r.tokenizer.eos_id, r.tokenizer.matches_embedding) == \
            (512, 1, 2, True)
@@ -248,7 +250,7 @@ def test_tokenizer_found_in_parent_and_missing_is_a_warning(tiny_copy):
 def test_fits_on_two_a6000_with_data_parallel_copies(tiny_factory):
     r = inspect_checkpoint(tiny_factory("llama2", 1), batch=2, seq=8, gpus=gpus(2))
     assert r.memory.fits_here is True
-    assert r.memory.advice[0].startswith("fits: 1.5 GiB per GPU at MP 1 on NVIDIA RTX A6000 (48.0 GiB); "
+    assert r.memory.advice[0].startswith("fits: 0.8 GiB per GPU at MP 1 on NVIDIA RTX A6000 (48.0 GiB); "
                                          "2 data-parallel copies use 2 GPUs (torchrun --nproc_per_node 2")
     # largest batch: (48 GB card - weights - overhead) / (8 tokens * 512 bytes), capped at 512
     assert r.memory.max_batch_here == 512
@@ -263,21 +265,23 @@ def test_mp4_on_two_gpus_suggests_reshard(tiny_factory):
     assert f"`llamakit reshard {ckpt} DST --mp 1`" in r.memory.advice[1]
 
 
-def test_int8_suggested_when_bf16_does_not_fit(tiny_factory):
-    # tiny llama2 MP 1, batch 1, seq 8: bf16 weights 344,704 B; int8 weights 209,280 B (int8 + one bf16 scale per
-    # row for linear layers, embeddings and norms stay 16-bit); KV cache 8 * 512 = 4,096 B.
-    card = OVERHEAD_BYTES + 300_000
-    r = inspect_checkpoint(tiny_factory("llama2", 1), batch=1, seq=8, gpus=gpus(1, card, "small"))
-    assert r.memory.total_bytes == 344_704 + 4_096 + OVERHEAD_BYTES and r.memory.fits_here is False
-    assert any("set `quantize: int8` in the recipe" in a for a in r.memory.advice)
-    assert not any("reshard" in a for a in r.memory.advice)  # MP 1 already
-    r8 = inspect_checkpoint(tiny_factory("llama2", 1), dtype="int8", batch=1, seq=8, gpus=gpus(1, card, "small"))
-    assert r8.memory.weights_bytes == 209_280 and r8.memory.fits_here is True
+def test_int8_suggested_when_bf16_does_not_fit():
+    # 13B at MP 1, batch 1, seq 2048 on one card 1 GiB larger than the int8 plan: bf16 weights alone are 24.2 GiB
+    cfg = PRESETS["llama-13b"]
+    int8 = plan_memory(cfg, 32000, 1, "int8", 1, 2048)
+    card = int8.total + (1 << 30)
+    assert plan_memory(cfg, 32000, 1, "bf16", 1, 2048).total > card
+    info = memory_info(cfg, 32000, 1, "bf16", 1, 2048, gpus(1, card, "small"), "/data/LLaMA/13B-mp1")
+    assert info.fits_here is False and any("set `quantize: int8` in the recipe" in a for a in info.advice)
+    assert not any("reshard" in a for a in info.advice)  # MP 1 already
+    info8 = memory_info(cfg, 32000, 1, "int8", 1, 2048, gpus(1, card, "small"), "/data/LLaMA/13B-mp1")
+    assert info8.fits_here is True and info8.weights_bytes == int8.weights < info.weights_bytes // 2 + (1 << 30)
 
 
 def test_lower_batch_suggested_when_only_the_cache_is_too_big(tiny_factory):
-    card = OVERHEAD_BYTES + 344_704 + 10 * 8 * 512  # weights + room for 10 sequences of 8 tokens
-    r = inspect_checkpoint(tiny_factory("llama2", 1), batch=20, seq=8, gpus=gpus(1, card, "small"))
+    ckpt = tiny_factory("llama2", 1)
+    card = overhead_bytes(open_checkpoint(ckpt).config, 1, "bf16", 8) + 344_704 + 10 * 8 * 512  # room for 10 seqs
+    r = inspect_checkpoint(ckpt, batch=20, seq=8, gpus=gpus(1, card, "small"))
     assert r.memory.fits_here is False and r.memory.max_batch_here == 10
     assert "lower --batch to 10 (or --seq) and it fits" in r.memory.advice
 
@@ -298,20 +302,21 @@ def test_the_four_folders_on_two_a6000():
 
 def test_fit_options_name_cards():
     # 13B bf16, batch 4, seq 2048: weights 13,015,864,320 * 2 B = 24.24 GiB; KV cache 2*40*4*2048*5120*2 B = 6.25 GiB;
-    # overhead 1.5 GiB. One card: 31.99 GiB -> 40 GB. Two: 12.12 + 3.13 + 1.5 = 16.75 GiB -> 24 GB (a 16 GB card
-    # holds 15.84 GiB). Four: 6.06 + 1.56 + 1.5 = 9.12 GiB -> 16 GB.
+    # overhead 0.75 GiB context + 2.5 x 8192 tokens x 2 B x (2*5120 + 3*13824/MP): 2.72 GiB at MP 1, 1.93 at MP 2,
+    # 1.54 at MP 4. One card: 33.21 GiB -> 40 GB. Two: 12.12 + 3.13 + 1.93 = 17.18 GiB -> 24 GB (a 16 GB card holds
+    # 15.84 GiB). Four: 6.06 + 1.56 + 1.54 = 9.16 GiB -> 16 GB.
     opts = fit_options(PRESETS["llama-13b"], 32000, "bf16", 4, 2048)
     assert [(o.gpus, o.gpu_gb) for o in opts] == [(1, 40), (2, 24), (4, 16)]
     assert fit_summary(opts, "bf16") == "needs 1x 40 GB or 2x 24 GB or 4x 16 GB at bf16"
 
 
 def test_fit_summary_small_model_names_memory_not_a_card():
-    # the built-in demo model: 1.8 MiB of weights + 32 MiB KV cache + 1.5 GiB overhead; "1x 16 GB" would mislead
+    # the built-in demo model: 1.8 MiB of weights + 32 MiB KV cache + 0.8 GiB overhead; "1x 16 GB" would mislead
     from llamakit.checkpoint.params import ModelConfig
 
     cfg = ModelConfig(dim=128, n_layers=4, n_heads=4, vocab_size=1024, multiple_of=32, ffn_dim_multiplier=0.75)
     summary = fit_summary(fit_options(cfg, 1024, "bf16", 32, 512), "bf16")
-    assert summary == "needs 1 GPU with 1.5 GiB free at bf16"
+    assert summary == "needs 1 GPU with 0.8 GiB free at bf16"
 
 
 def test_bad_arguments_raise():

@@ -36,7 +36,7 @@ def test_report_shows_params_meanings_counts_and_plan(tiny_factory):
     assert "172,352" in out and "MP 2" in out and "--nproc" not in out  # no GPUs: no run advice
     assert "consolidated.01.pth" in out and "match params.json" in out
     assert "512 tokens = embedding rows" in out
-    assert "KV cache 4.00 KiB" not in out and "needs 1 GPU with 1.5 GiB free at bf16" in out
+    assert "KV cache 4.00 KiB" not in out and "needs 1 GPU with 0.8 GiB free at bf16" in out
     assert res.stderr == ""
 
 

@@ -595,19 +595,24 @@ def rule_memory_fit(f: Facts) -> CheckResult:
     mp = c.mp
     plan = plan_memory(c.config, c.vocab_size, mp, dtype, r.max_batch_size, r.max_seq_len)
     small = min(f.gpus, key=lambda g: g.total_bytes)
-    best = max_batch_that_fits(c.config, c.vocab_size, mp, dtype, r.max_seq_len, small.total_bytes)
+    busy = min(f.gpus, key=lambda g: g.free_bytes)
+    # the batch to suggest fits what is free now (the driver and other processes hold some of every card)
+    best = max_batch_that_fits(c.config, c.vocab_size, mp, dtype, r.max_seq_len, busy.free_bytes)
+    best_empty = max_batch_that_fits(c.config, c.vocab_size, mp, dtype, r.max_seq_len, small.total_bytes)
     parts = (f"weights {gib(plan.weights)} + KV cache {gib(plan.kv_cache)} (batch {r.max_batch_size} x "
              f"{r.max_seq_len} tokens) + {gib(plan.overhead)} overhead")
     head = f"{dtype} at MP={mp} needs {gib(plan.total)} per GPU = {parts}"
     if plan.total > small.total_bytes:
         if best > 0:
             fix = f"set max_batch_size: {best} (or a shorter max_seq_len)"
+        elif best_empty > 0:
+            fix = (f"set max_batch_size: {best_empty} once the GPUs are free (other processes hold memory now: "
+                   "see `nvidia-smi`)")
         elif dtype != "int8":
             fix = "set `quantize: int8` in the recipe, or reshard to more GPUs (llamakit reshard SRC DST --mp N)"
         else:
             fix = "reshard to more GPUs (llamakit reshard SRC DST --mp N) on a machine that has them"
         return CheckResult("memory-fit", FAIL, f"{head}, but GPU{small.index} has {gib(small.total_bytes)}", fix)
-    busy = min(f.gpus, key=lambda g: g.free_bytes)
     if plan.total > busy.free_bytes:
         return CheckResult("memory-fit", WARN, f"{head}: fits GPU{busy.index}'s {gib(busy.total_bytes)} but only "
                            f"{gib(busy.free_bytes)} is free now", "another process uses the GPU: see `nvidia-smi`")

@@ -12,6 +12,7 @@ from llamakit.checkpoint.shards import Checkpoint
 from llamakit.engine.api import Completion, EngineConfig, Request
 from llamakit.engine.runner import ModelRunner
 from llamakit.engine.scheduler import Scheduler
+from llamakit.memory import PREFILL_TOKENS
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer, model_parallel_info
 
@@ -28,7 +29,7 @@ class BatchEngine:
         self.cfg = cfg
         self.eos_id = eos_id
         self.n_slots = runner.cache.n_slots
-        prefill_tokens = 8192 if runner.device.type == "cuda" else 2048
+        prefill_tokens = PREFILL_TOKENS if runner.device.type == "cuda" else 2048
         self.prefill_tokens = max(prefill_tokens, cfg.max_seq_len)
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
