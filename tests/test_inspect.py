@@ -324,3 +324,20 @@ def test_bad_arguments_raise():
 
     with pytest.raises(LlamakitError, match="unknown dtype"):
         inspect_checkpoint(".", dtype="fp8")
+
+
+# Process totals measured with tools/memory_check.py on an H200 (torch 2.11+cu130, 2026-11-24; docs/BENCHMARKS.md):
+# (preset, layers, dtype, batch, GiB that nvidia-smi would show) at max_seq_len 2048, every slot filled.
+MEASURED = [("llama-65b", 40, "int8", 6, 52.96), ("llama-30b", 30, "int8", 20, 49.74),
+            ("llama-30b", 30, "bf16", 10, 48.75), ("llama-13b", 20, "bf16", 43, 48.41),
+            ("llama-7b", 16, "bf16", 80, 48.65)]
+
+
+@pytest.mark.parametrize("preset,layers,dtype,batch,measured_gib", MEASURED)
+def test_memory_plan_covers_what_the_process_really_held(preset, layers, dtype, batch, measured_gib):
+    from dataclasses import replace
+
+    cfg = replace(PRESETS[preset].with_vocab(32000), n_layers=layers)
+    plan = plan_memory(cfg, 32000, 1, dtype, batch, 2048)
+    assert plan.total / 2**30 >= measured_gib  # the plan may not promise a batch that runs out of memory
+    assert plan.total / 2**30 <= measured_gib + 3.0  # nor waste a card: at most 3 GiB above the measured total
