@@ -2,7 +2,7 @@
 # Evidence on a GPU machine (the device tool), from a checkout with PYTHONPATH set (no install needed):
 #   GPU tests, llamakit bench (bf16 and int8), doctor --json, inspect of a full-size 7B-shaped checkpoint written
 #   to disk, and llamakit run end to end on it (kill -9 + resume). Writes its logs and JSON into $OUT (or ./gpu-out).
-# Usage: bash tools/gpu_evidence.sh [all|tests|bench|doctor|run|arch|stop|memory]  (memory needs a GPU of 60+ GiB)
+# Usage: bash tools/gpu_evidence.sh [all|tests|bench|doctor|run|arch|stop|memory]  (memory: H200, not part of all)
 set -u
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
@@ -118,7 +118,7 @@ print("KeyboardInterrupt traceback in the log:", "KeyboardInterrupt" in log)
 open(os.path.join(out_dir, "stop-resume.log"), "w").write(log)
 PY
 fi
-if [[ $what == all || $what == memory ]]; then
+if [[ $what == memory ]]; then  # not in all: the 65B share needs a GPU of more than 80 GiB
   step "memory plan vs measured process totals (per-GPU shares of 65B/30B/13B/7B at MP=2, cache filled)"
   for a in "llama-65b 40 int8 6 2048" "llama-30b 30 int8 20 2048" "llama-30b 30 none 10 2048" \
            "llama-13b 20 none 43 2048" "llama-7b 16 none 80 2048"; do
