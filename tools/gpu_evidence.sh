@@ -125,3 +125,32 @@ if [[ $what == memory ]]; then  # not in all: the 65B share needs a GPU of more 
     timeout 240 python3 tools/memory_check.py $a 2>&1 | tail -1 | tee -a "$OUT/memory-check.txt"
   done
 fi
+if [[ $what == fill ]]; then  # not in all: about 3 minutes on an H200
+  step "llamakit run at the max batch that inspect promises, KV cache filled to 2,000 of 2,048 tokens"
+  [[ -f /tmp/tiny/tokenizer.model ]] || python3 -m llamakit make-tiny /tmp/tiny >/dev/null
+  rm -rf /tmp/ck13f && python3 - <<'PY'
+import shutil
+from llamakit.checkpoint.params import PRESETS
+from llamakit.checkpoint.synth import write_random_checkpoint
+write_random_checkpoint("/tmp/ck13f", PRESETS["llama-13b"].with_vocab(512), mp=1, dtype="bf16", vocab=512,
+                        device="cuda", checklist=False)
+shutil.copy("/tmp/tiny/tokenizer.model", "/tmp/ck13f/tokenizer.model")
+PY
+  best=$(python3 -m llamakit inspect /tmp/ck13f --batch 1 --seq 2048 --json | python3 -c "import json,sys; print(json.load(sys.stdin)['memory']['max_batch_here'])")
+  echo "inspect: max batch here at seq 2048 = $best"
+  python3 - "$best" <<'PY'
+import json, sys
+src = [json.loads(l) for l in open("llamakit/assets/demo-prompts.jsonl", encoding="utf-8")]
+with open("/tmp/p-fill.jsonl", "w", encoding="utf-8") as f:
+    for i in range(int(sys.argv[1])):
+        r = dict(src[i % len(src)]); r["id"] = f"f{i:03d}"; f.write(json.dumps(r, ensure_ascii=False) + "\n")
+PY
+  printf 'ckpt_dir: /tmp/ck13f\nprompt_path: /tmp/p-fill.jsonl\nout_path: /tmp/out-fill.jsonl\nmax_seq_len: 2048\nmax_gen_len: 1990\nmax_batch_size: %s\ntemperature: 0.8\non_long_prompt: truncate\n' "$best" > /tmp/r-fill.yaml
+  rm -f /tmp/out-fill.jsonl*; nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader,nounits -lms 500 > /tmp/smi.csv & smi=$!
+  timeout 400 python3 -m llamakit run /tmp/r-fill.yaml 2>&1 | tail -3; kill $smi
+  grep -E "KV cache:|slots" /tmp/out-fill.log | head -3
+  python3 -c "
+rows=[l.strip().split(', ') for l in open('/tmp/smi.csv') if l.strip()]
+print('nvidia-smi peak used %d MiB of %d MiB' % (max(int(r[0]) for r in rows), int(rows[0][1])))"
+  cp /tmp/out-fill.log "$OUT/run-fill.log"; rm -rf /tmp/ck13f
+fi

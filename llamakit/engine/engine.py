@@ -12,7 +12,7 @@ from llamakit.checkpoint.shards import Checkpoint
 from llamakit.engine.api import Completion, EngineConfig, Request
 from llamakit.engine.runner import ModelRunner
 from llamakit.engine.scheduler import Scheduler
-from llamakit.memory import PREFILL_TOKENS
+from llamakit.memory import CUDA_CONTEXT_BYTES, PREFILL_TOKENS, overhead_bytes
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer, model_parallel_info
 
@@ -45,15 +45,18 @@ class BatchEngine:
                 yield from sched.record(running, self.runner.decode(running))
 
 
-def _kv_slots(cfg: EngineConfig, model_cfg, n_kv_local: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Slots for the KV cache: max_batch_size, fewer if the GPU's free memory cannot hold them (logged)."""
+def _kv_slots(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Slots for the KV cache: max_batch_size, fewer if the GPU's free memory cannot hold them (logged). What stays
+    free for activations is the memory plan's own overhead (llamakit.memory), less the CUDA context already held."""
     want = cfg.max_batch_size
     if device.type != "cuda":
         return want
     free, _ = torch.cuda.mem_get_info(device)
+    n_kv_local = model_cfg.kv_heads // mp
     per_slot = KVCache.bytes_needed(model_cfg.n_layers, 1, n_kv_local, cfg.max_seq_len, model_cfg.head_dim, dtype)
-    budget = int(free * 0.9) - (1 << 30)  # keep ~1 GiB for activations and logits
-    fit = max(1, budget // per_slot)
+    plan_dtype = "int8" if cfg.quantize == "int8" else cfg.dtype
+    reserve = overhead_bytes(model_cfg, mp, plan_dtype, cfg.max_seq_len) - CUDA_CONTEXT_BYTES
+    fit = max(1, (free - reserve) // per_slot)
     if fit < want:
         log.warning("KV cache: %d slots of %d tokens fit in free GPU memory (asked for max_batch_size=%d)",
                     fit, cfg.max_seq_len, want)
@@ -75,7 +78,9 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -
     shard = ckpt.load(rank)
     model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize)
     del shard
-    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, model_cfg.kv_heads // mp_size, dtype, device))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the loading temporaries (fused qkv/w13, casts) go back: free memory is real
+    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device))
 
 
 def engine_for_model(model: Transformer, cfg: EngineConfig, n_slots: int, eos_id: int = EOS_ID) -> BatchEngine:
