@@ -1,4 +1,4 @@
-"""Memory plan: bytes of weights and KV cache per GPU for a config, MP, dtype, batch and sequence length."""
+"""Memory plan: bytes of weights, KV cache and overhead (measured) per GPU for a config, MP, dtype, batch and seq."""
 
 from __future__ import annotations
 
