@@ -24,7 +24,7 @@ from llamakit.checkpoint.shards import SHARD_RE, find_shards, load_shard
 from llamakit.engine.api import EngineConfig
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo, detect_gpus
-from llamakit.memory import DTYPE_BYTES, GiB, max_batch_that_fits, plan_memory
+from llamakit.memory import DTYPE_BYTES, GiB, max_batch_that_fits, plan_memory, weight_dtype
 from llamakit.tokenizer import Tokenizer, find_tokenizer
 
 SCHEMA = "llamakit.inspect/1"
@@ -677,7 +677,7 @@ def recipe_settings(recipe_path: str | Path) -> dict[str, Any]:
                             "pass --batch, --seq and --dtype instead of --recipe") from None
     loaded = load_recipe(recipe_path)
     r = loaded.recipe
-    dtype = "int8" if r.quantize == "int8" else (DEFAULT_DTYPE if r.dtype == "auto" else r.dtype)
+    dtype = weight_dtype(DEFAULT_DTYPE if r.dtype == "auto" else r.dtype, r.quantize)
     return {"batch": r.max_batch_size, "seq": r.max_seq_len, "dtype": dtype,
             "tokenizer": resolve_path(loaded, "tokenizer_path", r.tokenizer_path) if r.tokenizer_path else None,
             "ckpt_dir": resolve_path(loaded, "ckpt_dir", r.ckpt_dir)}

@@ -54,6 +54,16 @@ class MemoryPlan:
     def fits(self, gpu_bytes: int) -> bool:
         return self.total <= gpu_bytes
 
+    def breakdown(self) -> str:
+        """'weights 12.1 GiB + KV cache 6.2 GiB + overhead 2.4 GiB = 20.8 GiB', for plans and recipes."""
+        return (f"weights {fmt_gib(self.weights)} + KV cache {fmt_gib(self.kv_cache)} + overhead "
+                f"{fmt_gib(self.overhead)} = {fmt_gib(self.total)}")
+
+
+def weight_dtype(dtype: str, quantize: str) -> str:
+    """The dtype the plan counts weights in: int8 when the recipe quantizes, else the compute dtype."""
+    return "int8" if quantize == "int8" else dtype
+
 
 def weight_bytes_per_rank(config: ModelConfig, vocab_size: int, mp: int, dtype: str) -> int:
     """Exact bytes of one rank's weights; int8 keeps embeddings and norms in 16 bit and adds fp scales per row."""

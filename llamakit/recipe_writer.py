@@ -155,7 +155,7 @@ class Sizing:
 def choose_size(config: ModelConfig, vocab_rows: int, mp: int, model: str, lengths: list[int], max_gen_len: int,
                 target: Target, ckpt_path: Path) -> Sizing:
     """Pure rule: max_seq_len from the longest prompt, max_batch_size (and int8 if needed) from the memory plan."""
-    from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory
+    from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory, weight_dtype
 
     longest = max(lengths)
     notes: list[str] = []
@@ -202,9 +202,8 @@ def choose_size(config: ModelConfig, vocab_rows: int, mp: int, model: str, lengt
                          "quantize: int8 (about half the weight memory, slightly different text)")
         per_replica = math.ceil(len(lengths) / dp)
         batch = max(1, min(fits_batch, BATCH_CAP, per_replica))
-        m = plan_memory(config, vocab_rows, mp, "int8" if quantize == "int8" else "bf16", batch, max_seq_len)
-        per_gpu = (f"weights {fmt_gib(m.weights)} + KV cache {fmt_gib(m.kv_cache)} + overhead {fmt_gib(m.overhead)} "
-                   f"= {fmt_gib(m.total)} of {fmt_gib(gpu_total)} per GPU")
+        m = plan_memory(config, vocab_rows, mp, weight_dtype("bf16", quantize), batch, max_seq_len)
+        per_gpu = f"{m.breakdown()} of {fmt_gib(gpu_total)} per GPU"
         device = "cuda" if target.cuda_ok else "cpu"
         if not target.cuda_ok:
             notes.append("GPUs were found but PyTorch here cannot use them (a CPU-only torch or a driver problem): "

@@ -15,7 +15,8 @@ STYLES = ("llama1", "llama2", "llama2-gqa", "llama2-kv8")  # kept here so `--hel
 @app.command("make-tiny")
 def make_tiny_cmd(
     out_dir: Path = typer.Argument(..., help="Folder to create (must be new or empty)."),
-    mp: int = typer.Option(1, "--mp", help="Number of shards (model-parallel size): 1, 2 or 4; 8 with --style llama2-kv8 (70B's split)."),
+    mp: int = typer.Option(1, "--mp", help="Number of shards (model-parallel size): 1, 2 or 4; "
+                           "8 with --style llama2-kv8 (70B's split)."),
     style: str = typer.Option("llama2", "--style", help=f"Checkpoint style: {', '.join(STYLES)}."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
 ) -> None:

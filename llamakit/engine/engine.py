@@ -12,7 +12,7 @@ from llamakit.checkpoint.shards import Checkpoint
 from llamakit.engine.api import Completion, EngineConfig, Request
 from llamakit.engine.runner import ModelRunner
 from llamakit.engine.scheduler import Scheduler
-from llamakit.memory import CUDA_CONTEXT_BYTES, PREFILL_TOKENS, overhead_bytes
+from llamakit.memory import CUDA_CONTEXT_BYTES, PREFILL_TOKENS, overhead_bytes, weight_dtype
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer, model_parallel_info
 
@@ -54,8 +54,7 @@ def _kv_slots(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, device:
     free, _ = torch.cuda.mem_get_info(device)
     n_kv_local = model_cfg.kv_heads // mp
     per_slot = KVCache.bytes_needed(model_cfg.n_layers, 1, n_kv_local, cfg.max_seq_len, model_cfg.head_dim, dtype)
-    plan_dtype = "int8" if cfg.quantize == "int8" else cfg.dtype
-    reserve = overhead_bytes(model_cfg, mp, plan_dtype, cfg.max_seq_len) - CUDA_CONTEXT_BYTES
+    reserve = overhead_bytes(model_cfg, mp, weight_dtype(cfg.dtype, cfg.quantize), cfg.max_seq_len) - CUDA_CONTEXT_BYTES
     fit = max(1, (free - reserve) // per_slot)
     if fit < want:
         log.warning("KV cache: %d slots of %d tokens fit in free GPU memory (asked for max_batch_size=%d)",

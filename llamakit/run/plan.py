@@ -12,7 +12,7 @@ from typing import Any
 
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
-from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory
+from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory, weight_dtype
 
 
 @dataclass(frozen=True)
@@ -174,10 +174,9 @@ def describe_gpu(g: GpuInfo) -> str:
 
 def memory_line(config: Any, vocab: int, dev: Devices, quantize: str, batch: int, seq: int) -> tuple[str, str | None]:
     """The per-GPU memory estimate, and a warning when it exceeds the smallest GPU used."""
-    dtype = "int8" if quantize == "int8" else dev.dtype
+    dtype = weight_dtype(dev.dtype, quantize)
     m = plan_memory(config, vocab, dev.mp, dtype, batch, seq)
-    text = (f"weights {fmt_gib(m.weights)} + KV cache {fmt_gib(m.kv_cache)} + overhead {fmt_gib(m.overhead)} "
-            f"= {fmt_gib(m.total)} per {'GPU' if dev.device == 'cuda' else 'process'}")
+    text = f"{m.breakdown()} per {'GPU' if dev.device == 'cuda' else 'process'}"
     warn = None
     if dev.gpus:
         small = min(g.total_bytes for g in dev.gpus)
