@@ -106,8 +106,8 @@ def random_shard(cfg: ModelConfig, vocab: int, mp: int, dtype: torch.dtype, devi
     return shard
 
 
-def _engine(model: Transformer, ecfg: EngineConfig, n_slots: int) -> BatchEngine:
-    return engine_for_model(model, ecfg, n_slots, eos_id=-1)  # the benchmark ignores EOS
+def _engine(model: Transformer, ecfg: EngineConfig, rows: int) -> BatchEngine:
+    return engine_for_model(model, ecfg, rows, eos_id=-1)  # the benchmark ignores EOS
 
 
 def _sync(device: torch.device) -> None:
@@ -212,13 +212,14 @@ def _logits_all_positions(model: Transformer, prompts: list[list[int]]) -> torch
     """Logits at every position of each prompt (prefill into a scratch cache), concatenated [sum(T), V]."""
     out = []
     for p in prompts:
-        cache = KVCache(model.cfg.n_layers, 1, model.layers[0].attention.n_kv, len(p), model.cfg.head_dim,
-                        model.dtype, model.device)
+        bs = 16
+        cache = KVCache(model.cfg.n_layers, 1 + -(-len(p) // bs), bs, model.layers[0].attention.n_kv,
+                        model.cfg.head_dim, model.dtype, model.device)
+        table = torch.arange(1, cache.n_blocks, dtype=torch.int32, device=model.device)[None]
         tokens = torch.tensor([p], device=model.device)
         for t in range(1, len(p) + 1):  # logits of prefix t (the prefill API returns the last position only)
             if t % max(1, len(p) // 8) == 0 or t == len(p):
-                out.append(model.prefill(tokens[:, :t], torch.tensor([t], device=model.device),
-                                         torch.tensor([0], device=model.device), cache))
+                out.append(model.prefill(tokens[:, :t], torch.tensor([t], device=model.device), table, cache))
     return torch.cat(out)
 
 

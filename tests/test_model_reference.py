@@ -90,3 +90,32 @@ def test_bf16_first_tokens_agree_with_fp32(tiny_factory, mp1_group):
         outs[dtype] = {c.request.key: c.tokens[:1] for c in eng.generate(reqs)}
     agree = sum(outs["fp32"][k] == outs["bf16"][k] for k in outs["fp32"])
     assert agree >= len(reqs) - 1
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_preempted_sequences_still_equal_hf_reference(fast, tiny_factory, hf_expected, mp1_group):
+    """A KV cache of 4 blocks of 16 tokens for 5 sequences of 26 to 64 tokens: admission waits for blocks and
+    running sequences are preempted (recomputed later) mid-run; the text is still HF's, token for token."""
+    ckpt = tiny_factory("llama2-gqa", 1)
+    engine = build_engine(open_checkpoint(ckpt), EngineConfig(max_seq_len=64, max_batch_size=5, kv_cache_tokens=64,
+                                                               block_size=16, fast=fast))
+    reqs = [Request(i, p, GEN) for i, p in enumerate(_prompts(ckpt))]
+    got = {c.request.key: (c.tokens, c.finish_reason) for c in engine.generate(reqs)}
+    assert engine.last is not None and engine.last.preemptions > 0
+    assert got == hf_expected["llama2-gqa"]
+
+
+def test_sampling_with_preemption_equals_sampling_at_batch_1(tiny_factory, mp1_group):
+    """Sampling depends on (seed, key, step) only: preempting and recomputing a sequence changes nothing."""
+    ckpt = tiny_factory("llama2", 1)
+
+    def run(batch: int, kv_tokens: int) -> tuple[dict, int]:
+        cfg = EngineConfig(max_seq_len=64, max_batch_size=batch, kv_cache_tokens=kv_tokens, temperature=0.8, seed=7)
+        engine = build_engine(open_checkpoint(ckpt), cfg)
+        reqs = [Request(i, p, GEN) for i, p in enumerate(_prompts(ckpt))]
+        out = {c.request.key: c.tokens for c in engine.generate(reqs)}
+        return out, engine.last.preemptions
+
+    alone, _ = run(1, 0)
+    squeezed, preemptions = run(5, 64)
+    assert preemptions > 0 and squeezed == alone

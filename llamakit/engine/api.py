@@ -11,7 +11,7 @@ class EngineConfig:
     """How to build an engine; identical on every rank of a model-parallel group."""
 
     max_seq_len: int = 512  # prompt + generated tokens, per sequence
-    max_batch_size: int = 32  # sequences decoded together (the engine may use fewer)
+    max_batch_size: int = 32  # upper limit of sequences decoded together; free KV-cache blocks decide how many run
     dtype: Literal["bf16", "fp16", "fp32"] = "fp32"
     device: Literal["cpu", "cuda"] = "cpu"
     temperature: float = 0.0  # 0 = greedy
@@ -19,6 +19,8 @@ class EngineConfig:
     seed: int = 1
     quantize: Literal["none", "int8"] = "none"
     fast: bool = True  # CUDA graphs / compiled decode where available
+    block_size: int = 16  # tokens per KV-cache block (vLLM's name and default)
+    kv_cache_tokens: int = 0  # 0: what GPU memory holds (CUDA) or max_batch_size x max_seq_len (CPU)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The engine behind `llamakit run`: builds this rank's model and cache, then runs continuous batching."""
+"""The engine behind `llamakit run`: builds this rank's model and paged KV cache, then runs continuous batching."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import torch
 from llamakit.checkpoint.layout import DTYPES
 from llamakit.checkpoint.shards import Checkpoint
 from llamakit.engine.api import Completion, EngineConfig, Request
+from llamakit.engine.block_manager import BlockManager
 from llamakit.engine.runner import ModelRunner
 from llamakit.engine.scheduler import Scheduler
-from llamakit.memory import CUDA_CONTEXT_BYTES, PREFILL_TOKENS, overhead_bytes, weight_dtype
+from llamakit.errors import LlamakitError
+from llamakit.memory import CUDA_CONTEXT_BYTES, PREFILL_TOKENS, decode_graph_bytes, overhead_bytes, weight_dtype
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer, model_parallel_info
 
@@ -22,44 +24,55 @@ EOS_ID = 2  # Meta's tokenizer: bos 1, eos 2
 
 
 class BatchEngine:
-    """Continuous batching over a fixed set of KV-cache slots (see Scheduler), one model step at a time."""
+    """Continuous batching over a paged KV cache (see Scheduler), one model step at a time."""
 
     def __init__(self, runner: ModelRunner, cfg: EngineConfig, eos_id: int = EOS_ID):
         self.runner = runner
         self.cfg = cfg
         self.eos_id = eos_id
-        self.n_slots = runner.cache.n_slots
+        self.max_rows = runner.tables.host.shape[0]
         prefill_tokens = PREFILL_TOKENS if runner.device.type == "cuda" else 2048
         self.prefill_tokens = max(prefill_tokens, cfg.max_seq_len)
+        self.last: Scheduler | None = None  # the last run's scheduler: peak sequences / tokens, preemptions
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
-        sched = Scheduler(self.n_slots, self.cfg.max_seq_len, self.eos_id, self.prefill_tokens)
+        cache = self.runner.cache
+        sched = Scheduler(self.max_rows, self.cfg.max_seq_len, self.eos_id, self.prefill_tokens,
+                          BlockManager(cache.n_blocks, cache.block_size))
+        self.last = sched
         sched.add(requests)
         while sched.has_work():
             for group in sched.admit():
                 yield from sched.record(group, self.runner.prefill(group))
-            for src, dst, length in sched.compact():
-                self.runner.move(src, dst, length)
-            running = sched.running
+            running = sched.schedule_decode()
             if running:
                 yield from sched.record(running, self.runner.decode(running))
 
 
-def _kv_slots(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Slots for the KV cache: max_batch_size, fewer if the GPU's free memory cannot hold them (logged). What stays
-    free for activations is the memory plan's own overhead (llamakit.memory), less the CUDA context already held."""
-    want = cfg.max_batch_size
-    if device.type != "cuda":
-        return want
-    free, _ = torch.cuda.mem_get_info(device)
+def kv_cache_blocks(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, device: torch.device,
+                    rows: int) -> int:
+    """Blocks for the KV cache (scratch block included): `kv_cache_tokens` if set, else on GPUs what free memory
+    holds after the memory plan's own reserve (llamakit.memory, less the CUDA context already held, plus the decode
+    graphs' buffers), never more than max_batch_size sequences of max_seq_len need. Fails with the fix when not
+    even one sequence of max_seq_len fits."""
     n_kv_local = model_cfg.kv_heads // mp
-    per_slot = KVCache.bytes_needed(model_cfg.n_layers, 1, n_kv_local, cfg.max_seq_len, model_cfg.head_dim, dtype)
-    reserve = overhead_bytes(model_cfg, mp, weight_dtype(cfg.dtype, cfg.quantize), cfg.max_seq_len) - CUDA_CONTEXT_BYTES
-    fit = max(1, (free - reserve) // per_slot)
-    if fit < want:
-        log.warning("KV cache: %d slots of %d tokens fit in free GPU memory (asked for max_batch_size=%d)",
-                    fit, cfg.max_seq_len, want)
-    return int(min(want, fit))
+    per_block = KVCache.bytes_per_block(model_cfg.n_layers, n_kv_local, cfg.block_size, model_cfg.head_dim, dtype)
+    per_seq = -(-cfg.max_seq_len // cfg.block_size)
+    want = rows * per_seq
+    if cfg.kv_cache_tokens > 0:
+        want = -(-cfg.kv_cache_tokens // cfg.block_size)
+    elif device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        reserve = (overhead_bytes(model_cfg, mp, weight_dtype(cfg.dtype, cfg.quantize), cfg.max_seq_len)
+                   - CUDA_CONTEXT_BYTES + decode_graph_bytes(model_cfg, rows if cfg.fast else 0))
+        want = min(want, max(0, (free - reserve) // per_block))
+    if want < per_seq:
+        raise LlamakitError(f"the KV cache holds {want * cfg.block_size} tokens, less than one sequence of "
+                            f"max_seq_len {cfg.max_seq_len}",
+                            "lower max_seq_len, use int8 weights (quantize: int8) or more GPUs (a higher MP)")
+    log.info("KV cache: %d blocks of %d tokens = %d tokens (%d sequences at max_seq_len %d; max_batch_size %d)",
+             want, cfg.block_size, want * cfg.block_size, want // per_seq, cfg.max_seq_len, rows)
+    return int(want) + 1
 
 
 def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -> BatchEngine:
@@ -79,12 +92,16 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -
     del shard
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the loading temporaries (fused qkv/w13, casts) go back: free memory is real
-    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device))
+    return engine_for_model(model, cfg)
 
 
-def engine_for_model(model: Transformer, cfg: EngineConfig, n_slots: int, eos_id: int = EOS_ID) -> BatchEngine:
-    """An engine around an already built model: a KV cache of `n_slots` sequences, its runner, the scheduler."""
+def engine_for_model(model: Transformer, cfg: EngineConfig, rows: int | None = None,
+                     eos_id: int = EOS_ID) -> BatchEngine:
+    """An engine around an already built model: a paged KV cache sized by `kv_cache_blocks`, decoding at most
+    `rows` (default max_batch_size) sequences at once, its runner, the scheduler."""
     mc = model.cfg
-    n_kv_local = mc.kv_heads // model_parallel_info()[1]
-    cache = KVCache(mc.n_layers, n_slots, n_kv_local, cfg.max_seq_len, mc.head_dim, model.dtype, model.device)
-    return BatchEngine(ModelRunner(model, cache, cfg), cfg, eos_id)
+    rows = rows or cfg.max_batch_size
+    mp = model_parallel_info()[1]
+    n_blocks = kv_cache_blocks(cfg, mc, mp, model.dtype, model.device, rows)
+    cache = KVCache(mc.n_layers, n_blocks, cfg.block_size, mc.kv_heads // mp, mc.head_dim, model.dtype, model.device)
+    return BatchEngine(ModelRunner(model, cache, cfg, rows), cfg, eos_id)

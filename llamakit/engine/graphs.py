@@ -1,5 +1,6 @@
 """CUDA graphs for decode steps: one graph per batch-size bucket, captured once before the first request,
-replayed every step (a 7B step is ~1,000 kernels: launching them one by one would cost more than running them)."""
+replayed every step (a 7B step is ~1,000 kernels: launching them one by one would cost more than running them).
+The block table is a static buffer too, so the whole paged step (cache writes and attention) is in the graph."""
 
 from __future__ import annotations
 
@@ -10,32 +11,35 @@ from llamakit.engine.sampler import sample
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer
 
-BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768,
+           896, 1024, 1280, 1536, 1792, 2048)
 
 
 class GraphDecoder:
     """Static input buffers + one captured graph (model step + sampling) per batch bucket."""
 
-    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig):
+    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, rows: int, max_blocks: int):
         self.model, self.cache, self.cfg = model, cache, cfg
-        n = cache.n_slots
+        n = rows
         self.buckets = sorted({b for b in BUCKETS if b < n} | {n})
         dev = model.device
         self.inputs = torch.zeros((4, n), dtype=torch.int64, device=dev)  # tokens, pos, keys, steps
         self.staging = torch.zeros((4, n), dtype=torch.int64).pin_memory()
+        self.table = torch.zeros((n, max_blocks), dtype=torch.int32, device=dev)
+        self.table_staging = torch.zeros((n, max_blocks), dtype=torch.int32).pin_memory()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self._capture_all()
 
     def _step(self, b: int) -> torch.Tensor:
         tok, pos, keys, steps = self.inputs[:, :b]
-        logits = self.model.decode_fast(tok, pos, self.cache)
+        logits = self.model.decode_fast(tok, pos, self.cache, self.table[:b])
         return sample(logits, self.cfg.temperature, self.cfg.top_p, self.cfg.seed, keys, steps)
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
-        """Capture largest first so smaller graphs reuse its memory pool. Warm-up steps write k/v at position 0
-        of idle slots only: this runs before any sequence holds a slot."""
+        """Capture largest first so smaller graphs reuse its memory pool. Warm-up steps write k/v into the
+        scratch block only (the block table is all zeros)."""
         pool = None
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -54,11 +58,17 @@ class GraphDecoder:
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
-    def __call__(self, tokens: list[int], pos: list[int], keys: list[int], steps: list[int]) -> list[int]:
+    def __call__(self, table: torch.Tensor, tokens: list[int], pos: list[int], keys: list[int],
+                 steps: list[int]) -> list[int]:
+        """One step for rows 0..len(tokens)-1; `table` is the host block table of the whole bucket (padding rows
+        point at the scratch block)."""
         n = len(tokens)
         b = self.bucket(n)
+        assert table.shape[0] == b
+        self.table_staging[:b].copy_(table)
+        self.table[:b].copy_(self.table_staging[:b], non_blocking=True)
         st = self.staging
-        st[:, :b].zero_()  # padding rows: token 0 at position 0 of an idle slot
+        st[:, :b].zero_()  # padding rows: token 0 at position 0 of the scratch block
         st[0, :n] = torch.tensor(tokens)
         st[1, :n] = torch.tensor(pos)
         st[2, :n] = torch.tensor(keys)

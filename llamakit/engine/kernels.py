@@ -1,5 +1,5 @@
-"""Triton kernels for the GPU decode step: add+RMSNorm, rotary+KV-cache write, and split-K decode attention
-that reads only each sequence's own length (the cache is not padded to the longest running sequence).
+"""Triton kernels for the GPU decode step: add+RMSNorm, rotary+paged-KV-cache write, and split-K decode attention
+that reads each sequence's own length through its block table (nothing is padded to the longest sequence).
 
 Each kernel has an eager twin in this file used on CPU and as the test reference.
 """
@@ -76,11 +76,13 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tenso
 # ---------------------------------------------------------------------------------------- rotary + cache write
 
 def rope_store_eager(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                     k_cache: torch.Tensor, v_cache: torch.Tensor, n_heads: int, n_kv: int) -> torch.Tensor:
-    """Split qkv [B, (H+2Hkv)*D], rotate q and k (interleaved pairs, fp32), store k/v at cache[b, :, pos[b]];
-    returns q [B, H, D]."""
+                     k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, n_heads: int,
+                     n_kv: int) -> torch.Tensor:
+    """Split qkv [B, (H+2Hkv)*D], rotate q and k (interleaved pairs, fp32), store k/v of row b at position pos[b]
+    of the paged cache [n_blocks, Hkv, block_size, D] through its block-table row table[b]; returns q [B, H, D]."""
     b = qkv.shape[0]
     d = k_cache.shape[-1]
+    bs = k_cache.shape[2]
     q, k, v = qkv.split([n_heads * d, n_kv * d, n_kv * d], dim=-1)
     c, s = cos[pos][:, None, :], sin[pos][:, None, :]
 
@@ -90,16 +92,17 @@ def rope_store_eager(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, si
         return torch.stack((xr * c - xi * s, xr * s + xi * c), -1).flatten(-2).type_as(x)
 
     rows = torch.arange(b, device=qkv.device)
-    k_cache[rows, :, pos] = rot(k, n_kv)
-    v_cache[rows, :, pos] = v.reshape(b, n_kv, d)
+    blk = table[rows, pos // bs].long()
+    k_cache[blk, :, pos % bs] = rot(k, n_kv)
+    v_cache[blk, :, pos % bs] = v.reshape(b, n_kv, d)
     return rot(q, n_heads)
 
 
 if HAVE_TRITON:
 
     @triton.jit
-    def _rope_store_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, stride_qkv, stride_kb, stride_kh, stride_kl,
-                           N_HEADS: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr):
+    def _rope_store_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, BT, stride_qkv, stride_bt, stride_kb, stride_kh,
+                           stride_kl, N_HEADS: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr):
         b = tl.program_id(0)
         h = tl.program_id(1)  # 0..N_HEADS-1: q heads, then N_KV k heads (v copied with them)
         pos = tl.load(POS + b)
@@ -117,40 +120,47 @@ if HAVE_TRITON:
             tl.store(qo + 2 * half + 1, out_i.to(QOUT.dtype.element_ty))
         else:
             kh = h - N_HEADS
-            ko = KC + b * stride_kb + kh * stride_kh + pos * stride_kl
-            tl.store(ko + 2 * half, out_r.to(KC.dtype.element_ty))
-            tl.store(ko + 2 * half + 1, out_i.to(KC.dtype.element_ty))
+            blk = tl.load(BT + b * stride_bt + pos // PAGE).to(tl.int64)
+            where = blk * stride_kb + kh * stride_kh + (pos % PAGE) * stride_kl
+            tl.store(KC + where + 2 * half, out_r.to(KC.dtype.element_ty))
+            tl.store(KC + where + 2 * half + 1, out_i.to(KC.dtype.element_ty))
             full = tl.arange(0, D)
             v = tl.load(QKV + b * stride_qkv + (N_HEADS + N_KV + kh) * D + full)
-            tl.store(VC + b * stride_kb + kh * stride_kh + pos * stride_kl + full, v)
+            tl.store(VC + where + full, v)
 
 
 def rope_store(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               k_cache: torch.Tensor, v_cache: torch.Tensor, n_heads: int, n_kv: int) -> torch.Tensor:
-    """One kernel on CUDA for rotary of q/k and the KV-cache write; eager elsewhere."""
+               k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, n_heads: int,
+               n_kv: int) -> torch.Tensor:
+    """One kernel on CUDA for rotary of q/k and the paged KV-cache write; eager elsewhere."""
     if not _use_triton(qkv):
-        return rope_store_eager(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv)
+        return rope_store_eager(qkv, pos, cos, sin, k_cache, v_cache, table, n_heads, n_kv)
     b = qkv.shape[0]
     d = k_cache.shape[-1]
     q = torch.empty((b, n_heads, d), dtype=qkv.dtype, device=qkv.device)
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and qkv.stride(-1) == 1
-    _rope_store_kernel[(b, n_heads + n_kv)](qkv, pos, cos, sin, q, k_cache, v_cache, qkv.stride(0),
-                                           k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-                                           N_HEADS=n_heads, N_KV=n_kv, D=d, num_warps=1)
+    _rope_store_kernel[(b, n_heads + n_kv)](qkv, pos, cos, sin, q, k_cache, v_cache, table, qkv.stride(0),
+                                           table.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+                                           N_HEADS=n_heads, N_KV=n_kv, D=d, PAGE=k_cache.shape[2], num_warps=1)
     return q
 
 
 # ------------------------------------------------------------------------------------------- decode attention
 
-def decode_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reference: q [B, H, D] over k/v [B, Hkv, L, D], row b reading keys [0, lengths[b])."""
+def decode_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+                           lengths: torch.Tensor) -> torch.Tensor:
+    """Reference: q [B, H, D] over the paged cache k/v [n_blocks, Hkv, block_size, D], row b reading positions
+    [0, lengths[b]) through its block-table row table[b]."""
     b, h, d = q.shape
-    hkv, L = k.shape[1], k.shape[2]
+    nb, bs = table.shape[1], k.shape[2]
+    hkv = k.shape[1]
+    kk = k[table.long()].transpose(1, 2).reshape(b, hkv, nb * bs, d)  # [B, Hkv, L, D]
+    vv = v[table.long()].transpose(1, 2).reshape(b, hkv, nb * bs, d)
     g = h // hkv
-    kk = k.repeat_interleave(g, dim=1).float()
-    vv = v.repeat_interleave(g, dim=1).float()
+    kk = kk.repeat_interleave(g, dim=1).float()
+    vv = vv.repeat_interleave(g, dim=1).float()
     scores = torch.einsum("bhd,bhld->bhl", q.float(), kk) / math.sqrt(d)
-    mask = torch.arange(L, device=q.device)[None, :] < lengths[:, None]
+    mask = torch.arange(nb * bs, device=q.device)[None, :] < lengths[:, None]
     scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
     return torch.einsum("bhl,bhld->bhd", torch.softmax(scores, -1), vv).to(q.dtype)
 
@@ -158,11 +168,11 @@ def decode_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, le
 if HAVE_TRITON:
 
     @triton.jit
-    def _decode_attn_kernel(Q, K, V, LENS, ACC, M, L_OUT, sm_scale,
-                            stride_qb, stride_qh, stride_kb, stride_kh, stride_kl,
+    def _decode_attn_kernel(Q, K, V, BT, LENS, ACC, M, L_OUT, sm_scale,
+                            stride_qb, stride_qh, stride_bt, stride_kb, stride_kh, stride_kl,
                             stride_ab, stride_ah, stride_as, stride_mb, stride_mh,
                             G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
-                            BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+                            BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PAGE: tl.constexpr):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         sp = tl.program_id(2)
@@ -178,19 +188,21 @@ if HAVE_TRITON:
         m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, D], tl.float32)
-        kbase = K + b * stride_kb + kvh * stride_kh
-        vbase = V + b * stride_kb + kvh * stride_kh
+        kbase = K + kvh * stride_kh
+        vbase = V + kvh * stride_kh
         for n0 in range(start, end, BLOCK_N):
             offs = n0 + offs_n
             nmask = offs < end
-            k = tl.load(kbase + offs[:, None] * stride_kl + offs_d[None, :], mask=nmask[:, None], other=0.0)
+            blk = tl.load(BT + b * stride_bt + offs // PAGE, mask=nmask, other=0).to(tl.int64)
+            where = blk[:, None] * stride_kb + (offs % PAGE)[:, None] * stride_kl + offs_d[None, :]
+            k = tl.load(kbase + where, mask=nmask[:, None], other=0.0)
             qk = tl.dot(q, tl.trans(k)) * sm_scale
             qk = tl.where(nmask[None, :], qk, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1))
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(qk - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            vt = tl.load(vbase + offs[:, None] * stride_kl + offs_d[None, :], mask=nmask[:, None], other=0.0)
+            vt = tl.load(vbase + where, mask=nmask[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
             m_i = m_new
         out = ACC + b * stride_ab + heads[:, None] * stride_ah + sp * stride_as + offs_d[None, :]
@@ -211,30 +223,34 @@ def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 
     return int(min(want, max(1, max_len // (4 * block))))
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
                      splits: int | None = None) -> torch.Tensor:
-    """Split-K decode attention on CUDA (bf16/fp16): reads keys [0, lengths[b]) only; eager elsewhere."""
+    """Split-K decode attention over the paged cache on CUDA (bf16/fp16): reads positions [0, lengths[b]) of row
+    b only, through its block-table row; eager elsewhere."""
     b, h, d = q.shape
     # tl.dot needs a head dim >= 16 (tiny test models use 8) and 16-bit inputs on GPUs (fp32 would run as tf32)
     if d < 16 or not (_use_triton(q) and (q.dtype in (torch.bfloat16, torch.float16) or not q.is_cuda)):
-        return decode_attention_eager(q, k, v, lengths)
-    hkv, max_len = k.shape[1], k.shape[2]
+        return decode_attention_eager(q, k, v, table, lengths)
+    hkv, page = k.shape[1], k.shape[2]
+    max_len = table.shape[1] * page
     g = h // hkv
     if splits is None:
         n_sm = 132  # CPU (interpreter tests): an H100's count
         if q.is_cuda:
             n_sm = sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device())
         splits = n_splits(b, hkv, max_len, n_sm)
+    block_n = 64
     split_len = -(-max_len // splits)
+    split_len = -(-split_len // block_n) * block_n  # whole tiles per split
     acc = torch.empty((b, h, splits, d), dtype=torch.float32, device=q.device)
     m = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
     l_ = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
     assert k.stride() == v.stride() and k.stride(-1) == 1 and q.is_contiguous()
     _decode_attn_kernel[(b, hkv, splits)](
-        q, k, v, lengths, acc, m, l_, 1.0 / math.sqrt(d),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+        q, k, v, table, lengths, acc, m, l_, 1.0 / math.sqrt(d),
+        q.stride(0), q.stride(1), table.stride(0), k.stride(0), k.stride(1), k.stride(2),
         acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0), m.stride(1),
-        G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_N=64, SPLIT=split_len, num_warps=4)
+        G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_N=block_n, SPLIT=split_len, PAGE=page, num_warps=4)
     out = torch.empty_like(q)
     _combine_kernel[(b, h)](acc, m, l_, out, acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0), m.stride(1),
                             out.stride(0), out.stride(1), S=splits, BLOCK_S=_next_pow2(splits), D=d, num_warps=2)

@@ -1,4 +1,4 @@
-"""Model runner: turns scheduler decisions into padded tensors, model steps and sampled tokens."""
+"""Model runner: turns scheduler decisions into padded tensors and block tables, model steps and sampled tokens."""
 
 from __future__ import annotations
 
@@ -11,21 +11,49 @@ from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer
 
 
+class BlockTables:
+    """Host copy of the decode batch's block table [rows, max_blocks], updated only where it changed: a row is
+    rewritten when another sequence moves into it, and a block appended when its sequence grows."""
+
+    def __init__(self, rows: int, max_blocks: int):
+        self.host = torch.zeros((rows, max_blocks), dtype=torch.int32)
+        self._owner: list[Sequence | None] = [None] * rows
+        self._len = [0] * rows
+
+    def update(self, seqs: list[Sequence], rows: int) -> torch.Tensor:
+        """Rows 0..len(seqs)-1 hold `seqs`, rows up to `rows` point at the scratch block; returns host[:rows]."""
+        for i, s in enumerate(seqs):
+            n = len(s.blocks)
+            if self._owner[i] is not s or self._len[i] > n:
+                self.host[i, :n] = torch.tensor(s.blocks, dtype=torch.int32)
+                self._owner[i], self._len[i] = s, n
+            elif self._len[i] < n:
+                self.host[i, self._len[i]:n] = torch.tensor(s.blocks[self._len[i]:], dtype=torch.int32)
+                self._len[i] = n
+        for i in range(len(seqs), rows):
+            if self._owner[i] is not None or self._len[i]:
+                self.host[i].zero_()
+                self._owner[i], self._len[i] = None, 0
+        return self.host[:rows]
+
+
 class ModelRunner:
     """Owns the model and its KV cache on one rank; every rank of a model-parallel group runs the same steps."""
 
-    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, pad_id: int = 0):
+    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, max_rows: int, pad_id: int = 0):
         self.model = model
         self.cache = cache
         self.cfg = cfg
         self.device = model.device
         self.pad_id = pad_id
+        self.max_blocks = -(-cfg.max_seq_len // cache.block_size)
+        self.tables = BlockTables(max_rows, self.max_blocks)
         self.kv_bucket = 64 if self.device.type == "cuda" else 1
         self.graphs = None
         if cfg.fast and self.device.type == "cuda":
             from llamakit.engine.graphs import GraphDecoder
 
-            self.graphs = GraphDecoder(model, cache, cfg)
+            self.graphs = GraphDecoder(model, cache, cfg, max_rows, self.max_blocks)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         keys = torch.tensor([s.request.key for s in seqs], dtype=torch.int64, device=self.device)
@@ -34,33 +62,35 @@ class ModelRunner:
         return toks.tolist()
 
     def prefill(self, seqs: list[Sequence]) -> list[int]:
-        """Run whole prompts into their slots; return the first generated token of each."""
-        t = max(s.prompt_len for s in seqs)
+        """Run whole sequences (prompt, plus tokens generated before a preemption) into their blocks; return the
+        next token of each."""
+        t = max(s.prefill_len for s in seqs)
         if self.device.type == "cuda":  # fewer distinct shapes for cuBLAS/attention: pad to a multiple of 32
-            t = min(-(-t // 32) * 32, self.cache.max_seq_len)
+            t = min(-(-t // 32) * 32, self.cfg.max_seq_len)
         tokens = torch.full((len(seqs), t), self.pad_id, dtype=torch.int64)
+        table = torch.zeros((len(seqs), self.max_blocks), dtype=torch.int32)
         for i, s in enumerate(seqs):
-            tokens[i, : s.prompt_len] = torch.tensor(s.request.prompt_tokens, dtype=torch.int64)
-        lengths = torch.tensor([s.prompt_len for s in seqs], dtype=torch.int64)
-        slots = torch.tensor([s.slot for s in seqs], dtype=torch.int64)
-        logits = self.model.prefill(tokens.to(self.device), lengths.to(self.device), slots.to(self.device), self.cache)
+            tokens[i, : s.prefill_len] = torch.tensor(s.prefill_tokens, dtype=torch.int64)
+            table[i, : len(s.blocks)] = torch.tensor(s.blocks, dtype=torch.int32)
+        lengths = torch.tensor([s.prefill_len for s in seqs], dtype=torch.int64)
+        logits = self.model.prefill(tokens.to(self.device), lengths.to(self.device), table.to(self.device), self.cache)
         return self._sample(logits, seqs)
 
     def decode(self, seqs: list[Sequence]) -> list[int]:
-        """One decode step for the running sequences, which occupy slots 0..len(seqs)-1 in order."""
+        """One decode step for the running sequences, which occupy rows 0..len(seqs)-1 in order."""
         assert all(s.slot == i for i, s in enumerate(seqs)), "running sequences must be compacted"
         if self.graphs is not None:
-            return self.graphs([s.generated[-1] for s in seqs], [s.next_pos for s in seqs],
-                               [s.request.key for s in seqs], [len(s.generated) for s in seqs])
+            rows = self.graphs.bucket(len(seqs))
+            return self.graphs(self.tables.update(seqs, rows), [s.generated[-1] for s in seqs],
+                               [s.next_pos for s in seqs], [s.request.key for s in seqs],
+                               [len(s.generated) for s in seqs])
+        table = self.tables.update(seqs, len(seqs)).to(self.device)
         tokens = torch.tensor([s.generated[-1] for s in seqs], dtype=torch.int64, device=self.device)
         positions = [s.next_pos for s in seqs]
         pos = torch.tensor(positions, dtype=torch.int64, device=self.device)
         if self.cfg.fast:  # fused kernels (their eager twins off GPU), no CUDA graph
-            return self._sample(self.model.decode_fast(tokens, pos, self.cache), seqs)
-        # plain path: SDPA over the first kv_len positions of every slot (the reference the fast path is tested on)
+            return self._sample(self.model.decode_fast(tokens, pos, self.cache, table), seqs)
+        # plain path: SDPA over the first kv_len positions of every row (the reference the fast path is tested on)
         need = max(positions) + 1
-        kv_len = min(self.cache.max_seq_len, -(-need // self.kv_bucket) * self.kv_bucket)
-        return self._sample(self.model.decode(tokens, pos, self.cache, kv_len), seqs)
-
-    def move(self, src: int, dst: int, length: int) -> None:
-        self.cache.move_slot(src, dst, length)
+        kv_len = min(self.cfg.max_seq_len, -(-need // self.kv_bucket) * self.kv_bucket)
+        return self._sample(self.model.decode(tokens, pos, self.cache, table, kv_len), seqs)

@@ -1,24 +1,38 @@
-"""Continuous batching: which sequences run in which KV-cache slot; knows nothing of tensors."""
+"""Continuous batching over a paged KV cache: which sequences run, in which row, holding which blocks; knows
+nothing of tensors."""
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from llamakit.engine.api import Completion, Request
+from llamakit.engine.block_manager import BlockManager
 
 
-@dataclass
+@dataclass(eq=False)
 class Sequence:
     request: Request
-    slot: int
     max_new: int  # max_gen_len, clamped so prompt + generated fits max_seq_len
+    order: int  # arrival order: the newest running sequence is preempted first
     generated: list[int] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)  # KV-cache blocks, in position order
+    slot: int = -1  # row of the decode batch while running, -1 while queued
 
     @property
     def prompt_len(self) -> int:
         return len(self.request.prompt_tokens)
+
+    @property
+    def prefill_tokens(self) -> list[int]:
+        """What a prefill runs: the prompt, plus what was generated before a preemption (recomputed)."""
+        return self.request.prompt_tokens + self.generated
+
+    @property
+    def prefill_len(self) -> int:
+        return self.prompt_len + len(self.generated)
 
     @property
     def next_pos(self) -> int:
@@ -27,19 +41,31 @@ class Sequence:
 
 
 class Scheduler:
-    """Keeps running sequences in slots 0..n_active-1: a finished slot is refilled from the queue at once, or
-    filled by moving the last running sequence down (so decode reads one contiguous block of the cache)."""
+    """Admits queued sequences while rows (max_batch_size) and free KV blocks allow; before each decode step,
+    gives every running sequence room for one more token, preempting the newest ones (their blocks freed, put
+    back at the head of the queue, recomputed from prompt + generated tokens when readmitted) if blocks run out.
+    Running sequences keep rows 0..n-1 (a hole is filled by moving the last one down), so a decode step is a
+    prefix of the batch buffers; moving a row moves no cache data, only its block-table row."""
 
-    def __init__(self, n_slots: int, max_seq_len: int, eos_id: int, prefill_tokens: int):
+    def __init__(self, n_slots: int, max_seq_len: int, eos_id: int, prefill_tokens: int, blocks: BlockManager):
         self.n_slots = n_slots
         self.max_seq_len = max_seq_len
         self.eos_id = eos_id
         self.prefill_tokens = prefill_tokens
-        self.queue: deque[Request] = deque()
+        self.blocks = blocks
+        # admission keeps ~1% of the blocks free for running sequences to grow into (fewer preemptions)
+        self.watermark = blocks.usable_blocks // 100
+        self.queue: deque[Sequence] = deque()
         self.slots: list[Sequence | None] = [None] * n_slots
+        self._order = itertools.count()
+        self.preemptions = 0
+        self.peak_running = 0
+        self.peak_tokens = 0
 
     def add(self, requests: Iterable[Request]) -> None:
-        self.queue.extend(requests)
+        for req in requests:
+            max_new = max(1, min(req.max_gen_len, self.max_seq_len - len(req.prompt_tokens)))
+            self.queue.append(Sequence(req, max_new, next(self._order)))
 
     @property
     def running(self) -> list[Sequence]:
@@ -49,21 +75,28 @@ class Scheduler:
         return bool(self.queue) or any(s is not None for s in self.slots)
 
     def admit(self) -> list[list[Sequence]]:
-        """Move queued requests into free slots (lowest first); returns prefill groups bounded by padded tokens."""
+        """Move queued sequences (in order) into free rows while their blocks (prefill + the first decode token)
+        are free; returns prefill groups bounded by padded tokens."""
         admitted: list[Sequence] = []
-        for slot in range(self.n_slots):
+        free_rows = [i for i, s in enumerate(self.slots) if s is None]
+        nothing_running = len(free_rows) == self.n_slots
+        for slot in free_rows:
             if not self.queue:
                 break
-            if self.slots[slot] is None:
-                req = self.queue.popleft()
-                max_new = max(1, min(req.max_gen_len, self.max_seq_len - len(req.prompt_tokens)))
-                seq = Sequence(req, slot, max_new)
-                self.slots[slot] = seq
-                admitted.append(seq)
-        admitted.sort(key=lambda s: s.prompt_len)
+            seq = self.queue[0]
+            need = self.blocks.blocks_for(seq.prefill_len + 1)
+            reserve = 0 if (nothing_running and not admitted) else self.watermark
+            if need + reserve > self.blocks.n_free:
+                break  # first come, first served: later (shorter) requests do not overtake
+            self.queue.popleft()
+            seq.blocks = self.blocks.allocate(need)
+            seq.slot = slot
+            self.slots[slot] = seq
+            admitted.append(seq)
+        admitted.sort(key=lambda s: s.prefill_len)
         groups: list[list[Sequence]] = []
         for seq in admitted:  # ascending length: a group's padded size is (count) x (its last length)
-            if groups and (len(groups[-1]) + 1) * seq.prompt_len <= self.prefill_tokens:
+            if groups and (len(groups[-1]) + 1) * seq.prefill_len <= self.prefill_tokens:
                 groups[-1].append(seq)
             else:
                 groups.append([seq])
@@ -81,12 +114,28 @@ class Scheduler:
                     done.append(Completion(seq.request, seq.generated, "length"))
                 else:
                     continue
-            self.slots[seq.slot] = None
+            self._release(seq)
         return done
 
-    def compact(self) -> list[tuple[int, int, int]]:
-        """Fill holes below the last running slot by moving sequences down; returns (src, dst, length) copies."""
-        moves = []
+    def schedule_decode(self) -> list[Sequence]:
+        """Give each running sequence a block for the token it writes next (oldest first), preempting the newest
+        when none is free; then compact rows. Returns the decode batch in row order."""
+        by_age = sorted(self.running, key=lambda s: s.order)
+        while by_age:
+            seq = by_age.pop(0)
+            while not self.blocks.grow(seq.blocks, seq.next_pos + 1):
+                victim = by_age.pop() if by_age else seq
+                self._preempt(victim)
+                if victim is seq:
+                    break
+        self.compact()
+        running = self.running
+        self.peak_running = max(self.peak_running, len(running))
+        self.peak_tokens = max(self.peak_tokens, sum(s.next_pos + 1 for s in running))
+        return running
+
+    def compact(self) -> None:
+        """Fill holes below the last running row by moving the last running sequence down."""
         lo, hi = 0, self.n_slots - 1
         while True:
             while lo < self.n_slots and self.slots[lo] is not None:
@@ -94,9 +143,19 @@ class Scheduler:
             while hi >= 0 and self.slots[hi] is None:
                 hi -= 1
             if lo >= hi:
-                return moves
+                return
             seq = self.slots[hi]
             assert seq is not None
-            moves.append((hi, lo, seq.next_pos))
             seq.slot = lo
             self.slots[lo], self.slots[hi] = seq, None
+
+    def _release(self, seq: Sequence) -> None:
+        self.blocks.free(seq.blocks)
+        self.slots[seq.slot] = None
+        seq.slot = -1
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Free the sequence's blocks and requeue it first; its generated tokens are kept and recomputed."""
+        self._release(seq)
+        self.queue.appendleft(seq)
+        self.preemptions += 1

@@ -1,4 +1,4 @@
-"""The KV cache: one slot per running sequence, sized up front; decode reads only the first `kv_len` positions."""
+"""The paged KV cache: fixed-size blocks of keys/values that sequences hold as they grow (see engine.block_manager)."""
 
 from __future__ import annotations
 
@@ -7,49 +7,64 @@ import torch.nn.functional as F
 
 
 class KVCache:
-    """Keys/values [n_layers, n_slots, n_kv_heads, max_seq_len, head_dim] for this rank's kv heads.
+    """Keys/values [n_layers, n_blocks, n_kv_heads, block_size, head_dim] for this rank's kv heads.
 
-    Running sequences occupy slots 0..B-1 (the engine compacts them), so a decode step reads a plain view
-    `[:B, :, :kv_len]` with no gather; a finished slot is refilled from the queue or filled by moving the last one.
+    A sequence's positions live in the blocks of its row of a block table [B, max_blocks] (int32): position p is
+    at (table[b, p // block_size], p % block_size). Block 0 is scratch: padding writes there, nothing reads it.
     """
 
-    def __init__(self, n_layers: int, n_slots: int, n_kv_heads: int, max_seq_len: int, head_dim: int,
+    def __init__(self, n_layers: int, n_blocks: int, block_size: int, n_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str):
-        shape = (n_layers, n_slots, n_kv_heads, max_seq_len, head_dim)
+        shape = (n_layers, n_blocks, n_kv_heads, block_size, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.n_slots = n_slots
-        self.max_seq_len = max_seq_len
-        self.decode_attention = sdpa_decode  # the plain path; decode_fast calls llamakit.engine.kernels itself
+        self.n_blocks = n_blocks
+        self.block_size = block_size
 
     @staticmethod
-    def bytes_needed(n_layers: int, n_slots: int, n_kv_heads: int, max_seq_len: int, head_dim: int,
-                     dtype: torch.dtype) -> int:
+    def bytes_per_block(n_layers: int, n_kv_heads: int, block_size: int, head_dim: int, dtype: torch.dtype) -> int:
         elt = torch.empty((), dtype=dtype).element_size()
-        return 2 * n_layers * n_slots * n_kv_heads * max_seq_len * head_dim * elt
+        return 2 * n_layers * n_kv_heads * block_size * head_dim * elt
 
-    def write_prefill(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store k/v [B, T, H, D] of whole prompts at positions 0..T-1 of `slots` [B]."""
-        t = k.shape[1]
-        pos = torch.arange(t, device=k.device)
-        self.k[layer][slots[:, None], :, pos[None, :]] = k
-        self.v[layer][slots[:, None], :, pos[None, :]] = v
+    def where(self, table: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block, offset) of positions `pos` [B, ...] in rows of `table` [B, max_blocks]."""
+        idx = (pos // self.block_size).reshape(pos.shape[0], -1).long()
+        blk = torch.gather(table.long(), 1, idx).reshape(pos.shape)
+        return blk, pos % self.block_size
 
-    def write_decode(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store one k/v [B, H, D] per slot 0..B-1 at its position pos [B]."""
-        rows = torch.arange(k.shape[0], device=k.device)
-        self.k[layer][rows, :, pos] = k
-        self.v[layer][rows, :, pos] = v
+    def write_prefill(self, layer: int, table: torch.Tensor, lengths: torch.Tensor, k: torch.Tensor,
+                      v: torch.Tensor) -> None:
+        """Store k/v [B, T, H, D] of right-padded sequences at positions 0..T-1; padding goes to scratch."""
+        b, t = k.shape[:2]
+        pos = torch.arange(t, device=k.device).expand(b, t)
+        real = pos < lengths[:, None]
+        blk, off = self.where(table, torch.where(real, pos, 0))
+        blk = torch.where(real, blk, 0)
+        self.k[layer][blk, :, off] = k
+        self.v[layer][blk, :, off] = v
 
-    def attend(self, layer: int, q: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
-        """Attention of q [B, H, D] (one query per slot) over keys 0..pos[b] of slot b; returns [B, H, D]."""
-        b = q.shape[0]
-        return self.decode_attention(q, self.k[layer][:b], self.v[layer][:b], pos, kv_len)
+    def write_decode(self, layer: int, table: torch.Tensor, pos: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor) -> None:
+        """Store one k/v [B, H, D] per row at its position pos [B]."""
+        blk, off = self.where(table, pos)
+        self.k[layer][blk, :, off] = k
+        self.v[layer][blk, :, off] = v
 
-    def move_slot(self, src: int, dst: int, length: int) -> None:
-        """Copy the first `length` positions of slot `src` into slot `dst` (compaction after a sequence ends)."""
-        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
-        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+    def gather(self, layer: int, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values of the blocks in `table` [B, nb], laid out [B, H, nb * block_size, D] (plain path)."""
+        b, nb = table.shape
+
+        def flat(x: torch.Tensor) -> torch.Tensor:
+            g = x[layer][table.long()]  # [B, nb, H, bs, D]
+            return g.transpose(1, 2).reshape(b, g.shape[2], nb * self.block_size, g.shape[-1])
+
+        return flat(self.k), flat(self.v)
+
+    def attend(self, layer: int, q: torch.Tensor, table: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """Attention of q [B, H, D] (one query per row) over keys 0..pos[b] of row b; returns [B, H, D]."""
+        nb = -(-kv_len // self.block_size)
+        k, v = self.gather(layer, table[:, :nb])
+        return sdpa_decode(q, k, v, pos, nb * self.block_size)
 
 
 def sdpa_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:

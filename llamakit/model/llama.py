@@ -113,22 +113,22 @@ class Attention(nn.Module):
         v = v.view(b, t, self.n_kv, self.head_dim)
         return q, k, v
 
-    def prefill(self, x, cos, sin, cache: KVCache, slots: torch.Tensor) -> torch.Tensor:
-        """Whole prompts from position 0 (right-padded): store k/v in the slots, causal attention in the chunk."""
+    def prefill(self, x, cos, sin, cache: KVCache, table: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Whole sequences from position 0 (right-padded): store k/v in their blocks, causal attention in the chunk."""
         b, t, _ = x.shape
         q, k, v = self._qkv(x, cos, sin)
-        cache.write_prefill(self.layer_id, slots, k, v)
+        cache.write_prefill(self.layer_id, table, lengths, k, v)
         with _prefill_backends(x.device):
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         return self.wo(o.transpose(1, 2).reshape(b, t, -1))
 
-    def decode(self, x, cos, sin, cache: KVCache, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
-        """One token for each of the first B slots at positions `pos` [B]; keys 0..pos of each slot are read."""
+    def decode(self, x, cos, sin, cache: KVCache, table: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """One token for each row at positions `pos` [B]; keys 0..pos of each row are read through its blocks."""
         b = x.shape[0]
         q, k, v = self._qkv(x, cos, sin)
-        cache.write_decode(self.layer_id, pos, k[:, 0], v[:, 0])
-        o = cache.attend(self.layer_id, q[:, 0], pos, kv_len)  # [B, H, D]
+        cache.write_decode(self.layer_id, table, pos, k[:, 0], v[:, 0])
+        o = cache.attend(self.layer_id, q[:, 0], table, pos, kv_len)  # [B, H, D]
         return self.wo(o.reshape(b, 1, -1))
 
 
@@ -220,30 +220,32 @@ class Transformer(nn.Module):
         return self.norm.weight.device
 
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Run right-padded prompts `tokens` [B, T] into cache `slots` [B]; logits [B, V] at each last real token."""
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run right-padded sequences `tokens` [B, T] into the cache blocks of `table` [B, max_blocks]; logits
+        [B, V] at each last real token."""
         b, t = tokens.shape
         h = self.tok_embeddings(tokens)
         cos = self.rope_cos[:t].unsqueeze(0).expand(b, t, -1)
         sin = self.rope_sin[:t].unsqueeze(0).expand(b, t, -1)
         for blk in self.layers:
-            h = h + blk.attention.prefill(blk.attention_norm(h), cos, sin, cache, slots)
+            h = h + blk.attention.prefill(blk.attention_norm(h), cos, sin, cache, table, lengths)
             h = h + blk.feed_forward(blk.ffn_norm(h))
         last = h[torch.arange(b, device=h.device), lengths - 1]  # only the last real position needs logits
         return self.output(self.norm(last)).float()
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, kv_len: int) -> torch.Tensor:
-        """One step for the first B slots: tokens [B] at positions pos [B]; logits [B, V] (fp32)."""
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, table: torch.Tensor,
+               kv_len: int) -> torch.Tensor:
+        """One step: tokens [B] at positions pos [B], cache blocks of table [B, max_blocks]; logits [B, V] (fp32)."""
         h = self.tok_embeddings(tokens.unsqueeze(1))
         cos = self.rope_cos[pos].unsqueeze(1)
         sin = self.rope_sin[pos].unsqueeze(1)
         for blk in self.layers:
-            h = h + blk.attention.decode(blk.attention_norm(h), cos, sin, cache, pos, kv_len)
+            h = h + blk.attention.decode(blk.attention_norm(h), cos, sin, cache, table, pos, kv_len)
             h = h + blk.feed_forward(blk.ffn_norm(h))
         return self.output(self.norm(h[:, 0])).float()
 
-    def decode_fast(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache,
+    def decode_fast(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, table: torch.Tensor,
                     splits: int | None = None) -> torch.Tensor:
         """The same step as `decode`, through fused kernels (Triton on CUDA, eager twins elsewhere): residual
         add fused into RMSNorm, rotary fused with the cache write, attention over each row's own length.
@@ -256,10 +258,10 @@ class Transformer(nn.Module):
         for i, blk in enumerate(self.layers):
             att = blk.attention
             x, h = kernels.add_rmsnorm(h, delta, blk.attention_norm.weight, eps)
-            k_cache, v_cache = cache.k[i][:b], cache.v[i][:b]
-            q = kernels.rope_store(att.wqkv(x), pos, self.rope_cos, self.rope_sin, k_cache, v_cache,
+            k_cache, v_cache = cache.k[i], cache.v[i]
+            q = kernels.rope_store(att.wqkv(x), pos, self.rope_cos, self.rope_sin, k_cache, v_cache, table,
                                    att.n_heads, att.n_kv)
-            o = kernels.decode_attention(q, k_cache, v_cache, lengths, splits)
+            o = kernels.decode_attention(q, k_cache, v_cache, table, lengths, splits)
             x, h = kernels.add_rmsnorm(h, att.wo(o.reshape(b, -1)), blk.ffn_norm.weight, eps)
             delta = blk.feed_forward(x)
         x, _ = kernels.add_rmsnorm(h, delta, self.norm.weight, eps)
