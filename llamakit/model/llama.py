@@ -19,7 +19,7 @@ from fairscale.nn.model_parallel.layers import ColumnParallelLinear, ParallelEmb
 from torch import nn
 
 from llamakit.checkpoint.params import ModelConfig
-from llamakit.engine import kernels
+from llamakit.model import kernels
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.linear import linear, quantize_int8_
 
