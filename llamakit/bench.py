@@ -1,13 +1,16 @@
-"""`llamakit bench`: the standard throughput workload (shared benchmark definition) on random weights of a
-preset shape, built directly on the device; reports generated tok/s, batch-1 tok/s, time to first token, peak memory."""
+"""`llamakit bench`: the benchmark workloads (standard: 128 prompts x 256 tokens; dataset: 1,024 prompts with their
+own max_gen_len, batch from memory) on random weights of a preset shape, built directly on the device; reports
+generated tok/s, batch-1 tok/s, time to first token, peak memory and sequences held at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -43,10 +46,11 @@ class BenchOptions:
     dp: int = 1  # data-parallel replicas (world = mp x dp), each takes every dp-th prompt
     dtype: str = "auto"
     device: str = "auto"
-    prompts: int = 128
-    gen_len: int = 256
+    workload: str = "standard"  # standard | dataset (llamakit.bench.WORKLOADS)
+    prompts: int = 0  # 0: the workload's own (128 / 1,024)
+    gen_len: int = 256  # standard workload; dataset draws max_gen_len per prompt
     max_prompt_len: int = 480
-    batch: int = 128
+    batch: int = 0  # upper limit of sequences decoded together; 0: the workload's (128 / what memory holds)
     batch1_prompts: int = 4
     temperature: float = 0.6
     top_p: float = 0.9
@@ -80,6 +84,11 @@ class BenchResult:
     bf16_top1_agreement: float | None = None
     int8_top1_agreement: float | None = None
     dp: int = 1
+    workload: str = "standard"
+    peak_sequences: int | None = None  # sequences held in the KV cache at once (largest decode batch)
+    peak_kv_tokens: int | None = None  # tokens they held
+    kv_cache_tokens: int | None = None  # what the paged cache holds in all
+    preemptions: int | None = None  # sequences preempted (recomputed later) when the cache ran out of blocks
 
 
 def standard_prompts(n: int, max_len: int = 480, vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
@@ -91,6 +100,26 @@ def standard_prompts(n: int, max_len: int = 480, vocab: int = VOCAB, seed: int =
         length = max(8, min(max_len, int(rng.lognormvariate(math.log(120), 0.6))))
         out.append([rng.randrange(3, vocab) for _ in range(length)])
     return out
+
+
+WORKLOADS = ("standard", "dataset")
+DATASET_PROMPTS = 1024
+STANDARD_BATCH = 128
+
+
+def dataset_gen_lens(n: int, seed: int = 1) -> list[int]:
+    """The dataset workload's max_gen_len per prompt: max(16, min(512, int(lognormvariate(log 200, 0.5)))), from
+    its own random.Random(seed) stream."""
+    rng = random.Random(seed)
+    return [max(16, min(512, int(rng.lognormvariate(math.log(200), 0.5)))) for _ in range(n)]
+
+
+def workload(opts: BenchOptions) -> tuple[list[list[int]], list[int]]:
+    """Prompts and max_gen_len per prompt of the chosen workload."""
+    prompts = standard_prompts(opts.prompts, opts.max_prompt_len)
+    if opts.workload == "dataset":
+        return prompts, dataset_gen_lens(len(prompts))
+    return prompts, [opts.gen_len] * len(prompts)
 
 
 def random_shard(cfg: ModelConfig, vocab: int, mp: int, dtype: torch.dtype, device: torch.device,
@@ -122,10 +151,11 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     device = torch.device("cuda", torch.cuda.current_device()) if opts.device == "cuda" else torch.device("cpu")
     cfg = (load_params(Path(opts.params_json).parent) if opts.params_json else BENCH_PRESETS[opts.preset])
     cfg = cfg.with_vocab(VOCAB)
-    prompts = standard_prompts(opts.prompts, opts.max_prompt_len)
-    max_seq_len = max(len(p) for p in prompts) + opts.gen_len
+    prompts, gen_lens = workload(opts)
+    max_seq_len = max(len(p) for p in prompts) + max(gen_lens)
     dtype = DTYPES[opts.dtype]
-    ecfg = EngineConfig(max_seq_len=max_seq_len, max_batch_size=opts.batch, dtype=opts.dtype,  # type: ignore[arg-type]
+    rows = min(opts.batch, len(prompts))
+    ecfg = EngineConfig(max_seq_len=max_seq_len, max_batch_size=rows, dtype=opts.dtype,  # type: ignore[arg-type]
                         device=device.type, temperature=opts.temperature, top_p=opts.top_p,  # type: ignore[arg-type]
                         quantize=opts.quantize, fast=opts.fast)  # type: ignore[arg-type]
     seed = 1234 + get_model_parallel_rank()
@@ -137,7 +167,7 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
                                    max_seq_len, dtype, device, opts.quantize)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    engine = _engine(model, ecfg, min(opts.batch, opts.prompts))
+    engine = _engine(model, ecfg, rows)
     # warm-up (kernels compiled/autotuned, graphs captured at engine build) - excluded from the timing
     list(engine.generate([Request(10_000 + i, p[:32], 8) for i, p in enumerate(prompts[: min(8, len(prompts))])]))
     _sync(device)
@@ -146,7 +176,7 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         torch.cuda.reset_peak_memory_stats()
 
     dp_rank, dp = _data_parallel()
-    reqs = [Request(i, p, opts.gen_len) for i, p in enumerate(prompts) if i % dp == dp_rank]
+    reqs = [Request(i, p, g) for i, (p, g) in enumerate(zip(prompts, gen_lens)) if i % dp == dp_rank]
     _sync(device)
     _barrier(dp)
     t1 = time.perf_counter()
@@ -155,7 +185,13 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     seconds = time.perf_counter() - t1
     generated, seconds = _combine_replicas(generated, seconds, dp, device)
 
-    del engine
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None  # before the batch-1 engine
+    sched = engine.last
+    held = (sched.peak_running, sched.peak_tokens, sched.preemptions) if sched else (None, None, None)
+    kv_tokens = (engine.runner.cache.n_blocks - 1) * engine.runner.cache.block_size
+    del engine, sched
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     single = _engine(model, ecfg, 1)
     list(single.generate([Request(20_000, prompts[0][:16], 4)]))  # warm-up for the batch-1 graph
     b1_tokens, b1_time, ttft = 0, 0.0, []
@@ -169,17 +205,18 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         b1_tokens += sum(len(c.tokens) for c in single.generate([Request(i, p, opts.gen_len)]))
         _sync(device)
         b1_time += time.perf_counter() - t
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     return BenchResult(
         preset=opts.preset if not opts.params_json else str(opts.params_json), device=name,
         torch=torch.__version__, dtype=opts.dtype, mp=opts.mp, quantize=opts.quantize, prompts=len(prompts),
-        gen_len=opts.gen_len, batch=opts.batch, generated_tokens=generated, seconds=round(seconds, 3),
+        gen_len=opts.gen_len if opts.workload == "standard" else max(gen_lens), batch=rows,
+        generated_tokens=generated, seconds=round(seconds, 3),
         tokens_per_s=round(generated / seconds, 1), batch1_tokens_per_s=round(b1_tokens / b1_time, 1),
         ttft_ms=round(1000 * sum(ttft) / len(ttft), 1), peak_gpu_mem_gib=round(peak, 2) if peak else None,
         build_s=round(build_s, 1), date=_dt.date.today().isoformat(),
         bf16_logit_rel_err=quality[0], int8_logit_rel_err=quality[1], bf16_top1_agreement=quality[2],
-        int8_top1_agreement=quality[3], dp=dp)
+        int8_top1_agreement=quality[3], dp=dp, workload=opts.workload, peak_sequences=held[0],
+        peak_kv_tokens=held[1], kv_cache_tokens=kv_tokens, preemptions=held[2])
 
 
 def _data_parallel() -> tuple[int, int]:
@@ -223,9 +260,15 @@ def _logits_all_positions(model: Transformer, prompts: list[list[int]]) -> torch
     return torch.cat(out)
 
 
+QUALITY_LAYERS = 4  # the int8 check's depth: a full fp32 copy of a 65B rank's weights (130 GB) fits no GPU
+
+
 def int8_quality(cfg: ModelConfig, mp: int, dtype: torch.dtype, device: torch.device, seed: int,
                  prompts: list[list[int]]) -> tuple[float, float, float, float]:
-    """Logits of the same random weights in fp32 (reference), in `dtype`, and in int8 (compute in `dtype`)."""
+    """Logits of the same random weights in fp32 (reference), in `dtype`, and in int8 (compute in `dtype`), on the
+    first QUALITY_LAYERS layers of the shape (embeddings and output layer included)."""
+    cfg = dataclasses.replace(cfg, n_layers=min(cfg.n_layers, QUALITY_LAYERS))
+
     def logits(compute: torch.dtype, quantize: str) -> torch.Tensor:
         # weights drawn in `dtype` for all three, so only the arithmetic differs
         shard = {k: v.to(compute) for k, v in random_shard(cfg, VOCAB, mp, dtype, device, seed).items()}
@@ -273,7 +316,11 @@ def resolve(opts: BenchOptions) -> BenchOptions:
     cfg = BENCH_PRESETS.get(opts.preset) if not opts.params_json else load_params(Path(opts.params_json).parent)
     if cfg is not None and opts.mp not in cfg.allowed_mp(VOCAB):
         raise LlamakitError(f"--mp {opts.mp} does not divide this shape", f"use one of {cfg.allowed_mp(VOCAB)[:8]}")
-    new = BenchOptions(**{**asdict(opts), "device": device, "dtype": dtype})
+    if opts.workload not in WORKLOADS:
+        raise LlamakitError(f"unknown workload {opts.workload!r}", f"use one of: {', '.join(WORKLOADS)}")
+    prompts = opts.prompts or (DATASET_PROMPTS if opts.workload == "dataset" else STANDARD_BATCH)
+    batch = opts.batch or (prompts if opts.workload == "dataset" else STANDARD_BATCH)  # dataset: memory decides
+    new = BenchOptions(**{**asdict(opts), "device": device, "dtype": dtype, "prompts": prompts, "batch": batch})
     if device == "cpu" and opts.preset == "7b" and not opts.params_json:
         # a 7B shape on CPU would take hours: the CPU bench is a smoke test of the same code path
         new.preset, new.prompts, new.gen_len, new.max_prompt_len, new.batch, new.batch1_prompts = \
@@ -291,17 +338,46 @@ def bench(opts: BenchOptions) -> BenchResult:
             backend = "nccl" if opts.device == "cuda" else "gloo"
             dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
         init_model_parallel(1)
-        return run_bench(opts)
+        return _one_line_errors(run_bench, opts)
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"llamakit-bench-{os.getpid()}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={opts.mp * opts.dp}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", "-m", "llamakit.bench", json.dumps(asdict(opts)), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not out.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise LlamakitError(f"benchmark workers failed: {tail[0][:300]}", "rerun with --debug or check `llamakit doctor`")
+        raise worker_error(proc.stderr or proc.stdout)
     result = BenchResult(**json.loads(out.read_text()))
     out.unlink()
     return result
+
+
+WORKER_ERROR = "llamakit bench worker error: "
+
+
+def _one_line_errors(fn, opts: BenchOptions) -> BenchResult:
+    """Run `fn(opts)`, turning running out of GPU memory into one line with the batch to use instead."""
+    try:
+        return fn(opts)
+    except torch.OutOfMemoryError as e:
+        if opts.batch <= 1:
+            raise LlamakitError("out of GPU memory at batch 1 (the weights and one sequence do not fit)",
+                                "use --quantize int8 or a higher --mp") from e
+        asked = re.search(r"Tried to allocate [\d.]+ [KMG]iB", str(e))
+        raise LlamakitError(f"out of GPU memory at --batch {opts.batch}" + (f" ({asked.group(0)})" if asked else ""),
+                            f"use --batch {opts.batch // 2}") from e
+
+
+def worker_error(output: str) -> LlamakitError:
+    """The one line for failed benchmark workers: a worker's own error line if one printed it, else the last
+    exception line of a traceback (not torchrun's '====' banner), else the last line."""
+    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
+    own = [ln.split(WORKER_ERROR, 1)[1] for ln in lines if WORKER_ERROR in ln]
+    if own:
+        what, _, fix = own[-1].partition(". Fix: ")
+        return LlamakitError(what, fix)
+    exc = [ln for ln in lines if re.match(r"^(\[rank\d+\]:\s*)?[\w.]*(Error|Exception|Interrupt)\b", ln)
+           and "ChildFailedError" not in ln]  # torchrun's own summary, not the worker's error
+    last = (exc or [ln for ln in lines if not set(ln) <= set("=-")] or ["no output"])[-1]
+    return LlamakitError(f"benchmark workers failed: {last[:300]}", "rerun with --debug or check `llamakit doctor`")
 
 
 def _worker_main() -> None:
@@ -314,7 +390,11 @@ def _worker_main() -> None:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if opts.device == "cuda" else "gloo")
     init_model_parallel(opts.mp)
-    result = run_bench(opts)
+    try:
+        result = _one_line_errors(run_bench, opts)
+    except LlamakitError as e:
+        print(f"{WORKER_ERROR}{e.one_line()}", file=sys.stderr, flush=True)
+        finish_and_exit(1, opts.device)
     if dist.get_rank() == 0:
         Path(sys.argv[2]).write_text(json.dumps(asdict(result)))
     finish_and_exit(0, opts.device)

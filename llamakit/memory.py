@@ -35,12 +35,6 @@ def overhead_bytes(config: ModelConfig, mp: int, dtype: str, seq: int) -> int:
     return CUDA_CONTEXT_BYTES + (NCCL_BYTES if mp > 1 else 0) + int(ACTIVATION_FACTOR * activations) + dequant
 
 
-def decode_graph_bytes(config: ModelConfig, rows: int) -> int:
-    """What the captured decode graphs keep for `rows` sequences: mostly fp32 logits and top-p sampling's sorted
-    copies over the whole vocabulary (~10 fp32/int64 rows of vocab size per sequence). An estimate, not measured."""
-    return rows * max(config.vocab_size, 32000) * 40
-
-
 @dataclass(frozen=True)
 class MemoryPlan:
     """What one GPU (one model-parallel rank) holds."""

@@ -54,3 +54,35 @@ def test_cli_json_with_two_processes_counts_every_prompt_once(flag, n, expected)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result[flag[2:]] == n and result["generated_tokens"] == expected  # 4 prompts x 4 tokens, once each
+
+
+def test_dataset_workload_draws_max_gen_len_per_prompt_from_its_own_stream():
+    from llamakit.bench import dataset_gen_lens
+
+    lens = dataset_gen_lens(1024)
+    rng = random.Random(1)
+    assert lens[:5] == [max(16, min(512, int(rng.lognormvariate(math.log(200), 0.5)))) for _ in range(5)]
+    assert min(lens) >= 16 and max(lens) <= 512 and 170 < sorted(lens)[512] < 230
+
+
+def test_cpu_dataset_workload_generates_every_prompts_own_length(mp1_group):
+    from llamakit.bench import dataset_gen_lens
+
+    result = bench(BenchOptions(device="cpu", preset="tiny", workload="dataset", prompts=5, batch1_prompts=1,
+                                gen_len=4, max_prompt_len=40))
+    assert result.workload == "dataset" and result.batch == 5  # batch 0: every prompt may run; memory decides
+    assert result.generated_tokens == sum(dataset_gen_lens(5))
+    assert result.peak_sequences == 5 and result.kv_cache_tokens >= result.peak_kv_tokens > 0
+
+
+def test_failed_workers_report_the_real_error_not_torchruns_banner():
+    from llamakit.bench import WORKER_ERROR, worker_error
+
+    traceback_out = "\n".join([
+        "Traceback (most recent call last):", '  File "bench.py", line 1, in <module>',
+        "[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 130.00 GiB.",
+        "E1130 worker failed", "=" * 40, "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
+        "=" * 40])
+    assert "torch.OutOfMemoryError: CUDA out of memory" in worker_error(traceback_out).what
+    own = worker_error(f"noise\n{WORKER_ERROR}out of GPU memory at --batch 512. Fix: use --batch 256\n" + "=" * 20)
+    assert own.what == "out of GPU memory at --batch 512" and own.fix == "use --batch 256"

@@ -18,14 +18,16 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("batch,h,hkv,splits", [(1, 32, 32, None), (64, 32, 32, None), (5, 64, 8, 3), (128, 40, 40, 1)])
 def test_decode_attention_bf16(batch, h, hkv, splits):
     torch.manual_seed(0)
-    L, D = 1024, 128
+    L, D, BS = 1024, 128, 16
+    nb = L // BS
     q = torch.randn(batch, h, D, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(batch + 2, hkv, L, D, device="cuda", dtype=torch.bfloat16)[:batch]
-    v = torch.randn(batch + 2, hkv, L, D, device="cuda", dtype=torch.bfloat16)[:batch]
+    k = torch.randn(1 + batch * nb + 7, hkv, BS, D, device="cuda", dtype=torch.bfloat16)  # a paged cache
+    v = torch.randn_like(k)
+    table = (torch.randperm(batch * nb + 7, device="cuda")[: batch * nb] + 1).view(batch, nb).to(torch.int32)
     lens = torch.randint(1, L + 1, (batch,), device="cuda")
     lens[0] = 1
-    got = K.decode_attention(q, k, v, lens, splits)
-    assert _rel(got, K.decode_attention_eager(q.float(), k.float(), v.float(), lens)) < 1e-2
+    got = K.decode_attention(q, k, v, table, lens, splits)
+    assert _rel(got, K.decode_attention_eager(q.float(), k.float(), v.float(), table, lens)) < 1e-2
 
 
 def test_norm_and_rope_bf16():
@@ -40,10 +42,11 @@ def test_norm_and_rope_bf16():
     cos, sin = (t.cuda() for t in rope_tables(128, 2048, 10000.0))
     qkv = torch.randn(6, 96 * 128, device="cuda", dtype=torch.bfloat16)
     pos = torch.tensor([0, 1, 7, 100, 2000, 2047], device="cuda")
-    kc = torch.zeros(8, 32, 2048, 128, device="cuda", dtype=torch.bfloat16)
+    kc = torch.zeros(1 + 6 * 128, 32, 16, 128, device="cuda", dtype=torch.bfloat16)  # 6 rows of 2048 tokens
     vc, kc2, vc2 = kc.clone(), kc.clone(), kc.clone()
-    q1 = K.rope_store(qkv, pos, cos, sin, kc[:6], vc[:6], 32, 32)
-    q2 = K.rope_store_eager(qkv, pos, cos, sin, kc2[:6], vc2[:6], 32, 32)
+    table = (torch.randperm(6 * 128, device="cuda") + 1).view(6, 128).to(torch.int32)
+    q1 = K.rope_store(qkv, pos, cos, sin, kc, vc, table, 32, 32)
+    q2 = K.rope_store_eager(qkv, pos, cos, sin, kc2, vc2, table, 32, 32)
     assert _rel(q1, q2) < 1e-2 and _rel(kc, kc2) < 1e-2 and torch.equal(vc, vc2)
 
 
@@ -57,14 +60,16 @@ def test_fast_engine_matches_plain_engine_on_gpu(tiny_factory, mp1_group):
     tok = Tokenizer(ckpt / "tokenizer.model")
     prompts = ["Der Wetterdienst warnte", "The museum opens", "Prices for energy fell slightly in October, the"] * 5
     outs = {}
-    for fast in (True, False):
-        for dtype in ("fp32", "bf16"):
-            eng = build_engine(open_checkpoint(ckpt), EngineConfig(max_seq_len=128, max_batch_size=6, fast=fast,
-                                                                   dtype=dtype, device="cuda"))
-            reqs = [Request(i, tok.encode(p), 24) for i, p in enumerate(prompts)]
-            outs[(fast, dtype)] = {c.request.key: c.tokens for c in eng.generate(reqs)}
+    for fast, dtype, kv_tokens in [(True, "fp32", 0), (False, "fp32", 0), (True, "bf16", 0), (True, "fp32", 160)]:
+        eng = build_engine(open_checkpoint(ckpt), EngineConfig(max_seq_len=128, max_batch_size=6, fast=fast,
+                                                               dtype=dtype, device="cuda", kv_cache_tokens=kv_tokens))
+        reqs = [Request(i, tok.encode(p), 24) for i, p in enumerate(prompts)]
+        outs[(fast, dtype, kv_tokens)] = {c.request.key: c.tokens for c in eng.generate(reqs)}
+        if kv_tokens:
+            assert eng.last.preemptions > 0  # 6 rows of up to ~40 tokens in 160: preempted and recomputed
     # fp32 fast path on GPU: attention falls back to eager (no tf32 Triton dot), graphs still captured
-    assert outs[(True, "fp32")] == outs[(False, "fp32")]
+    assert outs[(True, "fp32", 0)] == outs[(False, "fp32", 0)] == outs[(True, "fp32", 160)]
+    outs = {k[:2]: v for k, v in outs.items() if not k[2]}
     first = [outs[(True, "bf16")][k][:2] == outs[(False, "fp32")][k][:2] for k in outs[(False, "fp32")]]
     assert sum(first) >= len(first) - 2
 

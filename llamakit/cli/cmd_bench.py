@@ -21,18 +21,23 @@ def bench_cmd(
     dp: int = typer.Option(1, "--dp", help="Data-parallel replicas (MP x DP processes; prompts split between them)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu (cpu runs a tiny shape)."),
-    prompts: int = typer.Option(128, "--prompts", help="Prompts in the workload."),
-    gen_len: int = typer.Option(256, "--gen-len", help="New tokens per prompt (EOS ignored)."),
-    batch: int = typer.Option(128, "--batch", help="Sequences decoded together (KV-cache slots)."),
+    workload: str = typer.Option("standard", "--workload",
+                                 help="standard (128 prompts x 256 tokens, batch 128) or dataset (1,024 prompts, "
+                                      "max_gen_len drawn per prompt, batch from memory)."),
+    prompts: int = typer.Option(0, "--prompts", help="Prompts in the workload (0: the workload's own)."),
+    gen_len: int = typer.Option(256, "--gen-len", help="New tokens per prompt, standard workload (EOS ignored)."),
+    batch: int = typer.Option(0, "--batch", help="Upper limit of sequences decoded together (0: the workload's; "
+                                                 "free KV-cache blocks decide how many run)."),
     quantize: str = typer.Option("none", "--quantize", help="none or int8 (weight-only)."),
     plain: bool = typer.Option(False, "--plain", help="Plain path: no CUDA graphs or fused kernels."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Standard workload on random weights: generated tok/s, batch-1 tok/s, time to first token, peak memory."""
+    """Benchmark workload on random weights: generated tok/s, batch-1 tok/s, time to first token, peak memory,
+    sequences held at once."""
     from llamakit.bench import BenchOptions, bench
 
     opts = BenchOptions(preset=preset, params_json=params_json, mp=mp, dp=dp, dtype=dtype, device=device,
-                        prompts=prompts, gen_len=gen_len, batch=batch, quantize=quantize, fast=not plain)
+                        workload=workload, prompts=prompts, gen_len=gen_len, batch=batch, quantize=quantize, fast=not plain)
     result = bench(opts)
     if as_json:
         print(json.dumps(asdict(result)))

@@ -14,7 +14,7 @@ from llamakit.engine.block_manager import BlockManager
 from llamakit.engine.runner import ModelRunner
 from llamakit.engine.scheduler import Scheduler
 from llamakit.errors import LlamakitError
-from llamakit.memory import CUDA_CONTEXT_BYTES, PREFILL_TOKENS, decode_graph_bytes, overhead_bytes, weight_dtype
+from llamakit.memory import CUDA_CONTEXT_BYTES, PREFILL_TOKENS, overhead_bytes, weight_dtype
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer, model_parallel_info
 
@@ -49,12 +49,18 @@ class BatchEngine:
                 yield from sched.record(running, self.runner.decode(running))
 
 
+# The captured graphs' pool over one eager step's peak (allocator rounding, the other buckets), and a margin: on an
+# H200 (2026-11-30, 7B shape, 1,024 rows) one eager step peaked at 1.50 GiB and capturing every bucket took 2.1 GiB.
+GRAPH_POOL_FACTOR = 1.5
+GRAPH_POOL_MARGIN = 512 * 2**20
+
+
 def kv_cache_blocks(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, device: torch.device,
-                    rows: int) -> int:
+                    rows: int, step_bytes: int = 0) -> int:
     """Blocks for the KV cache (scratch block included): `kv_cache_tokens` if set, else on GPUs what free memory
-    holds after the memory plan's own reserve (llamakit.memory, less the CUDA context already held, plus the decode
-    graphs' buffers), never more than max_batch_size sequences of max_seq_len need. Fails with the fix when not
-    even one sequence of max_seq_len fits."""
+    holds after the memory plan's own reserve (llamakit.memory, less the CUDA context already held) and the decode
+    graphs' pool (`step_bytes`: one measured step), never more than `rows` sequences of max_seq_len need. Fails
+    with the fix when not even one sequence of max_seq_len fits."""
     n_kv_local = model_cfg.kv_heads // mp
     per_block = KVCache.bytes_per_block(model_cfg.n_layers, n_kv_local, cfg.block_size, model_cfg.head_dim, dtype)
     per_seq = -(-cfg.max_seq_len // cfg.block_size)
@@ -63,8 +69,9 @@ def kv_cache_blocks(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, d
         want = -(-cfg.kv_cache_tokens // cfg.block_size)
     elif device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        reserve = (overhead_bytes(model_cfg, mp, weight_dtype(cfg.dtype, cfg.quantize), cfg.max_seq_len)
-                   - CUDA_CONTEXT_BYTES + decode_graph_bytes(model_cfg, rows if cfg.fast else 0))
+        graphs = int(GRAPH_POOL_FACTOR * step_bytes) + GRAPH_POOL_MARGIN if step_bytes else 0
+        reserve = overhead_bytes(model_cfg, mp, weight_dtype(cfg.dtype, cfg.quantize), cfg.max_seq_len) \
+            - CUDA_CONTEXT_BYTES + graphs
         want = min(want, max(0, (free - reserve) // per_block))
     if want < per_seq:
         raise LlamakitError(f"the KV cache holds {want * cfg.block_size} tokens, less than one sequence of "
@@ -102,6 +109,11 @@ def engine_for_model(model: Transformer, cfg: EngineConfig, rows: int | None = N
     mc = model.cfg
     rows = rows or cfg.max_batch_size
     mp = model_parallel_info()[1]
-    n_blocks = kv_cache_blocks(cfg, mc, mp, model.dtype, model.device, rows)
+    step_bytes = 0
+    if model.device.type == "cuda" and cfg.fast and cfg.kv_cache_tokens <= 0:
+        from llamakit.engine.graphs import step_peak_bytes
+
+        step_bytes = step_peak_bytes(model, cfg, rows)
+    n_blocks = kv_cache_blocks(cfg, mc, mp, model.dtype, model.device, rows, step_bytes)
     cache = KVCache(mc.n_layers, n_blocks, cfg.block_size, mc.kv_heads // mp, mc.head_dim, model.dtype, model.device)
     return BatchEngine(ModelRunner(model, cache, cfg, rows), cfg, eos_id)

@@ -18,7 +18,8 @@ BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 
 class GraphDecoder:
     """Static input buffers + one captured graph (model step + sampling) per batch bucket."""
 
-    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, rows: int, max_blocks: int):
+    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, rows: int, max_blocks: int,
+                 capture: bool = True):
         self.model, self.cache, self.cfg = model, cache, cfg
         n = rows
         self.buckets = sorted({b for b in BUCKETS if b < n} | {n})
@@ -29,7 +30,8 @@ class GraphDecoder:
         self.table_staging = torch.zeros((n, max_blocks), dtype=torch.int32).pin_memory()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
-        self._capture_all()
+        if capture:
+            self._capture_all()
 
     def _step(self, b: int) -> torch.Tensor:
         tok, pos, keys, steps = self.inputs[:, :b]
@@ -76,3 +78,22 @@ class GraphDecoder:
         self.inputs[:, :b].copy_(st[:, :b], non_blocking=True)
         self.graphs[b].replay()
         return self.outputs[b][:n].tolist()
+
+
+@torch.inference_mode()
+def step_peak_bytes(model: Transformer, cfg: EngineConfig, rows: int) -> int:
+    """Peak bytes one decode step of `rows` sequences allocates beyond the weights (fp32 logits and top-p sampling
+    over the whole vocabulary dominate): what the captured graphs' memory pool keeps. Measured by running the step
+    once on a 2-block scratch cache, before the real cache takes the free memory."""
+    att = model.layers[0].attention
+    scratch = KVCache(model.cfg.n_layers, 2, cfg.block_size, att.n_kv, att.head_dim, model.dtype, model.device)
+    dec = GraphDecoder(model, scratch, cfg, rows, 1, capture=False)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    dec._step(rows)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del dec, scratch
+    torch.cuda.empty_cache()
+    return int(peak)

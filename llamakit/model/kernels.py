@@ -224,7 +224,7 @@ def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
-                     splits: int | None = None) -> torch.Tensor:
+                     splits: int | None = None, block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
     """Split-K decode attention over the paged cache on CUDA (bf16/fp16): reads positions [0, lengths[b]) of row
     b only, through its block-table row; eager elsewhere."""
     b, h, d = q.shape
@@ -239,7 +239,6 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
         if q.is_cuda:
             n_sm = sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device())
         splits = n_splits(b, hkv, max_len, n_sm)
-    block_n = 64
     split_len = -(-max_len // splits)
     split_len = -(-split_len // block_n) * block_n  # whole tiles per split
     acc = torch.empty((b, h, splits, d), dtype=torch.float32, device=q.device)
@@ -250,7 +249,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
         q, k, v, table, lengths, acc, m, l_, 1.0 / math.sqrt(d),
         q.stride(0), q.stride(1), table.stride(0), k.stride(0), k.stride(1), k.stride(2),
         acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0), m.stride(1),
-        G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_N=block_n, SPLIT=split_len, PAGE=page, num_warps=4)
+        G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_N=block_n, SPLIT=split_len, PAGE=page, num_warps=num_warps)
     out = torch.empty_like(q)
     _combine_kernel[(b, h)](acc, m, l_, out, acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0), m.stride(1),
                             out.stride(0), out.stride(1), S=splits, BLOCK_S=_next_pow2(splits), D=d, num_warps=2)

@@ -73,10 +73,11 @@ def run_rank(plan: Plan, local_rank: int) -> int:
                 for i, w in enumerate(iter_work(Path(plan.work_path))) if i % dp == dp_rank]
     log.info("%d prompts for this replica", len(requests))
     writer = RowWriter(Path(plan.out_path)) if mp_rank == 0 else None
-    n = 0
+    n, gen_tokens, t_gen = 0, 0, time.monotonic()
     try:
         for c in engine.generate(requests):
             n += 1
+            gen_tokens += len(c.tokens)
             if writer is not None:
                 w = c.request.payload
                 text = completion_text(tok, c.request.prompt_tokens, c.tokens)
@@ -87,7 +88,12 @@ def run_rank(plan: Plan, local_rank: int) -> int:
             writer.close()
     if n != len(requests):
         raise RuntimeError(f"the engine returned {n} completions for {len(requests)} requests")
-    log.info("done: %d rows in %.1f s", n, time.monotonic() - t0)
+    gen_s = time.monotonic() - t_gen
+    log.info("done: %d rows in %.1f s (%d tokens in %.1f s generating, %.1f tok/s)", n, time.monotonic() - t0,
+             gen_tokens, gen_s, gen_tokens / gen_s if gen_s > 0 else 0.0)
+    if mp_rank == 0:  # for the summary's "while generating" rate (the launcher sums replicas)
+        stats = Path(plan.run_dir) / f"generation.replica{dp_rank}.json"
+        stats.write_text(json.dumps({"tokens": gen_tokens, "seconds": gen_s}), encoding="utf-8")
     if writer_lock is not None:
         os.close(writer_lock)
     return 0
