@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Iterator, Literal, Protocol
 
+from llamakit import defaults
+
 MAX_LOGPROBS = 20  # top_logprobs per position at most (vLLM's default cap): the graph computes this many
 MAX_STOP_IDS = 15  # stop_token_ids per request at most: with eos they fit the graph's fixed ban list of 16
 
@@ -48,8 +50,8 @@ class SamplingParams:
 class EngineConfig:
     """How to build an engine; identical on every rank of a model-parallel group."""
 
-    max_seq_len: int = 512  # prompt + generated tokens, per sequence
-    max_batch_size: int = 32  # sequences decoded together (the engine may use fewer)
+    max_seq_len: int = defaults.MAX_SEQ_LEN  # prompt + generated tokens, per sequence
+    max_batch_size: int = defaults.MAX_BATCH_SIZE  # sequences decoded together (the engine may use fewer)
     dtype: Literal["bf16", "fp16", "fp32"] = "fp32"
     device: Literal["cpu", "cuda"] = "cpu"
     temperature: float = 0.0  # 0 = greedy; temperature, top_p and seed: the defaults of requests without params
