@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -14,22 +14,25 @@ from llamakit.engine.block_manager import BlockManager
 from llamakit.engine.runner import ModelRunner
 from llamakit.engine.scheduler import Scheduler
 from llamakit.errors import LlamakitError
+from llamakit.engine.stopping import Stopping
 from llamakit.memory import CUDA_CONTEXT_BYTES, PREFILL_TOKENS, overhead_bytes, weight_dtype
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer, model_parallel_info
+from llamakit.tokenizer import Tokenizer, find_tokenizer
 
 log = logging.getLogger("llamakit.engine")
 
-EOS_ID = 2  # Meta's tokenizer: bos 1, eos 2
-
 
 class BatchEngine:
-    """Continuous batching over a paged KV cache (see Scheduler), one model step at a time."""
+    """Continuous batching over a paged KV cache (see Scheduler), one model step at a time.
+    `eos_id` is the tokenizer's (-1: never stop at eos); `decode` (ids -> text) is needed for stop strings."""
 
-    def __init__(self, runner: ModelRunner, cfg: EngineConfig, eos_id: int = EOS_ID):
+    def __init__(self, runner: ModelRunner, cfg: EngineConfig, eos_id: int,
+                 decode: Callable[[list[int]], str] | None = None):
         self.runner = runner
         self.cfg = cfg
         self.eos_id = eos_id
+        self.stopping = Stopping(eos_id, cfg.default_params(), decode)
         self.max_rows = runner.tables.host.shape[0]
         prefill_tokens = PREFILL_TOKENS if runner.device.type == "cuda" else 2048
         self.prefill_tokens = max(prefill_tokens, cfg.max_seq_len)
@@ -38,15 +41,15 @@ class BatchEngine:
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         cache = self.runner.cache
         sched = Scheduler(self.max_rows, self.cfg.max_seq_len, self.eos_id, self.prefill_tokens,
-                          BlockManager(cache.n_blocks, cache.block_size))
+                          BlockManager(cache.n_blocks, cache.block_size), self.stopping)
         self.last = sched
         sched.add(requests)
         while sched.has_work():
             for group in sched.admit():
-                yield from sched.record(group, self.runner.prefill(group))
+                yield from sched.record(group, *self.runner.prefill(group))
             running = sched.schedule_decode()
             if running:
-                yield from sched.record(running, self.runner.decode(running))
+                yield from sched.record(running, *self.runner.decode(running))
 
 
 # The captured graphs' pool over one eager step's peak (allocator rounding, the other buckets), and a margin: on an
@@ -82,11 +85,16 @@ def kv_cache_blocks(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, d
     return int(want) + 1
 
 
-def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -> BatchEngine:
+def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None,
+                 tokenizer: Tokenizer | None = None) -> BatchEngine:
     """Build the engine on this rank (after torch.distributed and fairscale model parallel are initialised).
 
     `rank` is the model-parallel rank (defaults to fairscale's); it picks shard consolidated.<rank>.pth.
+    `tokenizer` (default: the one next to the checkpoint) gives eos (unless cfg.eos_id is set) and the text that
+    stop strings are looked for in.
     """
+    tok = tokenizer or Tokenizer(find_tokenizer(ckpt.path))
+    eos_id = tok.eos_id if cfg.eos_id is None else cfg.eos_id
     mp_rank, mp_size = model_parallel_info()
     rank = mp_rank if rank is None else rank
     if mp_size != ckpt.mp:
@@ -99,13 +107,13 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -
     del shard
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the loading temporaries (fused qkv/w13, casts) go back: free memory is real
-    return engine_for_model(model, cfg)
+    return engine_for_model(model, cfg, None, eos_id, tok.decode)
 
 
-def engine_for_model(model: Transformer, cfg: EngineConfig, rows: int | None = None,
-                     eos_id: int = EOS_ID) -> BatchEngine:
+def engine_for_model(model: Transformer, cfg: EngineConfig, rows: int | None, eos_id: int,
+                     decode: Callable[[list[int]], str] | None = None) -> BatchEngine:
     """An engine around an already built model: a paged KV cache sized by `kv_cache_blocks`, decoding at most
-    `rows` (default max_batch_size) sequences at once, its runner, the scheduler."""
+    `rows` (None: max_batch_size) sequences at once, its runner, the scheduler."""
     mc = model.cfg
     rows = rows or cfg.max_batch_size
     mp = model_parallel_info()[1]
@@ -113,7 +121,7 @@ def engine_for_model(model: Transformer, cfg: EngineConfig, rows: int | None = N
     if model.device.type == "cuda" and cfg.fast and cfg.kv_cache_tokens <= 0:
         from llamakit.engine.graphs import step_peak_bytes
 
-        step_bytes = step_peak_bytes(model, cfg, rows)
+        step_bytes = step_peak_bytes(model, cfg, rows, cfg.max_seq_len)
     n_blocks = kv_cache_blocks(cfg, mc, mp, model.dtype, model.device, rows, step_bytes)
     cache = KVCache(mc.n_layers, n_blocks, cfg.block_size, mc.kv_heads // mp, mc.head_dim, model.dtype, model.device)
-    return BatchEngine(ModelRunner(model, cache, cfg, rows), cfg, eos_id)
+    return BatchEngine(ModelRunner(model, cache, cfg, rows, eos_id=eos_id), cfg, eos_id, decode)

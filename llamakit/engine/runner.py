@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from llamakit.engine.api import EngineConfig
-from llamakit.engine.sampler import sample
+from llamakit.engine.sampler import TokenHistory, record_history, sample_rows, step_rows, unpack
 from llamakit.engine.scheduler import Sequence
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer
+
+Step = tuple[list[int], list | None]  # sampled tokens, and per row (logprob, rank, top-K) when asked for
 
 
 class BlockTables:
@@ -40,30 +42,32 @@ class BlockTables:
 class ModelRunner:
     """Owns the model and its KV cache on one rank; every rank of a model-parallel group runs the same steps."""
 
-    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, max_rows: int, pad_id: int = 0):
+    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, max_rows: int, pad_id: int = 0,
+                 eos_id: int = -1):
         self.model = model
         self.cache = cache
         self.cfg = cfg
         self.device = model.device
         self.pad_id = pad_id
+        self.eos_id = eos_id
+        self.default = cfg.default_params()
         self.max_blocks = -(-cfg.max_seq_len // cache.block_size)
         self.tables = BlockTables(max_rows, self.max_blocks)
+        self.history = TokenHistory(max_rows, cfg.max_seq_len, self.device)
         self.kv_bucket = 64 if self.device.type == "cuda" else 1
         self.graphs = None
         if cfg.fast and self.device.type == "cuda":
             from llamakit.engine.graphs import GraphDecoder
 
-            self.graphs = GraphDecoder(model, cache, cfg, max_rows, self.max_blocks)
+            self.graphs = GraphDecoder(model, cache, cfg, self.history.tokens, max_rows, self.max_blocks)
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-        keys = torch.tensor([s.request.key for s in seqs], dtype=torch.int64, device=self.device)
-        steps = torch.tensor([len(s.generated) for s in seqs], dtype=torch.int64, device=self.device)
-        toks = sample(logits, self.cfg.temperature, self.cfg.top_p, self.cfg.seed, keys, steps)
-        return toks.tolist()
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence], hist: torch.Tensor | None,
+                rows: tuple | None = None) -> Step:
+        return sample_rows(logits, seqs, self.default, self.eos_id, hist, rows)
 
-    def prefill(self, seqs: list[Sequence]) -> list[int]:
-        """Run whole sequences (prompt, plus tokens generated before a preemption) into their blocks; return the
-        next token of each."""
+    def prefill(self, seqs: list[Sequence]) -> Step:
+        """Run whole sequences (prompt, plus tokens generated before a preemption: recomputed) into their blocks;
+        return the next token of each."""
         t = max(s.prefill_len for s in seqs)
         if self.device.type == "cuda":  # fewer distinct shapes for cuBLAS/attention: pad to a multiple of 32
             t = min(-(-t // 32) * 32, self.cfg.max_seq_len)
@@ -72,25 +76,33 @@ class ModelRunner:
         for i, s in enumerate(seqs):
             tokens[i, : s.prefill_len] = torch.tensor(s.prefill_tokens, dtype=torch.int64)
             table[i, : len(s.blocks)] = torch.tensor(s.blocks, dtype=torch.int32)
+            self.history.held[s.slot] = (-1, -1)  # a readmitted sequence's old row content is stale
         lengths = torch.tensor([s.prefill_len for s in seqs], dtype=torch.int64)
-        logits = self.model.prefill(tokens.to(self.device), lengths.to(self.device), table.to(self.device), self.cache)
-        return self._sample(logits, seqs)
+        tokens = tokens.to(self.device)
+        logits = self.model.prefill(tokens, lengths.to(self.device), table.to(self.device), self.cache)
+        return self._sample(logits, seqs, tokens)  # the penalties' history: the sequences themselves
 
-    def decode(self, seqs: list[Sequence]) -> list[int]:
+    def decode(self, seqs: list[Sequence]) -> Step:
         """One decode step for the running sequences, which occupy rows 0..len(seqs)-1 in order."""
         assert all(s.slot == i for i, s in enumerate(seqs)), "running sequences must be compacted"
-        if self.graphs is not None:
-            rows = self.graphs.bucket(len(seqs))
-            return self.graphs(self.tables.update(seqs, rows), [s.generated[-1] for s in seqs],
-                               [s.next_pos for s in seqs], [s.request.key for s in seqs],
-                               [len(s.generated) for s in seqs])
+        rows = ints, floats, mode = step_rows(seqs, self.default, self.eos_id)
+        if mode == "full":
+            self.history.sync(seqs, self.default)
+        if self.graphs is not None and mode in self.graphs.modes:
+            table = self.tables.update(seqs, self.graphs.bucket(len(seqs)))
+            out = self.graphs(table, [s.generated[-1] for s in seqs], [s.next_pos for s in seqs], ints, floats, mode)
+            return unpack(out, mode, seqs, self.default)
         table = self.tables.update(seqs, len(seqs)).to(self.device)
         tokens = torch.tensor([s.generated[-1] for s in seqs], dtype=torch.int64, device=self.device)
         positions = [s.next_pos for s in seqs]
         pos = torch.tensor(positions, dtype=torch.int64, device=self.device)
+        hist = None
+        if mode == "full":
+            record_history(self.history.tokens, tokens, pos)
+            hist = self.history.tokens[: len(seqs)]
         if self.cfg.fast:  # fused kernels (their eager twins off GPU), no CUDA graph
-            return self._sample(self.model.decode_fast(tokens, pos, self.cache, table), seqs)
+            return self._sample(self.model.decode_fast(tokens, pos, self.cache, table), seqs, hist, rows)
         # plain path: SDPA over the first kv_len positions of every row (the reference the fast path is tested on)
         need = max(positions) + 1
         kv_len = min(self.cfg.max_seq_len, -(-need // self.kv_bucket) * self.kv_bucket)
-        return self._sample(self.model.decode(tokens, pos, self.cache, table, kv_len), seqs)
+        return self._sample(self.model.decode(tokens, pos, self.cache, table, kv_len), seqs, hist, rows)

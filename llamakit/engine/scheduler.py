@@ -8,8 +8,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from llamakit.engine.api import Completion, Request
+from llamakit.engine.api import Completion, Request, SamplingParams
 from llamakit.engine.block_manager import BlockManager
+from llamakit.engine.stopping import Stopping, Tracker, attach
 
 
 @dataclass(eq=False)
@@ -20,6 +21,7 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     blocks: list[int] = field(default_factory=list)  # KV-cache blocks, in position order
     slot: int = -1  # row of the decode batch while running, -1 while queued
+    track: Tracker | None = field(default=None, repr=False)  # stop rules and logprobs (engine.stopping)
 
     @property
     def prompt_len(self) -> int:
@@ -47,10 +49,12 @@ class Scheduler:
     Running sequences keep rows 0..n-1 (a hole is filled by moving the last one down), so a decode step is a
     prefix of the batch buffers; moving a row moves no cache data, only its block-table row."""
 
-    def __init__(self, n_slots: int, max_seq_len: int, eos_id: int, prefill_tokens: int, blocks: BlockManager):
+    def __init__(self, n_slots: int, max_seq_len: int, eos_id: int, prefill_tokens: int, blocks: BlockManager,
+                 stopping: Stopping | None = None):
         self.n_slots = n_slots
         self.max_seq_len = max_seq_len
         self.eos_id = eos_id
+        self.stopping = stopping or Stopping(eos_id, SamplingParams())
         self.prefill_tokens = prefill_tokens
         self.blocks = blocks
         # admission keeps ~1% of the blocks free for running sequences to grow into (fewer preemptions)
@@ -89,6 +93,7 @@ class Scheduler:
             if need + reserve > self.blocks.n_free:
                 break  # first come, first served: later (shorter) requests do not overtake
             self.queue.popleft()
+            attach(seq, self.stopping)
             seq.blocks = self.blocks.allocate(need)
             seq.slot = slot
             self.slots[slot] = seq
@@ -102,19 +107,16 @@ class Scheduler:
                 groups.append([seq])
         return groups
 
-    def record(self, seqs: list[Sequence], tokens: list[int]) -> list[Completion]:
-        """Append one sampled token per sequence; free and return the ones that finished."""
+    def record(self, seqs: list[Sequence], tokens: list[int], infos: list | None = None) -> list[Completion]:
+        """Append one sampled token per sequence (with its logprobs info, if any); free and return the ones that
+        finished (eos, stop id, stop string or length: engine.stopping decides)."""
         done = []
-        for seq, tok in zip(seqs, tokens):
-            if tok == self.eos_id:
-                done.append(Completion(seq.request, seq.generated, "stop"))
-            else:
-                seq.generated.append(tok)
-                if len(seq.generated) >= seq.max_new:
-                    done.append(Completion(seq.request, seq.generated, "length"))
-                else:
-                    continue
-            self._release(seq)
+        for i, (seq, tok) in enumerate(zip(seqs, tokens)):
+            assert seq.track is not None
+            c = seq.track.add(seq.generated, seq.max_new, tok, infos[i] if infos else None)
+            if c is not None:
+                done.append(c)
+                self._release(seq)
         return done
 
     def schedule_decode(self) -> list[Sequence]:
