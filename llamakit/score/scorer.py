@@ -80,3 +80,22 @@ class Scorer:
     def score(self, wins: Iterable[Window]) -> Iterator[tuple[Window, TokenScores]]:
         for batch in batches(wins, self.max_batch_size, self.max_batch_tokens):
             yield from zip(batch, self.score_batch(batch))
+
+
+def load_model(ckpt_dir: str, max_seq_len: int, dtype: str, device: str, quantize: str = "none") -> Transformer:
+    """This rank's shard of a checkpoint as a model (no KV cache: scoring needs none)."""
+    from llamakit.checkpoint.layout import DTYPES
+    from llamakit.checkpoint.shards import open_checkpoint
+
+    ckpt = open_checkpoint(ckpt_dir)
+    rank, size = model_parallel_info()
+    if size != ckpt.mp:
+        raise RuntimeError(f"model-parallel size {size} != checkpoint shards {ckpt.mp} ({ckpt_dir})")
+    dev = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+    shard = ckpt.load(rank)
+    model = Transformer.from_shard(ckpt.config.with_vocab(ckpt.vocab_rows), shard, max_seq_len, DTYPES[dtype], dev,
+                                   quantize)
+    del shard
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return model
