@@ -5,6 +5,7 @@ one column-parallel `wqkv` and w1/w3 into `w13`, so a layer runs 4 matmuls inste
 passed in by the engine; the model has two entry points: `prefill` (whole prompts) and `decode` (one token
 per running sequence), plus `decode_fast` (the same step through fused kernels). All three run the one layer
 loop `Transformer._layers`; they differ only in how a layer attends and how residual-add + RMSNorm is computed.
+For scoring, `hidden` runs whole texts without a KV cache and `logits_shard` gives this rank's vocabulary slice.
 """
 
 from __future__ import annotations
@@ -281,13 +282,11 @@ class Transformer(nn.Module):
         """Final normed hidden states [B, T, dim] of right-padded texts, no KV cache (for `llamakit score`, which
         sends only the positions it scores through the output layer, see `logits_shard`)."""
         b, t = tokens.shape
-        h = self.tok_embeddings(tokens)
         cos = self.rope_cos[:t].unsqueeze(0).expand(b, t, -1)
         sin = self.rope_sin[:t].unsqueeze(0).expand(b, t, -1)
-        for blk in self.layers:
-            h = h + blk.attention.prefill(blk.attention_norm(h), cos, sin, None, None)
-            h = h + blk.feed_forward(blk.ffn_norm(h))
-        return self.norm(h)
+        h, delta = self._layers(self.tok_embeddings(tokens),
+                                lambda att, x: att.prefill(x, cos, sin, None, None), add_norm_eager)
+        return add_norm_eager(h, delta, self.norm)[0]
 
     def logits_shard(self, h: torch.Tensor) -> torch.Tensor:
         """This rank's slice of the vocabulary's logits (fp32) for hidden states h [..., dim]: the output layer
