@@ -30,13 +30,18 @@ CHUNK_ELEMENTS = 1 << 25
 
 @dataclass
 class TokenScores:
-    """Per scored position (all fp64 on the CPU except rank, int64)."""
+    """Per scored position (fp64, rank int64); on the logits' device until `to_host`."""
 
     logprob: torch.Tensor
     rank: torch.Tensor
     entropy: torch.Tensor
     mu: torch.Tensor  # sum_v p(v) log q(v)
     s2: torch.Tensor  # sum_v p(v) (log q(v))^2 - mu^2
+
+    def to_host(self) -> "TokenScores":
+        """All five on the CPU with one device-to-host copy (one sync per batch, not per field)."""
+        packed = torch.stack([self.logprob, self.rank.double(), self.entropy, self.mu, self.s2]).cpu()
+        return TokenScores(packed[0], packed[1].long(), packed[2], packed[3], packed[4])
 
     @staticmethod
     def cat(parts: list["TokenScores"]) -> "TokenScores":
@@ -91,9 +96,9 @@ def reduce_shard(q_logits: torch.Tensor, targets: torch.Tensor, vocab_start: int
     log_s_q = s_q.log()
     mean_a = ea_pq / s_p
     return TokenScores(
-        logprob=(t_q.double() - m_q.double() - log_s_q).cpu(),
-        rank=(greater.round().long() + 1).cpu(),
-        entropy=(log_s_q - ea_q / s_q).cpu(),
-        mu=(mean_a - log_s_q).cpu(),
-        s2=(ea2_pq / s_p - mean_a * mean_a).clamp_min(0.0).cpu(),
+        logprob=t_q.double() - m_q.double() - log_s_q,
+        rank=greater.round().long() + 1,
+        entropy=log_s_q - ea_q / s_q,
+        mu=mean_a - log_s_q,
+        s2=(ea2_pq / s_p - mean_a * mean_a).clamp_min(0.0),
     )

@@ -68,7 +68,7 @@ class Scorer:
             q = self.model.logits_shard(h_q[s: s + self.chunk])
             p = self.reference.logits_shard(h_p[s: s + self.chunk]) if h_p is not None else None
             parts.append(reduce_shard(q, targets[s: s + self.chunk], self.vocab_start, self.group, p))
-        scores = TokenScores.cat(parts)
+        scores = TokenScores.cat(parts).to_host()
         out, start = [], 0
         for w in batch:
             n = w.hi - w.lo
