@@ -85,16 +85,20 @@ def auroc_table(rows: Sequence[dict[str, Any]], label_field: str, stats: Sequenc
 
 def format_table(table: Sequence[Auroc], pos_label: Any, neg_label: Any) -> list[str]:
     """Plain-text lines: one per statistic, best separation first."""
-    def strength(a: Auroc) -> float:
-        return -1.0 if a.auroc is None else abs(a.auroc - 0.5)
+    most = max((a.n_pos + a.n_neg for a in table), default=0)
+
+    def order(a: Auroc) -> tuple[bool, float]:
+        # a statistic defined (not null) for fewer than half the texts says little: it goes last, marked
+        return (a.n_pos + a.n_neg >= most / 2, -1.0 if a.auroc is None else abs(a.auroc - 0.5))
 
     lines = [f"AUROC for label {pos_label!r} (positive) vs {neg_label!r}; 0.5 = no separation, "
              f"below 0.5 = lower values point to {pos_label!r}",
-             f"{'statistic':<14} {'AUROC':>6}  {'n':>11}  direction"]
-    for a in sorted(table, key=strength, reverse=True):
+             f"{'statistic':<14} {'AUROC':>6}  {'texts':>11}  direction"]
+    for a in sorted(table, key=order, reverse=True):
         value = "   n/a" if a.auroc is None else f"{a.auroc:6.3f}"
+        few = "  (null for most texts)" if a.n_pos + a.n_neg < most / 2 else ""
         lines.append(f"{a.stat:<14} {value}  {a.n_pos:>5}/{a.n_neg:<5}  "
-                     + (f"{a.best_direction} = {pos_label}" if a.auroc is not None else "undefined"))
+                     + (f"{a.best_direction} = {pos_label}" if a.auroc is not None else "undefined") + few)
     return lines
 
 
