@@ -165,3 +165,26 @@ def test_stride_must_leave_context(world):
     with pytest.raises(LlamakitError) as e:
         plan_score(recipe("stride", stride=128), gpu_facts=([], False))
     assert "stride" in e.value.what and e.value.line is not None
+
+
+def test_one_label_only_is_refused_before_scoring(world, tmp_path):
+    root, recipe = world
+    texts = root / "one-label.jsonl"
+    texts.write_text("".join(json.dumps({"id": i, "text": "Hallo Welt", "label": "human"}) + "\n" for i in range(3)))
+    r = recipe("onelabel", label_field="label")
+    r.write_text(r.read_text().replace(str(root / "texts12.jsonl"), str(texts)).replace('prefix_field: "lead"\n', ""))
+    with pytest.raises(LlamakitError) as e:
+        plan_score(r, gpu_facts=([], False))
+    assert "exactly two labels" in e.value.what and e.value.where == str(texts)
+
+
+def test_dry_run_plan_names_both_models_and_the_score_worker(world, tiny_factory):
+    from llamakit.score.launch import describe
+
+    root, recipe = world
+    setup = plan_score(recipe("dry", reference_ckpt_dir=str(tiny_factory("llama2", 1, seed=1)), stride=64),
+                       gpu_facts=([], False))
+    lines = "\n".join(describe(setup.plan, setup.argv))
+    assert "reference    " in lines and "stride 64" in lines and "-m llamakit.score.worker" in lines
+    assert "12 texts, 0 already in the output, 12 to score" in lines and "reference" in setup.plan.memory
+    assert not (root / "dry.jsonl").exists() and not (root / ".dry.jsonl.llamakit").exists()
