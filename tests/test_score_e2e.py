@@ -1,6 +1,7 @@
 """`llamakit score` end to end (real torchrun + gloo on CPU): MP=2 with a reference model and labels gives the same
-per-token scores as MP=1 and the AUROC table and ROC plot; kill -9 mid-run then re-run resumes by id and loses or
-repeats nothing; bad input and a mismatched reference are one line with file:line and the fix before anything starts."""
+per-token scores as MP=1 and the AUROC table and ROC plot; kill -9 mid-run then re-run (as two data-parallel replicas)
+resumes by id and loses or repeats nothing; bad input and a mismatched reference are one line with file:line and the
+fix before anything starts."""
 
 from __future__ import annotations
 
@@ -119,10 +120,16 @@ def test_kill_9_then_resume_by_id_loses_and_repeats_nothing(world, tiny_factory,
     assert 3 <= kept < N
     with open(out, "ab") as f:  # a row torn in half, as a kill in the middle of a write leaves it
         f.write(b'{"id": "t-059", "n_tok')
-    res = run_cli(root, str(r))
+    res = run_cli(root, str(r), "--nproc", "2")  # resumed by two data-parallel replicas
     assert res.returncode == 0, res.stderr
     assert f"{N - kept} scored now, {kept} were already in the output (resumed)" in res.stdout
-    assert rows_of(out) == mp1_rows
+    assert "MP=1 x DP=2" in (root / "killed.log").read_text()
+    rows = rows_of(out)
+    assert [x["id"] for x in rows] == [x["id"] for x in mp1_rows]  # every text once, in input order
+    for got, want in zip(rows, mp1_rows):
+        assert got.keys() == want.keys() and got["token_ranks"] == want["token_ranks"]
+        assert got["token_logprobs"] == pytest.approx(want["token_logprobs"], abs=1e-5)
+        assert got["fastdetect"] == pytest.approx(want["fastdetect"], abs=1e-4)
 
 
 @pytest.mark.parametrize("line,keys,message", [
