@@ -22,18 +22,23 @@ def bench_cmd(
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu (cpu runs a tiny shape)."),
     workload: str = typer.Option("standard", "--workload",
-                                 help="standard (128 prompts x 256 tokens, batch 128) or dataset (1,024 prompts, "
-                                      "max_gen_len drawn per prompt, batch from memory)."),
+                                 help="standard (128 prompts x 256 tokens, batch 128), dataset (1,024 prompts, "
+                                      "max_gen_len drawn per prompt, batch from memory) or score (1,000 texts of "
+                                      "~300 tokens: per-token logprob, rank, entropy; --batch texts per forward)."),
+    texts: int = typer.Option(1000, "--texts", help="Texts in the score workload."),
     prompts: int = typer.Option(0, "--prompts", help="Prompts in the workload (0: the workload's own)."),
     gen_len: int = typer.Option(256, "--gen-len", help="New tokens per prompt, standard workload (EOS ignored)."),
     batch: int = typer.Option(0, "--batch", help="Upper limit of sequences decoded together (0: the workload's; "
-                                                 "free KV-cache blocks decide how many run)."),
+                                                 "free KV-cache blocks decide how many run); score: texts per forward."),
     quantize: str = typer.Option("none", "--quantize", help="none or int8 (weight-only)."),
     plain: bool = typer.Option(False, "--plain", help="Plain path: no CUDA graphs or fused kernels."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Benchmark workload on random weights: generated tok/s, batch-1 tok/s, time to first token, peak memory,
-    sequences held at once."""
+    sequences held at once (score: texts/s and scored tokens/s)."""
+    if workload == "score":
+        _score(preset, device, dtype, texts, batch or 64, as_json)
+        return
     from llamakit.bench import BenchOptions, bench
 
     opts = BenchOptions(preset=preset, params_json=params_json, mp=mp, dp=dp, dtype=dtype, device=device,
@@ -43,6 +48,20 @@ def bench_cmd(
         print(json.dumps(asdict(result)))
         return
     table = Table(title=f"llamakit bench: {result.preset} on {result.device}", show_header=False)
+    for key, value in asdict(result).items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def _score(preset: str, device: str, dtype: str, texts: int, batch: int, as_json: bool) -> None:
+    """The score workload (llamakit.score.bench): texts/s and scored tokens/s over the whole file."""
+    from llamakit.score.bench import score_bench
+
+    result = score_bench(preset, device, dtype, texts, batch)
+    if as_json:
+        print(json.dumps(asdict(result)))
+        return
+    table = Table(title=f"llamakit bench --workload score: {result.preset} on {result.device}", show_header=False)
     for key, value in asdict(result).items():
         table.add_row(key, str(value))
     console.print(table)
