@@ -12,10 +12,10 @@ from typing import Optional, Sequence
 
 from llamakit import defaults
 from llamakit.checkpoint.params import ModelConfig
-from llamakit.memory import GiB, MemoryPlan, max_batch_that_fits, plan_memory, weight_dtype
+from llamakit.memory import GiB, MemoryPlan, kv_tokens_that_fit, max_batch_that_fits, plan_memory, weight_dtype
 
 __all__ = ["resolve_dtype", "weight_dtype", "reshard_destination", "reshard_command", "mp_within", "Verdict",
-           "verdict", "FitOption", "fit_options", "CARD_SIZES_GB"]
+           "verdict", "FitOption", "fit_options", "CARD_SIZES_GB", "capacity_words"]
 
 DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 # Card sizes as sold ("48 GB"); NVML reports a bit less (an RTX A6000: 47.99 GiB), hence USABLE.
@@ -68,6 +68,7 @@ class Verdict:
     mp_to: Optional[int] = None  # reshard to this MP (reshard_command)
     int8: bool = False  # set quantize: int8
     fix_plan: Optional[MemoryPlan] = None
+    kv_tokens: int = 0  # tokens the paged KV cache holds at this MP and dtype, shared by the running sequences
 
     @property
     def has_fix(self) -> bool:
@@ -82,8 +83,9 @@ def verdict(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, se
     plan = plan_memory(config, vocab, mp, dtype, batch, seq)
     runs_here = mp <= n_gpus
     max_batch = max_batch_that_fits(config, vocab, mp, dtype, seq, gpu_bytes, cap) if runs_here else 0
+    kv = kv_tokens_that_fit(config, vocab, mp, dtype, seq, gpu_bytes) if runs_here else 0
     if runs_here and plan.fits(gpu_bytes):
-        return Verdict(plan, gpu_bytes, n_gpus, True, max_batch)
+        return Verdict(plan, gpu_bytes, n_gpus, True, max_batch, kv_tokens=kv)
     dtypes = [dtype] if dtype == "int8" else [dtype, "int8"]
     mps = [m for m in config.allowed_mp(vocab) if m <= n_gpus]
     candidates = sorted(((m != mp, dt != dtype, m), m, dt) for m in mps for dt in dtypes)
@@ -93,8 +95,17 @@ def verdict(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, se
             b = min(batch, best)
             return Verdict(plan, gpu_bytes, n_gpus, False, max_batch, batch_to=b if b < batch else None,
                            mp_to=m if m != mp else None, int8=dt != dtype,
-                           fix_plan=plan_memory(config, vocab, m, dt, b, seq))
-    return Verdict(plan, gpu_bytes, n_gpus, False, max_batch)
+                           fix_plan=plan_memory(config, vocab, m, dt, b, seq), kv_tokens=kv)
+    return Verdict(plan, gpu_bytes, n_gpus, False, max_batch, kv_tokens=kv)
+
+
+def capacity_words(kv_tokens: int, seq: int, typical: int | None = None) -> str:
+    """What the paged KV cache holds, in tokens and sequences: max_batch_size is only an upper limit, sequences run
+    as their blocks fit ('holds 252,000 tokens: 246 sequences of max_seq_len 1024, about 630 of ~400 tokens')."""
+    typical = max(1, min(seq, typical or seq // 2))
+    return (f"the KV cache holds {kv_tokens:,} tokens: {kv_tokens // seq} sequences of max_seq_len {seq}, "
+            f"about {kv_tokens // typical} of ~{typical} tokens (max_batch_size is an upper limit; sequences run "
+            "as their cache blocks fit)")
 
 
 @dataclass

@@ -107,5 +107,13 @@ def max_batch_that_fits(config: ModelConfig, vocab_size: int, mp: int, dtype: st
     return min(cap, free // per_seq)
 
 
+def kv_tokens_that_fit(config: ModelConfig, vocab_size: int, mp: int, dtype: str, seq: int, gpu_bytes: int) -> int:
+    """Tokens of KV cache (all sequences together) that fit `gpu_bytes` next to the weights and overhead: what the
+    paged cache holds, shared by however many sequences are running."""
+    free = gpu_bytes - plan_memory(config, vocab_size, mp, dtype, 0, seq).total
+    per_token = kv_cache_bytes(config, mp, 1, 1, dtype)
+    return max(0, free // per_token) if per_token > 0 else 0
+
+
 def fmt_gib(n: int) -> str:
     return f"{n / GiB:.1f} GiB"

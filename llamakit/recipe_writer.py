@@ -155,8 +155,8 @@ class Sizing:
 def choose_size(config: ModelConfig, vocab_rows: int, mp: int, model: str, lengths: list[int], max_gen_len: int,
                 target: Target, ckpt_path: Path) -> Sizing:
     """Pure rule: max_seq_len from the longest prompt, max_batch_size (and int8 if needed) from the memory plan."""
-    from llamakit.fit import mp_within, reshard_command, verdict
-    from llamakit.memory import fmt_gib, plan_memory, weight_dtype
+    from llamakit.fit import capacity_words, mp_within, reshard_command, verdict
+    from llamakit.memory import fmt_gib, kv_tokens_that_fit, plan_memory, weight_dtype
 
     longest = max(lengths)
     notes: list[str] = []
@@ -208,7 +208,9 @@ def choose_size(config: ModelConfig, vocab_rows: int, mp: int, model: str, lengt
         per_replica = math.ceil(len(lengths) / dp)
         batch = max(1, min(fits_batch, BATCH_CAP, per_replica))
         m = plan_memory(config, vocab_rows, mp, weight_dtype("bf16", quantize), batch, max_seq_len)
-        per_gpu = f"{m.breakdown()} of {fmt_gib(gpu_total)} per GPU"
+        typical = min(max_seq_len, sorted(lengths)[len(lengths) // 2] + max_gen_len) if lengths else None
+        kv = kv_tokens_that_fit(config, vocab_rows, mp, weight_dtype("bf16", quantize), max_seq_len, gpu_bytes)
+        per_gpu = f"{m.breakdown()} of {fmt_gib(gpu_total)} per GPU; {capacity_words(kv, max_seq_len, typical)}"
         device = "cuda" if target.cuda_ok else "cpu"
         if not target.cuda_ok:
             notes.append("GPUs were found but PyTorch here cannot use them (a CPU-only torch or a driver problem): "

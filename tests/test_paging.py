@@ -66,3 +66,16 @@ def test_full_cache_preempts_the_newest_sequence_which_resumes_with_its_tokens()
     assert sorted(c.request.key for c in done) == [0, 1, 2]
     assert all(c.tokens == [7] * 12 for c in done)  # nothing lost or repeated across the preemption
     assert bm.n_free == 6
+
+
+def test_memory_plan_states_what_the_paged_cache_holds_in_sequences_and_tokens():
+    """13B at MP=2 on the users' 48 GB A6000s: the verdict says how many tokens the cache holds, and the words give
+    sequences at max_seq_len (the old max batch) and at a typical length; max_batch_size is only an upper limit."""
+    from llamakit.checkpoint.params import PRESETS
+    from llamakit.fit import capacity_words, verdict
+
+    v = verdict(PRESETS["llama-13b"], 32000, 2, "bf16", 32, 1024, int(47.99 * 2**30), 2)
+    assert v.fits and v.kv_tokens // 1024 == v.max_batch > 32
+    words = capacity_words(v.kv_tokens, 1024, 400)
+    assert f"{v.kv_tokens:,} tokens" in words and f"{v.max_batch} sequences of max_seq_len 1024" in words
+    assert f"about {v.kv_tokens // 400} of ~400 tokens" in words and "upper limit" in words

@@ -23,13 +23,14 @@ if [[ $what == check ]]; then
   bench bench-7b-dataset --workload dataset
 fi
 if [[ $what == table ]]; then
+  step "GPU tests"; python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -4
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
   bench bench-7b-standard
   bench bench-7b-dataset --workload dataset
   bench bench-7b-int8 --quantize int8
-  step "gpt-fast, batch 1"; python3 tools/peer_bench.py gptfast "$PEERS/gpt-fast" 2>"$OUT/gptfast.err" | tee "$OUT/gptfast.json"; tail -3 "$OUT/gptfast.err"
-  step "Meta generation.py"; python3 tools/peer_bench.py meta "$PEERS/llama" ${META_BATCHES:-1x2 32x64} 2>"$OUT/meta.err" | tee "$OUT/meta.json"; tail -3 "$OUT/meta.err"
+  step "gpt-fast, batch 1"; timeout 240 python3 tools/peer_bench.py gptfast "$PEERS/gpt-fast" 2>"$OUT/gptfast.err" | tee "$OUT/gptfast.json"; tail -3 "$OUT/gptfast.err"
+  step "Meta generation.py"; timeout 180 python3 tools/peer_bench.py meta "$PEERS/llama" ${META_BATCHES:-1x2 32x64} 2>"$OUT/meta.err" | tee "$OUT/meta.json"; tail -3 "$OUT/meta.err"
 fi
 if [[ $what == run ]]; then
   step "7B-shaped MP=1 checkpoint on disk (vocab of the tiny tokenizer)"

@@ -52,9 +52,8 @@ def meta(src: str, batches: list[tuple[int, int]]) -> None:
 
     prompts = standard_prompts(128)
     for bsz, n in batches:
-        torch.set_default_dtype(torch.float16)
-        with torch.device("cuda"):
-            model = Transformer(ModelArgs(max_batch_size=bsz, max_seq_len=1024, vocab_size=32000))
+        torch.set_default_dtype(torch.float16)  # as Llama.build (fairscale's layers use the legacy torch.Tensor()
+        model = Transformer(ModelArgs(max_batch_size=bsz, max_seq_len=1024, vocab_size=32000)).cuda()  # on CPU)
         _init_random_(model)
         gen = Llama(model, NoEos())
         gen.generate([prompts[0][:16]], 4)  # warm-up

@@ -635,7 +635,8 @@ def rule_memory_fit(f: Facts) -> CheckResult:
     if plan.total > busy.free_bytes:
         return CheckResult("memory-fit", WARN, f"{head}: fits GPU{busy.index}'s {gib(busy.total_bytes)} but only "
                            f"{gib(busy.free_bytes)} is free now", "another process uses the GPU: see `nvidia-smi`")
-    return CheckResult("memory-fit", OK, f"{head}; fits {gib(small.total_bytes)} (max batch at this length: {best})")
+    return CheckResult("memory-fit", OK, f"{head}; fits {gib(small.total_bytes)} (max batch at this length: {best}; "
+                       f"{_fit().capacity_words(now.kv_tokens, r.max_seq_len)})")
 
 
 Rule = Callable[..., CheckResult]

@@ -4,7 +4,8 @@ model, in inspect's words."""
 from __future__ import annotations
 
 from llamakit.checkpoint.params import ModelConfig
-from llamakit.fit import CARD_SIZES_GB, FitOption, Verdict, card_bytes, fit_options, reshard_command, verdict
+from llamakit.fit import (CARD_SIZES_GB, FitOption, Verdict, capacity_words, card_bytes, fit_options,
+                          reshard_command, verdict)
 from llamakit.gpus import GpuInfo
 from llamakit.inspection.report import GpuView, MemoryInfo
 from llamakit.memory import GiB, plan_memory
@@ -51,7 +52,7 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
                          f"(torchrun --nproc_per_node {copies * mp}; Meta's own scripts: {mp})")
             else:
                 line += f"run with torchrun --nproc_per_node {mp}"
-            advice.append(line + f"; batch up to {max_batch} fits at seq {seq}")
+            advice.append(line + f"; batch up to {max_batch} fits at seq {seq}; {capacity_words(v.kv_tokens, seq)}")
         else:
             if mp > n:
                 advice.append(f"this checkpoint has MP {mp}, so it needs {mp} GPUs; this machine has {n}")

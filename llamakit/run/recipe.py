@@ -43,7 +43,8 @@ KEYS: dict[str, KeyInfo] = {
     "max_seq_len": KeyInfo("prompt + generated tokens per sequence; sizes the KV cache",
                            "an integer from 8 to 1048576, larger than max_gen_len (LLaMA-1: 2048, Llama-2: 4096)"),
     "max_gen_len": KeyInfo("most tokens generated per prompt", "an integer >= 1, smaller than max_seq_len"),
-    "max_batch_size": KeyInfo("sequences decoded together per GPU group; sizes the KV cache",
+    "max_batch_size": KeyInfo("upper limit of sequences decoded together per GPU group (the paged KV cache, sized "
+                              "from GPU memory, decides how many run at once)",
                               "an integer from 1 to 4096"),
     "temperature": KeyInfo("sampling temperature; 0 = greedy (deterministic)", "a number from 0 to 10"),
     "top_p": KeyInfo("nucleus sampling threshold", "a number > 0 and <= 1"),
