@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from llamakit.checkpoint.shards import Checkpoint, open_checkpoint
 from llamakit.engine.api import EngineConfig
+from llamakit.distributed import free_port
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
 from llamakit.fit import mp_within, reshard_command, reshard_destination, resolve_dtype, verdict
@@ -125,13 +125,6 @@ def cuda_facts() -> tuple[list[GpuInfo], bool]:
             p = torch.cuda.get_device_properties(i)
             gpus.append(GpuInfo(i, p.name, int(p.total_memory), int(p.total_memory), (p.major, p.minor)))
     return gpus, ok
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (for torchrun's rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def omp_threads(nproc: int, cpus: int | None = None) -> int:
