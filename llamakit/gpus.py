@@ -45,8 +45,8 @@ def read_gpu(pynvml: Any, index: int) -> GpuInfo:
     return GpuInfo(index, name, int(mem.total), int(mem.free), cc)
 
 
-def detect_gpus(respect_visible: bool = True) -> list[GpuInfo]:
-    """List NVIDIA GPUs via NVML; returns [] when NVML, the driver or GPUs are absent."""
+def detect_gpus() -> list[GpuInfo]:
+    """The GPUs CUDA will see (CUDA_VISIBLE_DEVICES applied), via NVML; [] when NVML, the driver or GPUs are absent."""
     try:
         import pynvml
     except ImportError:
@@ -57,9 +57,7 @@ def detect_gpus(respect_visible: bool = True) -> list[GpuInfo]:
         return []
     try:
         count = pynvml.nvmlDeviceGetCount()
-        indices = list(range(count))
-        if respect_visible:
-            indices = apply_visible_devices(indices, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        indices = apply_visible_devices(list(range(count)), os.environ.get("CUDA_VISIBLE_DEVICES"))
         out = []
         for i in indices:
             out.append(read_gpu(pynvml, i))

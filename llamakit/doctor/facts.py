@@ -326,23 +326,13 @@ def _pynvml_dists(f: Facts) -> None:
 def _recipe(path: Path) -> tuple[RecipeFact, str | None]:
     """Read the recipe through the run pipeline's loader; returns the fact and the recipe's checkpoint folder."""
     r = RecipeFact(path=str(path))
-    try:
-        from llamakit.run.recipe import load_recipe  # the run pipeline owns the recipe format
-    except ImportError as e:
-        r.error = f"the recipe loader cannot be imported ({_err(e)})"
-        r.fix = (f"pip install {e.name}, or " if e.name and not e.name.startswith("llamakit") else "") + \
-            "use --ckpt-dir DIR instead of --recipe"
-        return r, None
+    from llamakit.run.recipe import load_recipe, resolve_paths  # the run pipeline owns the recipe format
+
     try:
         loaded = load_recipe(path)
-        rec = getattr(loaded, "recipe", loaded)  # LoadedRecipe(recipe, path, sources) or a bare Recipe
-        ck, out = getattr(rec, "ckpt_dir", None), getattr(rec, "out_path", None)
-        try:
-            from llamakit.run.recipe import resolve_paths  # builtin:NAME and relative paths, as run resolves them
-            paths = resolve_paths(loaded)
-            ck, out = paths.ckpt_dir, paths.out_path
-        except ImportError:
-            pass
+        rec = loaded.recipe
+        paths = resolve_paths(loaded)  # builtin:NAME and relative paths, as run resolves them
+        ck, out = paths.ckpt_dir, paths.out_path
     except Exception as e:  # noqa: BLE001 - LlamakitError carries its own fix
         what, where = getattr(e, "what", None), getattr(e, "where", None)
         r.error = (f"{where}: {what}" if where else what) if what else _err(e)
