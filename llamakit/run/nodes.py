@@ -3,8 +3,12 @@ rendezvous), the checks every node makes the same way before anything starts, an
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 from llamakit.errors import LlamakitError
 
@@ -32,6 +36,39 @@ class Nodes:
         if not self.multi:
             return self.share is None
         return None if self.node_rank is None else self.node_rank == 0
+
+    @property
+    def parts(self) -> bool:
+        """Rows go to one part file per replica (merged at the end) instead of straight into out_path."""
+        return self.multi or self.share is not None
+
+    @property
+    def lock_name(self) -> str:
+        """The run folder's lock file for this launcher. flock between hosts is what NFS may not honour, so over
+        several nodes each node takes its own (two launchers for one node rank still exclude each other)."""
+        if not self.multi:
+            return "lock"
+        return f"lock.node{self.node_rank}" if self.node_rank is not None else f"lock.{self.rdzv_id}"
+
+    def log_path(self, log: Path) -> Path:
+        """Each node appends to its own log (appends of two hosts to one NFS file can interleave): node 0 keeps the
+        recipe's log, node R writes NAME.nodeR.log next to it (NAME.HOST-PID.log with c10d), a share NAME.sKofN.log."""
+        if self.share:
+            return log.with_name(f"{log.stem}.s{self.share[0]:02d}of{self.share[1]:02d}{log.suffix}")
+        if not self.multi or self.node_rank == 0:
+            return log
+        tag = f"node{self.node_rank}" if self.node_rank is not None else f"{socket.gethostname()}-{os.getpid()}"
+        return log.with_name(f"{log.stem}.{tag}{log.suffix}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """For plan.json: {} for a plain single-node run, so its plan is unchanged."""
+        return asdict(self) if self.parts else {}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Nodes":
+        if not d:
+            return cls()
+        return cls(**{**d, "share": tuple(d["share"]) if d.get("share") else None})
 
     def label(self) -> str:
         """For plan lines and messages: 'node 1 of 2', 'share 3 of 8', or '' for a single-node run."""
@@ -117,6 +154,19 @@ def check_layout(mp: int, nproc_per_node: int, nodes: Nodes, where: str = "--npr
                             "the network (slow over Ethernet)", f"use {mp} GPUs per node (or reshard to MP="
                             f"{nproc_per_node}); if you mean it (fast interconnect), add --mp-across-nodes", where)
     return world // mp
+
+
+def local_processes(device: str, nproc: str | int, mp: int, gpus: list, cuda_ok: bool, nodes: Nodes) -> int:
+    """Processes this node starts (torchrun's --nproc-per-node): the recipe's nproc (per node here), else one per
+    usable GPU in whole model-parallel groups, else (CPU) one model-parallel group, or its share of one."""
+    if isinstance(nproc, int):
+        return nproc
+    on_gpu = device == "cuda" or (device == "auto" and cuda_ok and gpus)
+    if on_gpu and gpus:
+        return len(gpus) if nodes.mp_across_nodes else max(mp, len(gpus) // mp * mp)
+    if nodes.mp_across_nodes and mp % nodes.nnodes == 0:
+        return mp // nodes.nnodes
+    return mp
 
 
 def torchrun_node_args(nodes: Nodes, nproc_per_node: int, local_port: int) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from llamakit.errors import LlamakitError
-from llamakit.run.prompts import encode_row, id_key, read_rows, repair_tail
+from llamakit.run.output import encode_row, id_key, read_rows, repair_tail
 
 # `OUT.part-r003` (replica 3 of a multi-node run) or `OUT.part-s02of08-r001` (replica 1 of share 2 of 8, the
 # independent SLURM-array mode). One writer per file at any time: the name carries the writer's identity.
