@@ -75,7 +75,7 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     t0 = time.monotonic()
     ckpt = open_checkpoint(plan.ckpt_dir)
     tok = Tokenizer(plan.tokenizer_path)
-    engine = build_engine(ckpt, EngineConfig(**plan.engine), mp_rank)
+    engine = build_engine(ckpt, EngineConfig(**plan.engine), mp_rank, tok)
     log.info("engine ready in %.1f s", time.monotonic() - t0)
     # Replica dp_rank takes every dp-th prompt of the work list; all ranks of a model-parallel group read the
     # same list, so they feed the engine the same requests in the same order.
