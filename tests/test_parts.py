@@ -157,3 +157,23 @@ def test_a_model_parallel_group_never_spans_nodes_unless_asked():
     assert check_layout(2, 1, make_nodes(2, 0, "h", 1, mp_across_nodes=True)) == 1
     with pytest.raises(LlamakitError, match="not a multiple"):
         check_layout(4, 1, make_nodes(3, 0, "h", 1, mp_across_nodes=True))
+
+
+def test_node_0_must_be_the_rendezvous_host_and_its_port_free():
+    import socket
+
+    from llamakit.run.nodes import check_rendezvous_host
+
+    check_rendezvous_host(make_nodes(2, 1, "127.0.0.1", 1))  # other nodes only need the name to resolve
+    with pytest.raises(LlamakitError, match="does not resolve"):
+        check_rendezvous_host(make_nodes(2, 1, "no-such-host.invalid", 29500))
+    with pytest.raises(LlamakitError, match="is not this machine") as e:
+        check_rendezvous_host(make_nodes(2, 0, "198.51.100.77", 29500))  # TEST-NET-2: not a local address
+    assert "login node" in e.value.fix
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(LlamakitError, match=f"port {port} on 127.0.0.1 is in use") as e:
+            check_rendezvous_host(make_nodes(2, 0, "127.0.0.1", port))
+        assert e.value.where == "--master-port"

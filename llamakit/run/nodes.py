@@ -184,3 +184,40 @@ def torchrun_node_args(nodes: Nodes, nproc_per_node: int, local_port: int) -> li
 def in_share(position: int, share: tuple[int, int] | None) -> bool:
     """Whether the prompt at this position of the prompt file belongs to this node's share (array mode)."""
     return share is None or position % share[1] == share[0]
+
+
+def check_rendezvous_host(nodes: Nodes) -> None:
+    """Before anything starts: the rendezvous host resolves here; node 0 (static) is that host and its port is free.
+    Catches a login node or another machine given as --master-addr, and a port another run holds."""
+    if not nodes.multi:
+        return
+    flag = "--master-addr" if nodes.master_addr else "--rdzv-endpoint"
+    host, port = (nodes.master_addr, nodes.master_port) if nodes.master_addr else \
+        split_endpoint(str(nodes.rdzv_endpoint))
+    try:
+        ip = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError as e:
+        raise LlamakitError(f"the rendezvous host {host!r} does not resolve on this node ({e.strerror or e})",
+                            "give node 0's name as the nodes know it, or its IP address (`llamakit doctor "
+                            "--master-addr HOST` on each node checks it)", flag) from None
+    if nodes.node_rank != 0:
+        return
+    if not _bindable(ip, 0):
+        raise LlamakitError(f"--node-rank 0 hosts the rendezvous, but --master-addr {host} ({ip}) is not this "
+                            "machine", "start node 0 on that host, or give this machine's own address (in SLURM the "
+                            "first node of $SLURM_JOB_NODELIST, never the login node)", flag)
+    if not _bindable(ip, int(port or 0)):
+        raise LlamakitError(f"port {port} on {host} is in use (another run, or another job on this node)",
+                            f"use another --master-port on every node (the sbatch script derives one from the job "
+                            f"id); `ss -ltnp | grep :{port}` shows who holds it", "--master-port")
+
+
+def _bindable(ip: str, port: int) -> bool:
+    """Whether this machine can listen on ip:port (the address is its own and the port is free)."""
+    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((ip, port))
+            return True
+        except OSError:
+            return False

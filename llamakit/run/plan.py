@@ -17,7 +17,8 @@ from llamakit.gpus import GpuInfo
 from llamakit.fit import mp_within, reshard_command, reshard_destination, resolve_dtype, verdict
 from llamakit.memory import fmt_gib, plan_memory, weight_dtype
 from llamakit.run.output import id_key, scan_output
-from llamakit.run.nodes import Nodes, check_layout, in_share, local_processes, torchrun_node_args
+from llamakit.run.nodes import (Nodes, check_layout, check_rendezvous_host, in_share, local_processes,
+                                torchrun_node_args)
 from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
 from llamakit.run.resume import RunLock, check_same_settings, fingerprints
@@ -322,6 +323,7 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     """Validate recipe, checkpoint, tokenizer, prompts and output; decide MP x DP; write nothing. Over several nodes
     every node makes the same checks from the same files, so each refuses a bad plan before anything starts."""
     nodes = nodes or Nodes()
+    check_rendezvous_host(nodes)
     lr = load_recipe(recipe, overrides, flags)
     r = lr.recipe
     paths = resolve_paths(lr)
