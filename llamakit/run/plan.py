@@ -233,13 +233,14 @@ def memory_line(config: Any, vocab: int, dev: Devices, quantize: str, batch: int
     return text, warn
 
 
-def torchrun_argv(plan: Plan, plan_file: Path) -> list[str]:
+def torchrun_argv(plan: Plan, plan_file: Path, module: str = "llamakit.run.worker") -> list[str]:
     """The exact torchrun command (argv list, never a shell string) that starts every rank of this plan (of this
-    node's ranks, in a run over several nodes)."""
+    node's ranks, in a run over several nodes; `module`: the worker, llamakit.score.worker for `llamakit score`)."""
     return [sys.executable, "-m", "torch.distributed.run",
-            *torchrun_node_args(Nodes.from_dict(plan.nodes), plan.local_nproc, plan.master_port),
+            *torchrun_node_args(Nodes.from_dict(getattr(plan, "nodes", None)),  # score's plan: one node
+                                getattr(plan, "nproc_per_node", 0) or plan.nproc, plan.master_port),
             "--max_restarts", "0", "--monitor_interval", "0.5",
-            "-m", "llamakit.run.worker", str(plan_file)]
+            "-m", module, str(plan_file)]
 
 
 def worker_env(plan: Plan, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -81,7 +81,7 @@ class _Follower:
             except json.JSONDecodeError:
                 continue
             self.rows += 1
-            self.tokens += int(row.get("completion_tokens", 0) or 0)
+            self.tokens += int(row.get("completion_tokens", row.get("n_tokens", 0)) or 0)  # score rows: n_tokens
 
 
 class _PartsFollower:
@@ -140,7 +140,8 @@ def _stop(proc: subprocess.Popen, plan: Plan, why: str) -> LlamakitError:
 def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0.5) -> int:
     """Start torchrun for the plan, follow the output until it exits; returns torchrun's exit code."""
     plan = setup.plan
-    follower = _PartsFollower(Path(plan.out_path)) if plan.nodes else _Follower(Path(plan.out_path))
+    nodes = Nodes.from_dict(getattr(plan, "nodes", None))  # score's plans run on one node
+    follower = _PartsFollower(Path(plan.out_path)) if nodes.parts else _Follower(Path(plan.out_path))
     env = worker_env(plan)
     start = time.monotonic()
     last_log = start
