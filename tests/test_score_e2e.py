@@ -1,6 +1,7 @@
 """`llamakit score` end to end (real torchrun + gloo on CPU): MP=2 with a reference model and labels gives the same
-per-token scores as MP=1 and the AUROC table and ROC plot; kill -9 mid-run then re-run resumes by id and loses or
-repeats nothing; bad input and a mismatched reference are one line with file:line and the fix before anything starts."""
+per-token scores as MP=1 and the AUROC table and ROC plot; kill -9 mid-run then re-run (as two data-parallel replicas)
+resumes by id and loses or repeats nothing; bad input and a mismatched reference are one line with file:line and the
+fix before anything starts."""
 
 from __future__ import annotations
 
@@ -119,10 +120,16 @@ def test_kill_9_then_resume_by_id_loses_and_repeats_nothing(world, tiny_factory,
     assert 3 <= kept < N
     with open(out, "ab") as f:  # a row torn in half, as a kill in the middle of a write leaves it
         f.write(b'{"id": "t-059", "n_tok')
-    res = run_cli(root, str(r))
+    res = run_cli(root, str(r), "--nproc", "2")  # resumed by two data-parallel replicas
     assert res.returncode == 0, res.stderr
     assert f"{N - kept} scored now, {kept} were already in the output (resumed)" in res.stdout
-    assert rows_of(out) == mp1_rows
+    assert "MP=1 x DP=2" in (root / "killed.log").read_text()
+    rows = rows_of(out)
+    assert [x["id"] for x in rows] == [x["id"] for x in mp1_rows]  # every text once, in input order
+    for got, want in zip(rows, mp1_rows):
+        assert got.keys() == want.keys() and got["token_ranks"] == want["token_ranks"]
+        assert got["token_logprobs"] == pytest.approx(want["token_logprobs"], abs=1e-5)
+        assert got["fastdetect"] == pytest.approx(want["fastdetect"], abs=1e-4)
 
 
 @pytest.mark.parametrize("line,keys,message", [
@@ -165,3 +172,26 @@ def test_stride_must_leave_context(world):
     with pytest.raises(LlamakitError) as e:
         plan_score(recipe("stride", stride=128), gpu_facts=([], False))
     assert "stride" in e.value.what and e.value.line is not None
+
+
+def test_one_label_only_is_refused_before_scoring(world, tmp_path):
+    root, recipe = world
+    texts = root / "one-label.jsonl"
+    texts.write_text("".join(json.dumps({"id": i, "text": "Hallo Welt", "label": "human"}) + "\n" for i in range(3)))
+    r = recipe("onelabel", label_field="label")
+    r.write_text(r.read_text().replace(str(root / "texts12.jsonl"), str(texts)).replace('prefix_field: "lead"\n', ""))
+    with pytest.raises(LlamakitError) as e:
+        plan_score(r, gpu_facts=([], False))
+    assert "exactly two labels" in e.value.what and e.value.where == str(texts)
+
+
+def test_dry_run_plan_names_both_models_and_the_score_worker(world, tiny_factory):
+    from llamakit.score.launch import describe
+
+    root, recipe = world
+    setup = plan_score(recipe("dry", reference_ckpt_dir=str(tiny_factory("llama2", 1, seed=1)), stride=64),
+                       gpu_facts=([], False))
+    lines = "\n".join(describe(setup.plan, setup.argv))
+    assert "reference    " in lines and "stride 64" in lines and "-m llamakit.score.worker" in lines
+    assert "12 texts, 0 already in the output, 12 to score" in lines and "reference" in setup.plan.memory
+    assert not (root / "dry.jsonl").exists() and not (root / ".dry.jsonl.llamakit").exists()

@@ -44,6 +44,7 @@ class ScoreBenchResult:
     peak_gpu_mem_gib: float | None
     build_s: float
     date: str
+    tflop_per_s: float = 0.0  # 2 x parameters x scored tokens / seconds: the forward's arithmetic rate achieved
     workload: str = "score"
 
 
@@ -96,12 +97,14 @@ def score_bench(preset: str = "7b", device: str = "auto", dtype: str = "auto", t
     _sync(dev)
     seconds = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+    n_params = sum(p.numel() for p in model.parameters())
     return ScoreBenchResult(preset=preset, device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
                             torch=torch.__version__, dtype=dtype, texts=len(work), scored_tokens=n_tok, batch=batch,
                             seconds=round(seconds, 3), texts_per_s=round(len(work) / seconds, 1),
                             tokens_per_s=round(n_tok / seconds, 1),
                             peak_gpu_mem_gib=round(peak, 2) if peak else None, build_s=round(build_s, 1),
-                            date=_dt.date.today().isoformat())
+                            date=_dt.date.today().isoformat(),
+                            tflop_per_s=round(2 * n_params * n_tok / seconds / 1e12, 1))
 
 
 def _sync(dev: torch.device) -> None:

@@ -202,6 +202,13 @@ def plan_score(recipe: str | Path, overrides: list[str] | None = None, flags: di
         ref = open_checkpoint(resolve_path(lr, "reference_ckpt_dir", r.reference_ckpt_dir))
         check_reference(lr, ckpt, ref, Path(tok_path))
     texts = read_texts(text_path, r.text_field, r.prefix_field, r.id_field, r.label_field)
+    if r.label_field:  # the AUROC table at the end needs two labels: say so now, not after hours of scoring
+        from llamakit.score.auroc import positive_label
+
+        try:
+            positive_label([t.extra[r.label_field] for t in texts])
+        except LlamakitError as e:
+            raise LlamakitError(e.what, e.fix, text_path) from None
     state = scan_output(out, texts)  # type: ignore[arg-type]  # Text has Prompt's id/text/extra/line
     pending = [t for t in texts if id_key(t.id) not in state.done]
     hint = f" (recipe {lr.describe('max_seq_len')})"
