@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
     torch.cuda.reset_peak_memory_stats()
     after_weights = torch.cuda.memory_allocated()
     ecfg = EngineConfig(max_seq_len=seq, max_batch_size=batch, dtype="bf16", device="cuda", temperature=0.8,
-                        top_p=0.95, quantize=quantize, fast=True)
+                        top_p=0.95, quantize=quantize, fast=True, kv_cache_tokens=batch * seq)  # as the plan counts
     engine = engine_for_model(model, ecfg, batch, eos_id=-1)
     gen = 256
     prompt_len = seq - gen - 48

@@ -50,15 +50,17 @@ def probe(cc: int) -> dict:
         for b in (1, 16, 64, 128, 256):
             for L in (512, 2048):
                 q = torch.empty(b, h, d, device=dev, dtype=bf)
-                kc = torch.empty(b, hkv, L, d, device=dev, dtype=bf)
-                K.decode_attention(q, kc, kc, torch.ones(b, dtype=torch.long, device=dev))
+                kc = torch.empty(1 + b * L // 16, hkv, 16, d, device=dev, dtype=bf)  # paged: blocks of 16 tokens
+                table = torch.zeros(b, L // 16, dtype=torch.int32, device=dev)
+                K.decode_attention(q, kc, kc, table, torch.ones(b, dtype=torch.long, device=dev))
             x = torch.empty(b, dim, device=dev, dtype=bf)
             K.add_rmsnorm(x, x, torch.empty(dim, device=dev, dtype=bf), 1e-6)
             K.add_rmsnorm(x, None, torch.empty(dim, device=dev, dtype=bf), 1e-6)
             qkv = torch.empty(b, (h + 2 * hkv) * d, device=dev, dtype=bf)
-            cache = torch.empty(b, hkv, 512, d, device=dev, dtype=bf)
+            cache = torch.empty(1 + b * 32, hkv, 16, d, device=dev, dtype=bf)
             tab = torch.empty(4096, d // 2, device=dev, dtype=torch.float32)
-            K.rope_store(qkv, torch.zeros(b, dtype=torch.long, device=dev), tab, tab, cache, cache, h, hkv)
+            table = torch.zeros(b, 32, dtype=torch.int32, device=dev)
+            K.rope_store(qkv, torch.zeros(b, dtype=torch.long, device=dev), tab, tab, cache, cache, table, h, hkv)
             K.silu_mul(torch.empty(b, 2 * 11008, device=dev, dtype=bf), 11008)
         for m in (1, 16, 32, 64, 256):
             K.int8_matmul(torch.empty(m, 4096, device=dev, dtype=bf), torch.empty(4096, 4096, device=dev,
