@@ -107,7 +107,7 @@ def random_shard(cfg: ModelConfig, vocab: int, mp: int, dtype: torch.dtype, devi
 
 
 def _engine(model: Transformer, ecfg: EngineConfig, n_slots: int) -> BatchEngine:
-    return engine_for_model(model, ecfg, n_slots, eos_id=-1)  # the benchmark ignores EOS
+    return engine_for_model(model, ecfg, n_slots, stop_ids=())  # the benchmark ignores EOS
 
 
 def _sync(device: torch.device) -> None:

@@ -254,7 +254,7 @@ def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | Non
                             tok_path.resolve())
     prompt_path = resolve_builtin("prompt_path", prompts)
     items = read_prompts(prompt_path, prompt_field, id_field)
-    lengths = [len(ids) + 1 for ids in tok.sp.encode([p.text for p in items])]  # + bos, as the run feeds them
+    lengths = [len(ids) + 1 for ids in tok.encode_batch([p.text for p in items])]  # + bos, as the run feeds them
     longest = max(lengths)
     longest_line = items[lengths.index(longest)].line
 

@@ -1,5 +1,5 @@
 """The model equals an independent implementation (HF LlamaForCausalLM, same weights) greedily, token for token,
-in fp32 on CPU, for LLaMA-1, Llama-2 and Llama-2-70B-style GQA checkpoints, at MP 1, 2 and 4."""
+in fp32 on CPU, for LLaMA-1, Llama-2, Llama-2-70B-style GQA and Llama 3 / 3.1 checkpoints, at MP 1, 2, 4 and 8."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ PROMPTS = [
     "Scientists found that the river is cleaner today than it was thirty years ago. The report",
 ]
 GEN = 24
-STYLES = ["llama1", "llama2", "llama2-gqa", "llama2-kv8"]
+STYLES = ["llama1", "llama2", "llama2-gqa", "llama2-kv8", "llama3", "llama3.1"]
 
 
 def _prompts(ckpt: Path) -> list[list[int]]:
@@ -31,9 +31,14 @@ def _prompts(ckpt: Path) -> list[list[int]]:
     return [tok.encode(p) for p in PROMPTS]
 
 
+def _stop_ids(ckpt: Path) -> frozenset[int]:
+    return Tokenizer(ckpt / "tokenizer.model").stop_ids
+
+
 def _engine_outputs(ckpt: Path, batch: int, temperature: float = 0.0) -> dict[int, tuple[list[int], str]]:
     engine = build_engine(open_checkpoint(ckpt), EngineConfig(max_seq_len=128, max_batch_size=batch,
-                                                               temperature=temperature, top_p=0.9, seed=7))
+                                                               temperature=temperature, top_p=0.9, seed=7),
+                          stop_ids=_stop_ids(ckpt))
     reqs = [Request(i, p, GEN) for i, p in enumerate(_prompts(ckpt))]
     return {c.request.key: (c.tokens, c.finish_reason) for c in engine.generate(reqs)}
 
@@ -41,7 +46,7 @@ def _engine_outputs(ckpt: Path, batch: int, temperature: float = 0.0) -> dict[in
 def _torchrun_outputs(ckpt: Path, nproc: int, tmp_path: Path,
                       config: dict | None = None) -> dict[int, tuple[list[int], str]]:
     config = config or {"max_seq_len": 128, "max_batch_size": 3}
-    raw = run_under_torchrun(ckpt, nproc, tmp_path, config, _prompts(ckpt), GEN)
+    raw = run_under_torchrun(ckpt, nproc, tmp_path, config, _prompts(ckpt), GEN, sorted(_stop_ids(ckpt)))
     return {k: (v[0], v[1]) for k, v in raw.items()}
 
 
@@ -53,7 +58,7 @@ def hf_expected(tiny_factory):
     for style in STYLES:
         ckpt = tiny_factory(style, 1)
         model = build_hf_model(ckpt)
-        expected[style] = {i: hf_greedy(model, p, GEN) for i, p in enumerate(_prompts(ckpt))}
+        expected[style] = {i: hf_greedy(model, p, GEN, _stop_ids(ckpt)) for i, p in enumerate(_prompts(ckpt))}
     return expected
 
 
@@ -66,7 +71,8 @@ def test_mp1_batched_greedy_equals_hf_reference(style, tiny_factory, hf_expected
 
 
 @pytest.mark.parametrize("style,mp", [("llama1", 2), ("llama2", 2), ("llama2-gqa", 2), ("llama2-gqa", 4),
-                                      ("llama2-kv8", 8)])  # 70B's own split: one kv head per rank
+                                      ("llama2-kv8", 8),  # 70B's own split: one kv head per rank
+                                      ("llama3", 2), ("llama3.1", 8)])  # vocab-parallel embedding
 def test_model_parallel_greedy_equals_hf_reference(style, mp, tiny_factory, hf_expected, tmp_path):
     got = _torchrun_outputs(tiny_factory(style, mp), mp, tmp_path)
     assert got == hf_expected[style]

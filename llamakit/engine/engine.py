@@ -18,22 +18,22 @@ from llamakit.model.llama import Transformer, model_parallel_info
 
 log = logging.getLogger("llamakit.engine")
 
-EOS_ID = 2  # Meta's tokenizer: bos 1, eos 2
+EOS_ID = 2  # Meta's SentencePiece tokenizer: bos 1, eos 2 (the default when no tokenizer's stop_ids are given)
 
 
 class BatchEngine:
     """Continuous batching over a fixed set of KV-cache slots (see Scheduler), one model step at a time."""
 
-    def __init__(self, runner: ModelRunner, cfg: EngineConfig, eos_id: int = EOS_ID):
+    def __init__(self, runner: ModelRunner, cfg: EngineConfig, stop_ids: Iterable[int] = (EOS_ID,)):
         self.runner = runner
         self.cfg = cfg
-        self.eos_id = eos_id
+        self.stop_ids = frozenset(stop_ids)
         self.n_slots = runner.cache.n_slots
         prefill_tokens = PREFILL_TOKENS if runner.device.type == "cuda" else 2048
         self.prefill_tokens = max(prefill_tokens, cfg.max_seq_len)
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
-        sched = Scheduler(self.n_slots, self.cfg.max_seq_len, self.eos_id, self.prefill_tokens)
+        sched = Scheduler(self.n_slots, self.cfg.max_seq_len, self.stop_ids, self.prefill_tokens)
         sched.add(requests)
         while sched.has_work():
             for group in sched.admit():
@@ -62,10 +62,12 @@ def _kv_slots(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, device:
     return int(min(want, fit))
 
 
-def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -> BatchEngine:
+def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None,
+                 stop_ids: Iterable[int] = (EOS_ID,)) -> BatchEngine:
     """Build the engine on this rank (after torch.distributed and fairscale model parallel are initialised).
 
     `rank` is the model-parallel rank (defaults to fairscale's); it picks shard consolidated.<rank>.pth.
+    `stop_ids`: the tokenizer's (Tokenizer.stop_ids); generation of a sequence ends on any of them.
     """
     mp_rank, mp_size = model_parallel_info()
     rank = mp_rank if rank is None else rank
@@ -75,16 +77,18 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -
     dtype = DTYPES[cfg.dtype]
     model_cfg = ckpt.config.with_vocab(ckpt.vocab_rows)
     shard = ckpt.load(rank)
-    model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize)
+    model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize,
+                                   vocab_parallel=ckpt.vocab_parallel)
     del shard
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the loading temporaries (fused qkv/w13, casts) go back: free memory is real
-    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device))
+    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device), stop_ids)
 
 
-def engine_for_model(model: Transformer, cfg: EngineConfig, n_slots: int, eos_id: int = EOS_ID) -> BatchEngine:
+def engine_for_model(model: Transformer, cfg: EngineConfig, n_slots: int,
+                     stop_ids: Iterable[int] = (EOS_ID,)) -> BatchEngine:
     """An engine around an already built model: a KV cache of `n_slots` sequences, its runner, the scheduler."""
     mc = model.cfg
     n_kv_local = mc.kv_heads // model_parallel_info()[1]
     cache = KVCache(mc.n_layers, n_slots, n_kv_local, cfg.max_seq_len, mc.head_dim, model.dtype, model.device)
-    return BatchEngine(ModelRunner(model, cache, cfg), cfg, eos_id)
+    return BatchEngine(ModelRunner(model, cache, cfg), cfg, stop_ids)

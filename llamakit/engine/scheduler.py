@@ -30,10 +30,10 @@ class Scheduler:
     """Keeps running sequences in slots 0..n_active-1: a finished slot is refilled from the queue at once, or
     filled by moving the last running sequence down (so decode reads one contiguous block of the cache)."""
 
-    def __init__(self, n_slots: int, max_seq_len: int, eos_id: int, prefill_tokens: int):
+    def __init__(self, n_slots: int, max_seq_len: int, stop_ids: Iterable[int], prefill_tokens: int):
         self.n_slots = n_slots
         self.max_seq_len = max_seq_len
-        self.eos_id = eos_id
+        self.stop_ids = frozenset(stop_ids)  # the tokenizer's (eos; Llama 3: end_of_text, eom, eot)
         self.prefill_tokens = prefill_tokens
         self.queue: deque[Request] = deque()
         self.slots: list[Sequence | None] = [None] * n_slots
@@ -73,7 +73,7 @@ class Scheduler:
         """Append one sampled token per sequence; free and return the ones that finished."""
         done = []
         for seq, tok in zip(seqs, tokens):
-            if tok == self.eos_id:
+            if tok in self.stop_ids:
                 done.append(Completion(seq.request, seq.generated, "stop"))
             else:
                 seq.generated.append(tok)

@@ -117,7 +117,7 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     state = scan_output(paths.out_path, prompts)
     pending = [p for p in prompts if id_key(p.id) not in state.done]
     hint = f" (recipe {lr.describe('max_seq_len')})"
-    todo = prepare(pending, lambda texts: [[tok.bos_id] + ids for ids in tok.sp.encode(texts)],
+    todo = prepare(pending, lambda texts: [[tok.bos_id] + ids for ids in tok.encode_batch(texts)],
                    r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
     dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),

@@ -17,12 +17,13 @@ from llamakit.engine.engine import build_engine
 
 
 def run_under_torchrun(ckpt: Path, nproc: int, workdir: Path, config: dict, prompts: list[list[int]],
-                       max_gen_len: int) -> dict[int, list]:
+                       max_gen_len: int, stop_ids: list[int] | None = None) -> dict[int, list]:
     """Start this module under torchrun (gloo, `nproc` ranks) from a test; {request key: [tokens, finish_reason]}."""
     from llamakit.run.plan import free_port
 
     spec, out = workdir / "spec.json", workdir / "out.json"
-    spec.write_text(json.dumps({"config": config, "max_gen_len": max_gen_len, "prompts": prompts}))
+    spec.write_text(json.dumps({"config": config, "max_gen_len": max_gen_len, "prompts": prompts,
+                                "stop_ids": sorted(stop_ids or [2])}))
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
@@ -37,7 +38,7 @@ def main() -> None:
     spec = json.loads(open(spec_path).read())
     dist.init_process_group("gloo")
     initialize_model_parallel(int(os.environ["WORLD_SIZE"]))
-    engine = build_engine(open_checkpoint(ckpt_dir), EngineConfig(**spec["config"]))
+    engine = build_engine(open_checkpoint(ckpt_dir), EngineConfig(**spec["config"]), stop_ids=spec["stop_ids"])
     reqs = [Request(i, p, spec["max_gen_len"]) for i, p in enumerate(spec["prompts"])]
     out = {c.request.key: [c.tokens, c.finish_reason] for c in engine.generate(reqs)}
     if dist.get_rank() == 0:
