@@ -18,19 +18,17 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 import torch
 
+from llamakit import defaults
 from llamakit.checkpoint.layout import DTYPES, expected_shapes, is_known, split_dim
 from llamakit.checkpoint.params import ModelConfig, identify, load_params
 from llamakit.checkpoint.shards import SHARD_RE, find_shards, load_shard
-from llamakit.engine.api import EngineConfig
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo, detect_gpus
 from llamakit.memory import DTYPE_BYTES, GiB, max_batch_that_fits, plan_memory, weight_dtype
 from llamakit.tokenizer import Tokenizer, find_tokenizer
 
 SCHEMA = "llamakit.inspect/1"
-DEFAULT_BATCH = EngineConfig().max_batch_size
-DEFAULT_SEQ = EngineConfig().max_seq_len
-DEFAULT_DTYPE = "bf16"
+DEFAULT_BATCH, DEFAULT_SEQ, DEFAULT_DTYPE = defaults.MAX_BATCH_SIZE, defaults.MAX_SEQ_LEN, defaults.DTYPE
 # Card sizes as sold ("48 GB"); NVML reports a bit less (an RTX A6000: 47.99 GiB), hence USABLE.
 CARD_SIZES_GB = (16, 24, 40, 48, 80, 141)
 USABLE = 0.99

@@ -20,7 +20,7 @@ from llamakit.gpus import GpuInfo
 from llamakit.memory import GiB, plan_memory
 from llamakit.recipe_writer import (BATCH_CAP, CPU_BATCH, HEADROOM, SEQ_STEP, choose_size, parse_gpus, plan_recipe,
                                     write_new_recipe)
-from llamakit.run.launch import plan_run
+from llamakit.run.plan import plan_run
 from llamakit.run.recipe import KEYS, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]

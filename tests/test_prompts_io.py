@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from llamakit.errors import LlamakitError
-from llamakit.run.prompts import (RowWriter, finalize_output, output_row, prepare, read_prompts, read_rows,
-                                  repair_tail, scan_output, torn_tail)
+from llamakit.run.output import (RowWriter, finalize_output, output_row, read_rows, repair_tail, scan_output,
+                                 torn_tail)
+from llamakit.run.prompts import prepare, read_prompts
 
 
 def write(path: Path, text: str | bytes) -> Path:

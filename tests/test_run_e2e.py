@@ -15,7 +15,9 @@ import psutil
 import pytest
 
 from llamakit.errors import LlamakitError
-from llamakit.run.launch import RunLock, execute, plan_run
+from llamakit.run.plan import plan_run
+from llamakit.run.resume import RunLock
+from llamakit.run.supervise import execute
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,9 @@ def run_cmd(
                                  "command, start nothing."),
 ) -> None:
     """Generate a completion for every prompt of a recipe; re-run the same command to resume."""
-    from llamakit.run.launch import Progress as RunProgress
-    from llamakit.run.launch import execute, plan_run
+    from llamakit.run.supervise import Progress as RunProgress
+    from llamakit.run.plan import plan_run
+    from llamakit.run.supervise import execute
     from llamakit.run.plan import describe
 
     flags = {"--out": ("out_path", out),

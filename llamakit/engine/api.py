@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Literal, Protocol
 
+from llamakit import defaults
+
 
 @dataclass(frozen=True)
 class EngineConfig:
     """How to build an engine; identical on every rank of a model-parallel group."""
 
-    max_seq_len: int = 512  # prompt + generated tokens, per sequence
-    max_batch_size: int = 32  # sequences decoded together (the engine may use fewer)
+    max_seq_len: int = defaults.MAX_SEQ_LEN  # prompt + generated tokens, per sequence
+    max_batch_size: int = defaults.MAX_BATCH_SIZE  # sequences decoded together (the engine may use fewer)
     dtype: Literal["bf16", "fp16", "fp32"] = "fp32"
     device: Literal["cpu", "cuda"] = "cpu"
     temperature: float = 0.0  # 0 = greedy

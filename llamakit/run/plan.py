@@ -10,9 +10,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamakit.checkpoint.shards import Checkpoint, open_checkpoint
+from llamakit.engine.api import EngineConfig
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
 from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory, weight_dtype
+from llamakit.run.output import id_key, scan_output
+from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
+from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
+from llamakit.run.resume import RunLock, check_same_settings, fingerprints
+from llamakit.tokenizer import Tokenizer, find_tokenizer
 
 
 @dataclass(frozen=True)
@@ -243,3 +250,77 @@ def describe(plan: Plan, argv: list[str]) -> list[str]:
     lines += [f"note         {n}" for n in plan.notes]
     lines.append(f"command      {shlex.join(argv)}")
     return lines
+
+
+# ---------------------------------------------------------------- the whole validation (no side effects)
+
+
+@dataclass
+class Setup:
+    """A fully validated run: nothing has been written yet."""
+
+    loaded: LoadedRecipe
+    paths: RunPaths
+    ckpt: Checkpoint
+    prompts: list[Prompt]
+    todo: list[Prepared]  # prompts without a row yet (incl. ones on_long_prompt skips)
+    plan: Plan
+    argv: list[str]
+    torn_bytes: int
+
+    @property
+    def plan_file(self) -> Path:
+        return Path(self.plan.run_dir) / "plan.json"
+
+
+def check_tokenizer(ckpt: Checkpoint, tok: Tokenizer) -> None:
+    """The tokenizer's ids must index the checkpoint's embedding rows one to one."""
+    if tok.n_words != ckpt.vocab_rows:
+        raise LlamakitError(f"tokenizer has {tok.n_words} tokens but the checkpoint's embedding has "
+                            f"{ckpt.vocab_rows} rows ({ckpt.path})",
+                            "use the tokenizer.model that came with this checkpoint (set tokenizer_path)",
+                            tok.path.resolve())
+
+
+def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict[str, Any] | None = None,
+             gpu_facts: tuple[list, bool] | None = None) -> Setup:
+    """Validate recipe, checkpoint, tokenizer, prompts and output; decide MP x DP; write nothing."""
+    lr = load_recipe(recipe, overrides, flags)
+    r = lr.recipe
+    paths = resolve_paths(lr)
+    ckpt = open_checkpoint(paths.ckpt_dir)
+    tok_path = paths.tokenizer_path or find_tokenizer(paths.ckpt_dir)
+    tok = Tokenizer(tok_path)
+    check_tokenizer(ckpt, tok)
+    prompts = read_prompts(paths.prompt_path, r.prompt_field, r.id_field)
+    state = scan_output(paths.out_path, prompts)
+    pending = [p for p in prompts if id_key(p.id) not in state.done]
+    hint = f" (recipe {lr.describe('max_seq_len')})"
+    todo = prepare(pending, lambda texts: [[tok.bos_id] + ids for ids in tok.sp.encode(texts)],
+                   r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
+    gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
+    dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
+                                  paths.ckpt_dir)
+    engine = EngineConfig(max_seq_len=r.max_seq_len, max_batch_size=r.max_batch_size, dtype=dev.dtype,  # type: ignore[arg-type]
+                          device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
+                          quantize=r.quantize, fast=r.fast)
+    mem, warn = memory_line(ckpt.config, ckpt.vocab_rows, dev, r.quantize, r.max_batch_size, r.max_seq_len)
+    notes = [warn] if warn else []
+    if state.torn_bytes:
+        notes.append(f"the output's last line is torn ({state.torn_bytes} bytes, a killed run): it is cut off "
+                     "and that prompt generated again")
+    run_dir = paths.run_dir
+    plan = Plan(mp=dev.mp, dp=dev.dp, device=dev.device, dtype=dev.dtype, backend=dev.backend,
+                gpus=[describe_gpu(g) for g in dev.gpus], engine=asdict(engine), max_gen_len=r.max_gen_len,
+                ckpt_dir=str(paths.ckpt_dir), tokenizer_path=str(Path(tok_path).resolve()),
+                prompt_path=str(paths.prompt_path), out_path=str(paths.out_path), log_path=str(paths.log_path),
+                run_dir=str(run_dir), work_path=str(run_dir / "work.jsonl"), total=len(prompts),
+                pending=sum(1 for t in todo if not t.skipped), already_done=len(prompts) - len(pending),
+                long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
+                omp_threads=omp_threads(dev.nproc), master_port=free_port(), memory=mem, notes=notes,
+                fingerprints=fingerprints(ckpt, Path(tok_path)))
+    RunLock.check_free(run_dir, paths.out_path)  # a live run's own error comes first, not a settings mismatch
+    check_same_settings(plan, run_dir / "plan.json", len(state.done))
+    argv = torchrun_argv(plan, run_dir / "plan.json")
+    return Setup(lr, paths, ckpt, prompts, todo, plan, argv, state.torn_bytes)
+

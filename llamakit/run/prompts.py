@@ -1,20 +1,15 @@
-"""Prompt files in (.jsonl / .txt, checked line by line) and the output JSONL out: append-safe writer, resume, final order."""
+"""Prompts in: the input file (.jsonl / .txt, checked line by line), the long-prompt policy, and the work list for the workers."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 from llamakit.errors import LlamakitError
-
-# Fields every output row starts with, in this order; the input's other fields follow unchanged.
-OUTPUT_FIELDS = ("id", "prompt", "completion", "prompt_tokens", "completion_tokens", "finish_reason")
-RESERVED = set(OUTPUT_FIELDS) | {"truncated"}
+from llamakit.run.output import RESERVED, id_key
 
 
 @dataclass
@@ -26,11 +21,6 @@ class Prompt:
     id: str | int  # the id field, or the line number when the line has none
     text: str
     extra: dict[str, Any] = field(default_factory=dict)  # every other field, passed through to the output
-
-
-def id_key(value: Any) -> str:
-    """Canonical form of an id for comparing input and output (7 and "7" stay different)."""
-    return json.dumps(value, ensure_ascii=False)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -149,181 +139,17 @@ def prepare(prompts: list[Prompt], encode: Any, max_prompt_len: int,
     return out
 
 
-def output_row(prompt_id: Any, text: str, extra: dict[str, Any], completion: str, prompt_tokens: int,
-               completion_tokens: int, finish_reason: str, truncated: bool = False) -> dict[str, Any]:
-    """One output object: the fixed fields first, `truncated` only when true, then the input's other fields."""
-    row: dict[str, Any] = {"id": prompt_id, "prompt": text, "completion": completion,
-                           "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                           "finish_reason": finish_reason}
-    if truncated:
-        row["truncated"] = True
-    row.update(extra)
-    return row
-
-
-def encode_row(row: dict[str, Any]) -> bytes:
-    """One JSONL line, UTF-8, non-ASCII kept as is (umlauts stay readable)."""
-    return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-# ---------------------------------------------------------------- output file: writer, repair, resume, final order
-
-
-class RowWriter:
-    """Append-only JSONL writer: each row is one os.write under flock, fsync every `every` rows or `seconds`."""
-
-    def __init__(self, path: Path, every: int = 64, seconds: float = 2.0):
-        self.path = Path(path)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.every, self.seconds = every, seconds
-        self.pending = 0
-        self.last_sync = time.monotonic()
-        self.rows = 0
-
-    def write(self, row: dict[str, Any]) -> None:
-        data = encode_row(row)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)  # DP replicas append to the same file
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-        self.rows += 1
-        self.pending += 1
-        if self.pending >= self.every or time.monotonic() - self.last_sync >= self.seconds:
-            self.sync()
-
-    def sync(self) -> None:
-        if self.pending:
-            os.fsync(self.fd)
-            self.pending = 0
-        self.last_sync = time.monotonic()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            self.sync()
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> "RowWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def torn_tail(path: Path) -> int:
-    """Bytes after the last newline (a row cut by a kill); 0 when the file ends cleanly or does not exist."""
-    if not path.is_file():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with open(path, "rb") as f:
-        pos = size
-        block = 1 << 16
-        while pos > 0:
-            start = max(0, pos - block)
-            f.seek(start)
-            chunk = f.read(pos - start)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                return size - (start + nl + 1)
-            pos = start
-    return size
-
-
-def repair_tail(path: Path) -> int:
-    """Cut a torn last line off the output (it is regenerated on resume); returns the bytes removed."""
-    cut = torn_tail(path)
-    if cut:
-        size = path.stat().st_size
-        with open(path, "r+b") as f:
-            f.truncate(size - cut)
-            f.flush()
-            os.fsync(f.fileno())
-    return cut
-
-
-def read_rows(path: Path, ignore_torn_tail: bool = True) -> list[tuple[int, dict[str, Any]]]:
-    """(line, row) of every complete row of an output file; a damaged row other than a torn tail is an error."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    cut = torn_tail(path) if ignore_torn_tail else 0
-    if cut:
-        data = data[: len(data) - cut]
-    rows = []
-    for i, raw in enumerate(data.split(b"\n")):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise LlamakitError("output row is damaged (not a JSON line)",
-                                "delete that line; its prompt will be generated again on the next run",
-                                path, i + 1) from None
-        if not isinstance(row, dict) or "id" not in row:
-            raise LlamakitError("output row has no 'id'", "this is not a llamakit output file: choose another "
-                                "out_path, or delete the line", path, i + 1)
-        rows.append((i + 1, row))
-    return rows
-
-
-@dataclass
-class OutputState:
-    """What an existing output file already holds, checked against the prompts."""
-
-    done: set[str]  # id keys already written
-    torn_bytes: int  # bytes of a torn last line (repaired at start)
-    duplicates: int  # rows whose id appeared before (kept once by finalize)
-
-
-def scan_output(path: Path, prompts: list[Prompt]) -> OutputState:
-    """Ids already in `path`; rows for ids that are not in the prompt file, or made from another text for their
-    id, are an error (another dataset, or an edited prompt file)."""
-    wanted = {id_key(p.id): p for p in prompts}
-    done: set[str] = set()
-    dups = 0
-    for line, row in read_rows(path):
-        k = id_key(row["id"])
-        if k not in wanted:
-            raise LlamakitError(f"output already holds id {row['id']!r}, which is not in the prompt file",
-                                "it was written from other prompts: choose a new out_path, or move this file away",
-                                path, line)
-        p = wanted[k]
-        if "prompt" not in p.extra and isinstance(row.get("prompt"), str) and row["prompt"] != p.text:
-            raise LlamakitError(f"the row for id {row['id']!r} was generated from another text than the prompt file "
-                                f"now holds for that id (line {p.line})", "the prompt file changed since: give a "
-                                "new output file (--out NEW.jsonl), or restore the old prompts", path, line)
-        if k in done:
-            dups += 1
-        done.add(k)
-    return OutputState(done, torn_tail(path), dups)
-
-
-def finalize_output(path: Path, prompts: list[Prompt]) -> int:
-    """Rewrite the output in input order, each id once, atomically (temp file + rename); returns rows written."""
-    order = {id_key(p.id): i for i, p in enumerate(prompts)}
-    best: dict[str, dict[str, Any]] = {}
-    for _, row in read_rows(path):
-        best.setdefault(id_key(row["id"]), row)  # the first row of an id wins
-    rows = sorted(best.items(), key=lambda kv: order.get(kv[0], len(order)))
-    tmp = path.with_name(f".{path.name}.sorting")
-    with open(tmp, "wb") as f:
-        for _, row in rows:
-            f.write(encode_row(row))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # a kill before this line leaves the old (complete, unordered) file in place
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return len(rows)
+def write_work(todo: list[Prepared], path: Path) -> None:
+    """The workers' input: one line per prompt to generate (key, tokens, what the output row needs)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for t in todo:
+            if t.skipped:
+                continue
+            p = t.prompt
+            f.write(json.dumps({"key": p.index, "tokens": t.tokens, "id": p.id, "prompt": p.text,
+                                "extra": p.extra, "truncated": t.truncated}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 def iter_work(path: Path) -> Iterable[dict[str, Any]]:

@@ -45,7 +45,8 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     from llamakit.engine.api import EngineConfig, Request
     from llamakit.distributed import init_model_parallel
     from llamakit.engine.engine import build_engine
-    from llamakit.run.prompts import RowWriter, iter_work, output_row
+    from llamakit.run.output import RowWriter, output_row
+    from llamakit.run.prompts import iter_work
     from llamakit.tokenizer import Tokenizer
 
     if plan.device == "cuda":

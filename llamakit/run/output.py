@@ -1,0 +1,289 @@
+"""The output JSONL: row format, append-safe writer, torn-tail repair, what it already holds, and finishing a run."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llamakit.errors import LlamakitError
+
+if TYPE_CHECKING:
+    from llamakit.run.plan import Setup
+    from llamakit.run.prompts import Prompt
+
+log = logging.getLogger("llamakit.run")
+
+# Fields every output row starts with, in this order; the input's other fields follow unchanged.
+OUTPUT_FIELDS = ("id", "prompt", "completion", "prompt_tokens", "completion_tokens", "finish_reason")
+RESERVED = set(OUTPUT_FIELDS) | {"truncated"}
+
+def id_key(value: Any) -> str:
+    """Canonical form of an id for comparing input and output (7 and "7" stay different)."""
+    return json.dumps(value, ensure_ascii=False)
+
+def output_row(prompt_id: Any, text: str, extra: dict[str, Any], completion: str, prompt_tokens: int,
+               completion_tokens: int, finish_reason: str, truncated: bool = False) -> dict[str, Any]:
+    """One output object: the fixed fields first, `truncated` only when true, then the input's other fields."""
+    row: dict[str, Any] = {"id": prompt_id, "prompt": text, "completion": completion,
+                           "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                           "finish_reason": finish_reason}
+    if truncated:
+        row["truncated"] = True
+    row.update(extra)
+    return row
+
+
+def encode_row(row: dict[str, Any]) -> bytes:
+    """One JSONL line, UTF-8, non-ASCII kept as is (umlauts stay readable)."""
+    return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------- output file: writer, repair, resume, final order
+
+
+class RowWriter:
+    """Append-only JSONL writer: each row is one os.write under flock, fsync every `every` rows or `seconds`."""
+
+    def __init__(self, path: Path, every: int = 64, seconds: float = 2.0):
+        self.path = Path(path)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.every, self.seconds = every, seconds
+        self.pending = 0
+        self.last_sync = time.monotonic()
+        self.rows = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        data = encode_row(row)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)  # DP replicas append to the same file
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.rows += 1
+        self.pending += 1
+        if self.pending >= self.every or time.monotonic() - self.last_sync >= self.seconds:
+            self.sync()
+
+    def sync(self) -> None:
+        if self.pending:
+            os.fsync(self.fd)
+            self.pending = 0
+        self.last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.sync()
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "RowWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def torn_tail(path: Path) -> int:
+    """Bytes after the last newline (a row cut by a kill); 0 when the file ends cleanly or does not exist."""
+    if not path.is_file():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb") as f:
+        pos = size
+        block = 1 << 16
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                return size - (start + nl + 1)
+            pos = start
+    return size
+
+
+def repair_tail(path: Path) -> int:
+    """Cut a torn last line off the output (it is regenerated on resume); returns the bytes removed."""
+    cut = torn_tail(path)
+    if cut:
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.truncate(size - cut)
+            f.flush()
+            os.fsync(f.fileno())
+    return cut
+
+
+def read_rows(path: Path, ignore_torn_tail: bool = True) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) of every complete row of an output file; a damaged row other than a torn tail is an error."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    cut = torn_tail(path) if ignore_torn_tail else 0
+    if cut:
+        data = data[: len(data) - cut]
+    rows = []
+    for i, raw in enumerate(data.split(b"\n")):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise LlamakitError("output row is damaged (not a JSON line)",
+                                "delete that line; its prompt will be generated again on the next run",
+                                path, i + 1) from None
+        if not isinstance(row, dict) or "id" not in row:
+            raise LlamakitError("output row has no 'id'", "this is not a llamakit output file: choose another "
+                                "out_path, or delete the line", path, i + 1)
+        rows.append((i + 1, row))
+    return rows
+
+
+@dataclass
+class OutputState:
+    """What an existing output file already holds, checked against the prompts."""
+
+    done: set[str]  # id keys already written
+    torn_bytes: int  # bytes of a torn last line (repaired at start)
+    duplicates: int  # rows whose id appeared before (kept once by finalize)
+
+
+def scan_output(path: Path, prompts: list[Prompt]) -> OutputState:
+    """Ids already in `path`; rows for ids that are not in the prompt file, or made from another text for their
+    id, are an error (another dataset, or an edited prompt file)."""
+    wanted = {id_key(p.id): p for p in prompts}
+    done: set[str] = set()
+    dups = 0
+    for line, row in read_rows(path):
+        k = id_key(row["id"])
+        if k not in wanted:
+            raise LlamakitError(f"output already holds id {row['id']!r}, which is not in the prompt file",
+                                "it was written from other prompts: choose a new out_path, or move this file away",
+                                path, line)
+        p = wanted[k]
+        if "prompt" not in p.extra and isinstance(row.get("prompt"), str) and row["prompt"] != p.text:
+            raise LlamakitError(f"the row for id {row['id']!r} was generated from another text than the prompt file "
+                                f"now holds for that id (line {p.line})", "the prompt file changed since: give a "
+                                "new output file (--out NEW.jsonl), or restore the old prompts", path, line)
+        if k in done:
+            dups += 1
+        done.add(k)
+    return OutputState(done, torn_tail(path), dups)
+
+
+def finalize_output(path: Path, prompts: list[Prompt]) -> int:
+    """Rewrite the output in input order, each id once, atomically (temp file + rename); returns rows written."""
+    order = {id_key(p.id): i for i, p in enumerate(prompts)}
+    best: dict[str, dict[str, Any]] = {}
+    for _, row in read_rows(path):
+        best.setdefault(id_key(row["id"]), row)  # the first row of an id wins
+    rows = sorted(best.items(), key=lambda kv: order.get(kv[0], len(order)))
+    tmp = path.with_name(f".{path.name}.sorting")
+    with open(tmp, "wb") as f:
+        for _, row in rows:
+            f.write(encode_row(row))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # a kill before this line leaves the old (complete, unordered) file in place
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return len(rows)
+
+
+# ---------------------------------------------------------------- finishing a run (under the run's lock)
+
+
+@dataclass
+class Summary:
+    """What a run did; printed by the CLI and written to the log."""
+
+    out_path: str
+    log_path: str
+    total: int
+    already_done: int
+    generated: int
+    skipped: int
+    truncated: int
+    tokens: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        rate = f", {self.tokens / self.seconds:.1f} tok/s overall" if self.seconds > 0 and self.tokens else ""
+        out = [f"{self.total} prompts: {self.generated} generated now, {self.already_done} were already in the "
+               f"output (resumed), {self.skipped} skipped as too long, {self.truncated} truncated",
+               f"{self.tokens} tokens generated in {self.seconds:.1f} s including start-up{rate}",
+               f"output: {self.out_path}", f"log: {self.log_path}"]
+        return out + self.notes
+
+def clean_run_dir(run_dir: Path) -> None:
+    """After success, under the lock: keep only `lock` (removing it under a waiting run would let two in) and
+    plan.json (the settings this output was made with, so a re-run with other settings is told so)."""
+    for entry in run_dir.iterdir():
+        if entry.name in ("lock", "plan.json"):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def prepare_output(setup: Setup) -> int:
+    """Clear leftovers of a killed run, cut a torn last row, write the rows of skipped prompts; returns them."""
+    out_path, run_dir = Path(setup.plan.out_path), Path(setup.plan.run_dir)
+    for stale in [*run_dir.glob("error.rank*.json"), out_path.with_name(f".{out_path.name}.sorting")]:
+        stale.unlink(missing_ok=True)
+    cut = repair_tail(out_path)
+    if cut:
+        log.info("repaired the output: cut a torn last line of %d bytes (its prompt is generated again)", cut)
+    skipped = [t for t in setup.todo if t.skipped]
+    if skipped:
+        with RowWriter(out_path) as w:
+            for t in skipped:
+                p = t.prompt
+                w.write(output_row(p.id, p.text, p.extra, "", t.n_tokens, 0, "skipped"))
+        log.info("wrote %d rows with finish_reason skipped (prompt too long, on_long_prompt: skip)", len(skipped))
+    return len(skipped)
+
+def finish(setup: Setup, n_skipped: int, t0: float) -> Summary:
+    """Check every prompt has its row, rewrite the file in input order, and sum up."""
+    plan, out_path = setup.plan, Path(setup.plan.out_path)
+    state = scan_output(out_path, setup.prompts)
+    missing = [p for p in setup.prompts if id_key(p.id) not in state.done]
+    if missing:
+        raise LlamakitError(f"the workers finished but {len(missing)} prompts have no row "
+                            f"(first: id {missing[0].id!r})", "re-run the same command to complete them", out_path)
+    rows = finalize_output(out_path, setup.prompts)
+    log.info("wrote %d rows in input order", rows)
+    generated = [t for t in setup.todo if not t.skipped]
+    tokens = _tokens_of(out_path, {id_key(t.prompt.id) for t in generated})
+    summary = Summary(str(out_path), plan.log_path, plan.total, plan.already_done, len(generated), n_skipped,
+                      sum(1 for t in generated if t.truncated), tokens, time.monotonic() - t0,
+                      [f"note: {n}" for n in plan.notes])
+    for line in summary.lines():
+        log.info("summary: %s", line)
+    return summary
+
+def _tokens_of(path: Path, keys: set[str]) -> int:
+    total = 0
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            row = json.loads(raw)
+            if id_key(row["id"]) in keys:
+                total += int(row.get("completion_tokens", 0))
+    return total

@@ -1,0 +1,142 @@
+"""The resume contract: an output is continued only with the settings it was started with, by one run at a time."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llamakit.checkpoint.shards import Checkpoint
+from llamakit.errors import LlamakitError
+
+if TYPE_CHECKING:
+    from llamakit.run.plan import Plan
+
+# Settings that change the generated text: one output file must not mix them. The checkpoint and the tokenizer
+# are compared by content (Plan.fingerprints), so moving a project folder is no change; the prompts are checked
+# row by row against the prompt file (scan_output).
+TEXT_SETTINGS = ("max_gen_len",)
+TEXT_ENGINE_SETTINGS = ("max_seq_len", "temperature", "top_p", "seed", "quantize")
+CONTENT_SETTINGS = (("checkpoint", "ckpt_dir"), ("tokenizer", "tokenizer_path"))
+
+
+def fingerprints(ckpt: Checkpoint, tokenizer_path: Path) -> dict[str, str]:
+    """Short digests of what the text depends on. Checkpoint: params.json, checklist.chk (Meta's md5 of every
+    shard) and, per shard, its name, size and first and last MiB (a torch zip file ends with the CRC-32 of every
+    tensor), so fine-tunes of one shape differ; reading 2 MiB per shard keeps it instant. Tokenizer: the file."""
+    h = hashlib.sha256((ckpt.path / "params.json").read_bytes())
+    if (ckpt.path / "checklist.chk").is_file():
+        h.update((ckpt.path / "checklist.chk").read_bytes())
+    for shard in ckpt.shards:
+        size = shard.stat().st_size
+        h.update(f"{shard.name}:{size}".encode())
+        with open(shard, "rb") as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            h.update(f.read(1 << 20))
+    return {"checkpoint": h.hexdigest()[:16],
+            "tokenizer": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest()[:16]}
+
+
+def changed_settings(old: dict[str, Any], plan: Plan) -> list[str]:
+    """'temperature 0.8 -> 1.0' for every text-changing setting that differs from an earlier plan (as JSON)."""
+    new = asdict(plan)
+    out = []
+    for name, path_key in CONTENT_SETTINGS:
+        old_fp, new_fp = old.get("fingerprints", {}).get(name), new["fingerprints"].get(name)
+        if old_fp and new_fp:
+            if old_fp != new_fp:
+                out.append(f"{name} {old.get(path_key)!r} -> {new[path_key]!r}" if old.get(path_key) != new[path_key]
+                           else f"{name} files in {new[path_key]!r} changed")
+        elif path_key in old and old[path_key] != new[path_key]:  # a plan written before fingerprints
+            out.append(f"{path_key} {old[path_key]!r} -> {new[path_key]!r}")
+    out += [f"{k} {old[k]!r} -> {new[k]!r}" for k in TEXT_SETTINGS if k in old and old[k] != new[k]]
+    out += [f"{k} {old['engine'][k]!r} -> {new['engine'][k]!r}" for k in TEXT_ENGINE_SETTINGS
+            if k in old.get("engine", {}) and old["engine"][k] != new["engine"][k]]
+    return out
+
+
+def check_same_settings(plan: Plan, previous_plan: Path, rows_in_output: int) -> None:
+    """The output's earlier run (interrupted, or finished: its plan is kept) used other text-changing settings:
+    adding rows with the new ones would mix two datasets in one file, and re-running a finished output with new
+    settings would silently do nothing. Either is an error that names the changed settings."""
+    if rows_in_output == 0 or not previous_plan.is_file():
+        return  # no rows yet: nothing to mix
+    try:
+        old = json.loads(previous_plan.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return
+    changed = changed_settings(old, plan)
+    if not changed:
+        return
+    settings = "; ".join(changed)
+    if plan.pending == 0 and plan.already_done == plan.total:
+        raise LlamakitError(f"this output is complete and was written with other settings ({settings}), so "
+                            "nothing would be generated", "to generate with the new settings give a new output file "
+                            "(--out NEW.jsonl); to keep this one, leave the settings as they were", plan.out_path)
+    raise LlamakitError(f"this output was started with other settings ({settings}); adding rows now would mix "
+                        "them in one file", "resume with the settings it was started with, or give a new output "
+                        "file (--out NEW.jsonl) for the new ones", plan.out_path)
+
+
+class RunLock:
+    """One `llamakit run` per output file; also refuses to start while workers of a killed run still write."""
+
+    def __init__(self, run_dir: Path, out_path: Path):
+        self.run_dir, self.out_path = run_dir, out_path
+        self.fd = -1
+
+    @staticmethod
+    def check_free(run_dir: Path, out_path: Path) -> None:
+        """Raise the 'another run is writing' error now if a run holds the lock; creates nothing."""
+        lock = run_dir / "lock"
+        if not lock.is_file():
+            return
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLock._busy(fd, out_path) from None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _busy(fd: int, out_path: Path) -> LlamakitError:
+        """The error for a lock file that another run holds (its pid is written in it)."""
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return LlamakitError(f"another llamakit run (pid {other or '?'}) is writing this output",
+                             "wait for it to finish, or stop it; then re-run to resume", out_path)
+
+    def __enter__(self) -> "RunLock":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.run_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            err = self._busy(self.fd, self.out_path)
+            os.close(self.fd)
+            raise err from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        wfd = os.open(self.run_dir / "writers.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(wfd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # workers hold it shared while they write
+        except BlockingIOError:
+            os.close(wfd)
+            self.__exit__()
+            raise LlamakitError("worker processes of an earlier run are still writing this output",
+                                "wait for them to exit (or kill them: `pgrep -f llamakit.run.worker`), "
+                                "then re-run to resume", self.out_path) from None
+        fcntl.flock(wfd, fcntl.LOCK_UN)
+        os.close(wfd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+

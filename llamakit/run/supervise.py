@@ -1,0 +1,205 @@
+"""`llamakit run` after planning: take the lock, start torchrun, follow its progress, stop it cleanly, report a failure."""
+
+from __future__ import annotations
+import json
+import logging
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from llamakit.errors import LlamakitError
+from llamakit.run.output import Summary, clean_run_dir, finish, prepare_output
+from llamakit.run.plan import Plan, Setup, describe, free_port, torchrun_argv, worker_env
+from llamakit.run.prompts import write_work
+from llamakit.run.resume import RunLock
+
+log = logging.getLogger("llamakit.run")
+
+ProgressFn = Callable[["Progress"], None]
+
+
+@dataclass
+class Progress:
+    """Rows written so far by this run (all replicas), for the progress bar and the log."""
+
+    done: int
+    total: int  # rows this run has to write
+    tokens: int  # generated tokens counted since the first finished row (the rate ignores model loading)
+    elapsed: float  # seconds since the first finished row
+    phase: str  # "loading" until the first row arrives, then "generating"
+    all_tokens: int = 0  # every token this run wrote, and the seconds since launch: the rate when all rows
+    since_start: float = 0.0  # arrived in one poll (tiny models), where the first-row clock measured nothing
+
+    @property
+    def tok_per_s(self) -> float:
+        if self.tokens > 0 and self.elapsed > 0:
+            return self.tokens / self.elapsed
+        return self.all_tokens / self.since_start if self.since_start > 0 else 0.0
+
+
+def _collect_error(run_dir: Path) -> dict[str, Any] | None:
+    """The first failure among the per-rank error files (earliest time, then lowest rank)."""
+    errors = []
+    for p in run_dir.glob("error.rank*.json"):
+        try:
+            errors.append(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+    if not errors:
+        return None
+    return min(errors, key=lambda e: (e.get("time", 0), e.get("rank", 0)))
+
+
+class _Follower:
+    """Counts rows appended to the output file since the run started (all replicas write there)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.buf = b""
+        self.rows = 0
+        self.tokens = 0
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:  # not there yet (or not a file): nothing to count
+            return
+        self.offset += len(data)
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        for raw in lines:
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            self.rows += 1
+            self.tokens += int(row.get("completion_tokens", 0) or 0)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _log_to(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s launcher  %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return handler
+
+
+def _stop(proc: subprocess.Popen, plan: Plan, why: str) -> LlamakitError:
+    """Stop torchrun (it stops its workers), wait for it, and say how to resume."""
+    log.info("%s: stopping torchrun and the workers (torchrun's 'SignalException' tracebacks below are its "
+             "normal reaction to the stop, not another error)", why)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except ProcessLookupError:
+        pass
+    return LlamakitError(f"{why}; the rows written so far are kept", "re-run the same command to resume",
+                         plan.out_path)
+
+
+def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0.5) -> int:
+    """Start torchrun for the plan, follow the output until it exits; returns torchrun's exit code."""
+    plan = setup.plan
+    follower = _Follower(Path(plan.out_path))
+    env = worker_env(plan)
+    start = time.monotonic()
+    last_log = start
+    first: tuple[float, int] | None = None
+    stopped: list[str] = []
+
+    def on_term(signum: int, frame: object) -> None:  # `kill PID` of the launcher must not orphan the workers
+        stopped.append(signal.Signals(signum).name)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    with open(plan.log_path, "ab") as logf:  # torchrun's and the workers' own output goes to the log only
+        proc = subprocess.Popen(setup.argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
+        try:
+            while True:
+                if stopped:
+                    raise _stop(proc, plan, f"stopped by {stopped[0]}")
+                rc = proc.poll()
+                follower.poll()
+                now = time.monotonic()
+                if follower.rows and first is None:
+                    first = (now, follower.tokens)
+                # the rate counts from the first finished row, so model loading does not dilute it
+                prog = Progress(follower.rows, plan.pending, follower.tokens - (first[1] if first else 0),
+                                now - first[0] if first else 0.0, "generating" if follower.rows else "loading",
+                                follower.tokens, now - start)
+                if on_progress:
+                    on_progress(prog)
+                if now - last_log >= 30 or (rc is not None and follower.rows):
+                    log.info("progress: %d/%d rows, %d tokens, %.1f tok/s", prog.done, prog.total, follower.tokens,
+                             prog.tok_per_s)
+                    last_log = now
+                if rc is not None:
+                    return rc
+                time.sleep(poll_s)
+        except KeyboardInterrupt:  # Ctrl-C: torchrun got the same SIGINT from the terminal
+            raise _stop(proc, plan, "interrupted (Ctrl-C)") from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+def _worker_error(rc: int, plan: Plan) -> LlamakitError:
+    """The error to show when torchrun failed: the first failing rank's own line, once."""
+    err = _collect_error(Path(plan.run_dir))
+    if err is None:
+        log.error("torchrun exited with code %d and no worker reported an error", rc)
+        return LlamakitError(f"the worker processes failed (torchrun exit code {rc}) without a message",
+                             "see the end of the log; re-run the same command to resume", plan.log_path)
+    log.error("rank %s failed: %s", err.get("rank"), err.get("message"))
+    what = err.get("what") or err.get("message", "worker failed")
+    fix = err.get("fix") or f"see the traceback in the log ({plan.log_path})"
+    if "resume" not in fix:
+        fix += "; then re-run to resume"
+    return LlamakitError(f"rank {err.get('rank')}: {what}", fix, err.get("where"), err.get("line"))
+
+def execute(setup: Setup, on_progress: ProgressFn | None = None) -> Summary:
+    """Write the run folder, spawn the ranks, then check and reorder the output; raises the first rank's error."""
+    plan = setup.plan
+    handler = _log_to(Path(plan.log_path))
+    t0 = time.monotonic()
+    try:
+        with RunLock(Path(plan.run_dir), Path(plan.out_path)):
+            log.info("llamakit run %s", setup.loaded.path)
+            for line in describe(plan, setup.argv):
+                log.info("plan: %s", line)
+            if plan.pending or any(t.skipped for t in setup.todo):
+                # this run writes rows: record its settings before the first row (a resume compares them)
+                plan.master_port = free_port()  # fresh: the one picked while planning may be taken by now
+                setup.argv = torchrun_argv(plan, setup.plan_file)
+                plan.save(setup.plan_file)
+            n_skipped = prepare_output(setup)
+            if plan.pending:
+                write_work(setup.todo, Path(plan.work_path))
+                log.info("starting %d processes: %s", plan.nproc, " ".join(setup.argv))
+                rc = spawn(setup, on_progress)
+                if rc != 0:
+                    raise _worker_error(rc, plan)
+            summary = finish(setup, n_skipped, t0)
+            clean_run_dir(Path(plan.run_dir))
+        return summary
+    except LlamakitError as e:
+        log.error("error: %s", e.one_line())
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
