@@ -19,7 +19,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import torch
 
 from llamakit import defaults
-from llamakit.checkpoint.layout import DTYPES, expected_shapes, is_known, split_dim
+from llamakit.checkpoint.layout import DTYPES, EMBEDDING, embedding_split, expected_shapes, is_known, split_dim
 from llamakit.checkpoint.params import ModelConfig, identify, load_params
 from llamakit.checkpoint.shards import SHARD_RE, find_shards, load_shard
 from llamakit.errors import LlamakitError
@@ -69,6 +69,7 @@ class ModelInfo:
     vocab_size: int | None  # rows of tok_embeddings.weight
     dtype: str | None  # on disk: bf16 / fp16 / fp32 / "mixed (...)"
     allowed_mp: list[int] = field(default_factory=list)
+    chat: str = ""  # whether it looks like a chat / instruct model, and how sure that is (a sentence)
 
 
 @dataclass
@@ -101,6 +102,8 @@ class TokenizerInfo:
     eos_id: int
     pad_id: int
     matches_embedding: bool | None
+    kind: str = "sentencepiece"  # or "tiktoken" (Llama 3), told from the file's content
+    stop_ids: list[int] = field(default_factory=list)  # generation ends on any of these
 
 
 @dataclass
@@ -337,7 +340,8 @@ def _shape_diffs(expected: dict[str, tuple[int, ...]], actual: dict[str, tuple[i
 def _check_against_params(config: ModelConfig, shapes: dict[str, tuple[int, ...]], n_files: int, rope: bool,
                           where: Path, probs: list[Finding]) -> tuple[bool, int | None]:
     """Shapes vs params.json at the found MP; if they match another MP instead, shards are missing."""
-    vocab = shapes["tok_embeddings.weight"][0]
+    vp = embedding_split(config, shapes[EMBEDDING], n_files)
+    vocab = shapes[EMBEDDING][0] * (n_files if vp else 1)
     ok = True
     if config.vocab_size > 0 and config.vocab_size != vocab:
         ok = False
@@ -345,11 +349,12 @@ def _check_against_params(config: ModelConfig, shapes: dict[str, tuple[int, ...]
                  f"params.json says vocab_size {config.vocab_size} but the embedding has {vocab} rows",
                  "params.json does not belong to these shards: restore it from the original download",
                  where.parent / "params.json")
-    diffs = _shape_diffs(expected_shapes(config, vocab, n_files, rope), shapes)
+    diffs = _shape_diffs(expected_shapes(config, vocab, n_files, rope, vp), shapes)
     if not diffs:
         return ok, n_files
     for mp in config.allowed_mp(vocab):
-        if mp != n_files and not _shape_diffs(expected_shapes(config, vocab, mp, rope), shapes):
+        if mp != n_files and not _shape_diffs(expected_shapes(config, shapes[EMBEDDING][0] * (mp if vp else 1), mp,
+                                                              rope, vp), shapes):
             missing = [f"consolidated.{i:02d}.pth" for i in range(mp) if not (where.parent /
                                                                                f"consolidated.{i:02d}.pth").exists()]
             _problem(probs, "error", "shard-count",
@@ -365,16 +370,24 @@ def _check_against_params(config: ModelConfig, shapes: dict[str, tuple[int, ...]
     return False, None
 
 
-def _split_patterns(shapes: dict[str, tuple[int, ...]]) -> dict[str, int | None]:
+def _vocab_parallel(config: ModelConfig | None, shapes: dict[str, tuple[int, ...]], mp: int) -> bool:
+    """Whether the embedding is split by vocabulary (Llama 3) in these shards (see layout.embedding_split)."""
+    emb, norm = shapes.get(EMBEDDING), shapes.get("norm.weight")
+    if config is None:
+        return bool(mp > 1 and emb and norm and emb[1] == norm[0])
+    return embedding_split(config, emb, mp)
+
+
+def _split_patterns(shapes: dict[str, tuple[int, ...]], vocab_parallel: bool) -> dict[str, int | None]:
     """Split dimension per key pattern (layers.N collapsed to layers.*), in the shard's order."""
     out: dict[str, int | None] = {}
     for k in shapes:
         if is_known(k):
-            out.setdefault(re.sub(r"^layers\.\d+\.", "layers.*.", k), split_dim(k))
+            out.setdefault(re.sub(r"^layers\.\d+\.", "layers.*.", k), split_dim(k, vocab_parallel))
     return out
 
 
-def _count_params(shapes: dict[str, tuple[int, ...]], mp: int) -> int:
+def _count_params(shapes: dict[str, tuple[int, ...]], mp: int, vocab_parallel: bool) -> int:
     """Exact parameter count of the merged model from one shard's shapes (split keys times MP)."""
     total = 0
     for k, s in shapes.items():
@@ -383,7 +396,7 @@ def _count_params(shapes: dict[str, tuple[int, ...]], mp: int) -> int:
         n = 1
         for d in s:
             n *= d
-        total += n * (mp if split_dim(k) is not None else 1)
+        total += n * (mp if split_dim(k, vocab_parallel) is not None else 1)
     return total
 
 
@@ -396,10 +409,11 @@ def _model_info(config: ModelConfig | None, shapes: dict[str, tuple[int, ...]] |
                 dtypes: dict[str, torch.dtype] | None, mp: int) -> ModelInfo | None:
     if config is None and shapes is None:
         return None
-    vocab = shapes["tok_embeddings.weight"][0] if shapes and "tok_embeddings.weight" in shapes else None
+    vp = _vocab_parallel(config, shapes, mp) if shapes else False
+    vocab = shapes[EMBEDDING][0] * (mp if vp else 1) if shapes and EMBEDDING in shapes else None
     if vocab is None and config is not None and config.vocab_size > 0:
         vocab = config.vocab_size
-    count = _count_params(shapes, mp) if shapes else 0
+    count = _count_params(shapes, mp, vp) if shapes else 0
     if config is None:  # what the shapes alone tell
         assert shapes is not None
         dim = shapes["norm.weight"][0] if "norm.weight" in shapes else None
@@ -430,8 +444,24 @@ def _tokenizer_info(path: Path, explicit: str | Path | None, vocab: int | None,
     if matches is False:
         _problem(probs, "error", "tokenizer-vocab-mismatch",
                  f"tokenizer has {tok.n_words} tokens but the embedding has {vocab} rows",
-                 "use the tokenizer.model that came with this model (Meta's has 32000)", tok_path)
-    return TokenizerInfo(str(tok_path), tok.n_words, tok.bos_id, tok.eos_id, tok.pad_id, matches)
+                 "use the tokenizer.model that came with this model (Meta's LLaMA-1/2 has 32000, Llama 3 128256)",
+                 tok_path)
+    return TokenizerInfo(str(tok_path), tok.n_words, tok.bos_id, tok.eos_id, tok.pad_id, matches, tok.kind,
+                         sorted(tok.stop_ids))
+
+
+def chat_verdict(path: Path, llama3: bool) -> str:
+    """Whether the folder looks like a chat / instruct model. Base and chat weights have the same shapes, params.json
+    and tokenizer, so only Meta's folder names (Llama-2-7b-chat, Meta-Llama-3-8B-Instruct) tell; say so."""
+    fmt = "llama3-instruct" if llama3 else "llama2-chat"
+    names = [p.name for p in (path.resolve(), path.resolve().parent)]
+    hit = next((n for n in names if re.search(r"chat|instruct", n, re.IGNORECASE)), None)
+    if hit:
+        return (f"looks like a chat model (folder name {hit!r}; the files themselves cannot tell): "
+                f"use chat_format: {fmt}")
+    return ("cannot tell whether this is a base or a chat model: their files have the same shapes, params.json and "
+            f"tokenizer (Meta's folder names say it, e.g. ...-chat, ...-Instruct); for a chat model use chat_format: "
+            f"{fmt}")
 
 
 _CHK_LINE = re.compile(r"^([0-9a-fA-F]{32})\s+\*?(?:\./)?(.+?)\s*$")
@@ -645,13 +675,17 @@ def inspect_checkpoint(ckpt_dir: str | Path, tokenizer: str | Path | None = None
                                                          scan.readable[0], probs)
         mp = expected_mp or len(shard_paths)
         report.shards = ShardsInfo(len(shard_paths), expected_mp, scan.files, sum(f.bytes for f in scan.files),
-                                   "rope.freqs" in shapes0, consistent, matches, _split_patterns(shapes0))
+                                   "rope.freqs" in shapes0, consistent, matches,
+                                   _split_patterns(shapes0, _vocab_parallel(config, shapes0, len(shard_paths))))
     elif shard_paths:
         report.shards = ShardsInfo(len(shard_paths), None, scan.files, sum(f.bytes for f in scan.files),
                                    False, False, None, {})
     report.model = _model_info(config, shapes0, scan.dtypes[0] if scan.dtypes else None, mp or 1)
     vocab = report.model.vocab_size if report.model else None
     report.tokenizer = _tokenizer_info(path, tokenizer, vocab, probs)
+    if report.model is not None:
+        llama3 = report.tokenizer.kind == "tiktoken" if report.tokenizer else bool(config and config.llama3_family)
+        report.model.chat = chat_verdict(path, llama3)
     if vocab is None and report.tokenizer is not None:
         vocab = report.tokenizer.n_words
     report.checklist = _checklist(path, verify, progress, probs)

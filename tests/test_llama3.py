@@ -13,6 +13,7 @@ from llamakit.checkpoint.layout import merge_tensors, split_dim
 from llamakit.checkpoint.params import PRESETS, config_from_dict, identify
 from llamakit.checkpoint.shards import open_checkpoint
 from llamakit.errors import LlamakitError
+from llamakit.inspect import inspect_checkpoint
 from llamakit.model.llama import rope_tables
 from llamakit.tokenizer import Tokenizer, tokenizer_kind
 
@@ -99,3 +100,38 @@ def test_scaled_rope_equals_hf_llama3_rope_type(head_dim):
     assert torch.allclose(torch.atan2(sin[1], cos[1]), inv_freq.float(), rtol=1e-6, atol=0)
     plain_cos, _ = rope_tables(head_dim, 4, 500000.0)
     assert not torch.equal(plain_cos, cos)  # the low frequencies really are scaled
+
+
+def _shape_only_checkpoint(folder, config, mp):
+    """Meta's files of a full-size shape with every tensor a stride-0 view of one element: torch.save stores one
+    element per tensor, so the shards take kilobytes while their shapes are the real ones (all inspect reads)."""
+    from llamakit.checkpoint.layout import expected_shapes
+
+    folder.mkdir()
+    one = torch.zeros(1, dtype=torch.bfloat16)
+    shapes = expected_shapes(config, config.vocab_size, mp)  # Llama 3: the embedding split by vocabulary
+    for rank in range(mp):
+        torch.save({k: one.expand(*s) for k, s in shapes.items()}, folder / f"consolidated.{rank:02d}.pth")
+    (folder / "params.json").write_text(json.dumps(config.to_params_json()))
+    return folder
+
+
+@pytest.mark.parametrize("name,mp,label,count", [
+    ("llama3-8b", 1, "Llama 3 8B", 8_030_261_248), ("llama3.1-8b", 1, "Llama 3.1 8B", 8_030_261_248),
+    ("llama3-70b", 8, "Llama 3 70B", 70_553_706_496), ("llama3.1-70b", 8, "Llama 3.1 70B", 70_553_706_496)])
+def test_inspect_names_meta_llama3_folders_with_exact_counts(tmp_path, name, mp, label, count):
+    folder = _shape_only_checkpoint(tmp_path / f"Meta-{name}-Instruct", PRESETS[name], mp)
+    r = inspect_checkpoint(folder, gpus=[])
+    assert (r.model.name, r.model.param_count, r.model.vocab_size) == (label, count, 128256)
+    assert r.shards.matches_params and r.shards.split["tok_embeddings.weight"] == 0  # vocab-parallel
+    assert r.model.allowed_mp == [1, 2, 4, 8]
+    assert "looks like a chat model" in r.model.chat and "llama3-instruct" in r.model.chat
+    assert [p.code for p in r.problems] == ["tokenizer-missing"]
+
+
+def test_inspect_tiny_llama3_reports_tokenizer_and_cannot_tell_chat(tiny_factory):
+    r = inspect_checkpoint(tiny_factory("llama3", 2), gpus=[])
+    assert r.ok and r.model.vocab_size == 640 and r.model.param_count == r.model.param_count_params
+    assert r.shards.split["tok_embeddings.weight"] == 0 and r.shards.split["output.weight"] == 0
+    assert (r.tokenizer.kind, r.tokenizer.stop_ids, r.tokenizer.matches_embedding) == ("tiktoken", [385, 392, 393], True)
+    assert r.model.chat.startswith("cannot tell")

@@ -16,7 +16,7 @@ from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
 from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory, weight_dtype
 from llamakit.run.output import id_key, scan_output
-from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
+from llamakit.run.prompts import Prepared, Prompt, prepare, prompt_encoder, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
 from llamakit.run.resume import RunLock, check_same_settings, fingerprints
 from llamakit.tokenizer import Tokenizer, find_tokenizer
@@ -154,6 +154,7 @@ class Plan:
     omp_threads: int
     master_port: int
     memory: str = ""  # per-GPU memory estimate, for display
+    chat_format: str = "none"  # the recipe's (rows may set their own in their params object)
     notes: list[str] = field(default_factory=list)
     # what the text depends on, by content rather than path (a moved project folder is the same run):
     # "checkpoint" (params.json + shard names and sizes) and "tokenizer" (the file), as short sha256 digests
@@ -292,12 +293,12 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     tok_path = paths.tokenizer_path or find_tokenizer(paths.ckpt_dir)
     tok = Tokenizer(tok_path)
     check_tokenizer(ckpt, tok)
-    prompts = read_prompts(paths.prompt_path, r.prompt_field, r.id_field)
+    prompts = read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.chat_format)
     state = scan_output(paths.out_path, prompts)
     pending = [p for p in prompts if id_key(p.id) not in state.done]
     hint = f" (recipe {lr.describe('max_seq_len')})"
-    todo = prepare(pending, lambda texts: [[tok.bos_id] + ids for ids in tok.sp.encode(texts)],
-                   r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
+    todo = prepare(pending, prompt_encoder(tok, r.chat_format, paths.prompt_path, lr.describe("chat_format")),
+                   r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint, r.chat_format)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
     dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
                                   paths.ckpt_dir)
@@ -318,6 +319,7 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                 pending=sum(1 for t in todo if not t.skipped), already_done=len(prompts) - len(pending),
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
                 omp_threads=omp_threads(dev.nproc), master_port=free_port(), memory=mem, notes=notes,
+                chat_format=r.chat_format,
                 fingerprints=fingerprints(ckpt, Path(tok_path)))
     RunLock.check_free(run_dir, paths.out_path)  # a live run's own error comes first, not a settings mismatch
     check_same_settings(plan, run_dir / "plan.json", len(state.done))
