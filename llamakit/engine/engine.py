@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -12,37 +12,41 @@ from llamakit.checkpoint.shards import Checkpoint
 from llamakit.engine.api import Completion, EngineConfig, Request
 from llamakit.engine.runner import ModelRunner
 from llamakit.engine.scheduler import Scheduler
+from llamakit.engine.stopping import Stopping
 from llamakit.memory import CUDA_CONTEXT_BYTES, PREFILL_TOKENS, overhead_bytes, weight_dtype
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer, model_parallel_info
+from llamakit.tokenizer import Tokenizer, find_tokenizer
 
 log = logging.getLogger("llamakit.engine")
 
-EOS_ID = 2  # Meta's SentencePiece tokenizer: bos 1, eos 2 (the default when no tokenizer's stop_ids are given)
-
 
 class BatchEngine:
-    """Continuous batching over a fixed set of KV-cache slots (see Scheduler), one model step at a time."""
+    """Continuous batching over a fixed set of KV-cache slots (see Scheduler), one model step at a time.
+    `eos_ids` are the tokenizer's stop ids (eos; Llama 3: end_of_text, eom, eot; empty: never stop at eos);
+    `decode` (ids -> text) is needed for stop strings."""
 
-    def __init__(self, runner: ModelRunner, cfg: EngineConfig, stop_ids: Iterable[int] = (EOS_ID,)):
+    def __init__(self, runner: ModelRunner, cfg: EngineConfig, eos_ids: Sequence[int],
+                 decode: Callable[[list[int]], str] | None = None):
         self.runner = runner
         self.cfg = cfg
-        self.stop_ids = frozenset(stop_ids)
+        self.eos_ids = tuple(eos_ids)
+        self.stopping = Stopping(self.eos_ids, cfg.default_params(), decode)
         self.n_slots = runner.cache.n_slots
         prefill_tokens = PREFILL_TOKENS if runner.device.type == "cuda" else 2048
         self.prefill_tokens = max(prefill_tokens, cfg.max_seq_len)
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
-        sched = Scheduler(self.n_slots, self.cfg.max_seq_len, self.stop_ids, self.prefill_tokens)
+        sched = Scheduler(self.n_slots, self.cfg.max_seq_len, self.eos_ids, self.prefill_tokens, self.stopping)
         sched.add(requests)
         while sched.has_work():
             for group in sched.admit():
-                yield from sched.record(group, self.runner.prefill(group))
+                yield from sched.record(group, *self.runner.prefill(group))
             for src, dst, length in sched.compact():
                 self.runner.move(src, dst, length)
             running = sched.running
             if running:
-                yield from sched.record(running, self.runner.decode(running))
+                yield from sched.record(running, *self.runner.decode(running))
 
 
 def _kv_slots(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, device: torch.device) -> int:
@@ -63,12 +67,15 @@ def _kv_slots(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, device:
 
 
 def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None,
-                 stop_ids: Iterable[int] = (EOS_ID,)) -> BatchEngine:
+                 tokenizer: Tokenizer | None = None) -> BatchEngine:
     """Build the engine on this rank (after torch.distributed and fairscale model parallel are initialised).
 
     `rank` is the model-parallel rank (defaults to fairscale's); it picks shard consolidated.<rank>.pth.
-    `stop_ids`: the tokenizer's (Tokenizer.stop_ids); generation of a sequence ends on any of them.
+    `tokenizer` (default: the one next to the checkpoint) gives the stop ids (Tokenizer.stop_ids: eos, for Llama 3
+    also eom and eot; cfg.eos_id replaces them when set) and the text that stop strings are looked for in.
     """
+    tok = tokenizer or Tokenizer(find_tokenizer(ckpt.path))
+    eos_ids = eos_ids_for(tok, cfg.eos_id)
     mp_rank, mp_size = model_parallel_info()
     rank = mp_rank if rank is None else rank
     if mp_size != ckpt.mp:
@@ -77,18 +84,24 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None,
     dtype = DTYPES[cfg.dtype]
     model_cfg = ckpt.config.with_vocab(ckpt.vocab_rows)
     shard = ckpt.load(rank)
-    model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize,
-                                   vocab_parallel=ckpt.vocab_parallel)
+    model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize)
     del shard
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the loading temporaries (fused qkv/w13, casts) go back: free memory is real
-    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device), stop_ids)
+    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device), eos_ids, tok.decode)
 
 
-def engine_for_model(model: Transformer, cfg: EngineConfig, n_slots: int,
-                     stop_ids: Iterable[int] = (EOS_ID,)) -> BatchEngine:
+def eos_ids_for(tok: Tokenizer, eos_id: int | None) -> tuple[int, ...]:
+    """The ids that end a sequence like eos: the tokenizer's stop ids, or the one `eos_id` set (-1: none)."""
+    if eos_id is None:
+        return tuple(sorted(tok.stop_ids))
+    return (eos_id,) if eos_id >= 0 else ()
+
+
+def engine_for_model(model: Transformer, cfg: EngineConfig, n_slots: int, eos_ids: Sequence[int],
+                     decode: Callable[[list[int]], str] | None = None) -> BatchEngine:
     """An engine around an already built model: a KV cache of `n_slots` sequences, its runner, the scheduler."""
     mc = model.cfg
     n_kv_local = mc.kv_heads // model_parallel_info()[1]
     cache = KVCache(mc.n_layers, n_slots, n_kv_local, cfg.max_seq_len, mc.head_dim, model.dtype, model.device)
-    return BatchEngine(ModelRunner(model, cache, cfg), cfg, stop_ids)
+    return BatchEngine(ModelRunner(model, cache, cfg, eos_ids=eos_ids), cfg, eos_ids, decode)

@@ -30,8 +30,8 @@ def _setup_logging(rank: int) -> None:
 
 def completion_text(tok: Any, prompt_tokens: list[int], tokens: list[int]) -> str:
     """The generated text such that prompt + completion reads as the model's text (keeps the leading space)."""
-    head = tok.decode(prompt_tokens, cut_at_stop=False)  # a chat prompt holds the stop ids of earlier turns
-    full = tok.decode(prompt_tokens + tokens, cut_at_stop=False)
+    head = tok.decode(prompt_tokens)
+    full = tok.decode(prompt_tokens + tokens)
     return full[len(head):] if full.startswith(head) else tok.decode(tokens)
 
 
@@ -65,7 +65,7 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     t0 = time.monotonic()
     ckpt = open_checkpoint(plan.ckpt_dir)
     tok = Tokenizer(plan.tokenizer_path)
-    engine = build_engine(ckpt, EngineConfig(**plan.engine), mp_rank, stop_ids=tok.stop_ids)
+    engine = build_engine(ckpt, EngineConfig(**plan.engine), mp_rank, tok)
     log.info("engine ready in %.1f s", time.monotonic() - t0)
     # Replica dp_rank takes every dp-th prompt of the work list; all ranks of a model-parallel group read the
     # same list, so they feed the engine the same requests in the same order.
