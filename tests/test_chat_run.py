@@ -52,6 +52,7 @@ def test_chat_run_feeds_meta_token_ids_and_writes_rows_as_given(tiny_factory, tm
         assert row["id"] == given["id"] and row["prompt"] == given["prompt"]
         assert row["prompt_tokens"] == len(encode_prompt(tok, fmt, given["prompt"]))
         assert row["finish_reason"] in ("stop", "length") and row["completion_tokens"] <= 8
+        assert bool(row["completion"]) == (row["completion_tokens"] > 0)  # text of the answer only, never cut
     assert json.loads((tmp_path / ".out.jsonl.llamakit" / "plan.json").read_text())["chat_format"] == "llama3-instruct"
 
 

@@ -135,3 +135,43 @@ def test_inspect_tiny_llama3_reports_tokenizer_and_cannot_tell_chat(tiny_factory
     assert r.shards.split["tok_embeddings.weight"] == 0 and r.shards.split["output.weight"] == 0
     assert (r.tokenizer.kind, r.tokenizer.stop_ids, r.tokenizer.matches_embedding) == ("tiktoken", [385, 392, 393], True)
     assert r.model.chat.startswith("cannot tell")
+
+
+@pytest.mark.parametrize("mp_in,mp_out", [(8, 2), (1, 2)])
+def test_reshard_keeps_the_vocab_parallel_layout_and_every_weight(tiny_factory, tmp_path, mp_in, mp_out):
+    from llamakit.checkpoint.reshard import allowed_mp, reshard
+
+    src = tiny_factory("llama3.1", mp_in)
+    out = open_checkpoint(reshard(src, tmp_path / "out", mp_out).dst)
+    assert out.vocab_parallel and out.shapes[0]["tok_embeddings.weight"] == (640 // mp_out, 128)
+    ref = open_checkpoint(tiny_factory("llama3.1", 1)).load(0)
+    parts = [out.load(i) for i in range(mp_out)]
+    for key in ref:
+        assert torch.equal(merge_tensors(key, [p[key] for p in parts], True), ref[key]), key
+    assert allowed_mp(out) == [1, 2, 4, 8]  # 8 kv heads: kv heads are never repeated across ranks
+    with pytest.raises(LlamakitError, match="use one of: 1, 2, 4, 8"):
+        reshard(src, tmp_path / "mp16", 16)
+
+
+def test_int8_llama3_quantizes_linear_layers_and_keeps_first_tokens(tiny_factory, mp1_group):
+    from llamakit.engine.api import EngineConfig, Request
+    from llamakit.engine.engine import build_engine
+
+    ckpt = tiny_factory("llama3", 1)
+    tok = Tokenizer(ckpt / "tokenizer.model")
+    reqs = [Request(i, tok.encode(p), 4) for i, p in enumerate(["The city council", "Researchers at the", "A"])]
+    out = {}
+    for q in ("none", "int8"):
+        eng = build_engine(open_checkpoint(ckpt), EngineConfig(max_seq_len=64, max_batch_size=3, quantize=q))
+        out[q] = {c.request.key: c.tokens[:2] for c in eng.generate(reqs)}
+    assert eng.runner.model.output.weight.dtype == torch.int8  # the 128K-row head in llama3 is the big one
+    assert sum(out["none"][k] == out["int8"][k] for k in out["none"]) >= 2
+
+
+def test_memory_plan_70b_int8_on_two_48gb_and_8b_as_replicas():
+    from llamakit.memory import GiB, plan_memory
+
+    seventy, eight = PRESETS["llama3.1-70b"], PRESETS["llama3-8b"]
+    assert plan_memory(seventy, 128256, 2, "bf16", 8, 2048).weights > 48 * GiB
+    assert plan_memory(seventy, 128256, 2, "int8", 8, 2048).total < 45 * GiB
+    assert plan_memory(eight, 128256, 1, "bf16", 8, 2048).total < 22 * GiB  # one replica per 48 GB GPU

@@ -84,11 +84,15 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None,
     dtype = DTYPES[cfg.dtype]
     model_cfg = ckpt.config.with_vocab(ckpt.vocab_rows)
     shard = ckpt.load(rank)
-    model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize)
+    model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize,
+                                   vocab_parallel=ckpt.vocab_parallel)
     del shard
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the loading temporaries (fused qkv/w13, casts) go back: free memory is real
-    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device), eos_ids, tok.decode)
+    def decode(ids: list[int]) -> str:  # stop-string text: a chat prompt's tail holds <|eot_id|> of its last turn
+        return tok.decode(ids, cut_at_stop=False)
+
+    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device), eos_ids, decode)
 
 
 def eos_ids_for(tok: Tokenizer, eos_id: int | None) -> tuple[int, ...]:
