@@ -18,8 +18,7 @@ import torch
 
 from llamakit.checkpoint.layout import expected_shapes
 from llamakit.checkpoint.params import PRESETS, ModelConfig, load_params
-from llamakit.run.plan import free_port
-from llamakit.distributed import finish_and_exit, init_model_parallel
+from llamakit.distributed import finish_and_exit, free_port, init_model_parallel
 from llamakit.engine.api import EngineConfig, Request
 from llamakit.engine.engine import DTYPES, BatchEngine, engine_for_model
 from llamakit.errors import LlamakitError

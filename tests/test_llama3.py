@@ -13,7 +13,7 @@ from llamakit.checkpoint.layout import merge_tensors, split_dim
 from llamakit.checkpoint.params import PRESETS, config_from_dict, identify
 from llamakit.checkpoint.shards import open_checkpoint
 from llamakit.errors import LlamakitError
-from llamakit.inspect import inspect_checkpoint
+from llamakit.inspection import inspect_checkpoint
 from llamakit.model.llama import rope_tables
 from llamakit.tokenizer import Tokenizer, tokenizer_kind
 
