@@ -49,12 +49,12 @@ class Scheduler:
     Running sequences keep rows 0..n-1 (a hole is filled by moving the last one down), so a decode step is a
     prefix of the batch buffers; moving a row moves no cache data, only its block-table row."""
 
-    def __init__(self, n_slots: int, max_seq_len: int, eos_id: int, prefill_tokens: int, blocks: BlockManager,
+    def __init__(self, n_slots: int, max_seq_len: int, eos_ids: Iterable[int], prefill_tokens: int, blocks: BlockManager,
                  stopping: Stopping | None = None):
         self.n_slots = n_slots
         self.max_seq_len = max_seq_len
-        self.eos_id = eos_id
-        self.stopping = stopping or Stopping(eos_id, SamplingParams())
+        self.eos_ids = tuple(eos_ids)  # the tokenizer's stop ids (eos; Llama 3: end_of_text, eom, eot)
+        self.stopping = stopping or Stopping(self.eos_ids, SamplingParams())
         self.prefill_tokens = prefill_tokens
         self.blocks = blocks
         # admission keeps ~1% of the blocks free for running sequences to grow into (fewer preemptions)
