@@ -45,7 +45,7 @@ def _drive(sched: Scheduler, token: int = 7):
 
 def test_admission_waits_for_blocks_and_every_request_finishes():
     bm = BlockManager(1 + 8, 4)  # 32 tokens of cache
-    sched = Scheduler(n_slots=16, max_seq_len=32, eos_id=2, prefill_tokens=64, blocks=bm)
+    sched = Scheduler(n_slots=16, max_seq_len=32, eos_ids=(2,), prefill_tokens=64, blocks=bm)
     sched.add(Request(i, [5] * 10, 6) for i in range(6))  # 16 tokens (4 blocks) each at the end
     first = sched.admit()
     assert sum(len(g) for g in first) == 2  # 3 blocks (prompt + first token) each: only two fit 8
@@ -57,7 +57,7 @@ def test_admission_waits_for_blocks_and_every_request_finishes():
 
 def test_full_cache_preempts_the_newest_sequence_which_resumes_with_its_tokens():
     bm = BlockManager(1 + 6, 4)  # 24 tokens of cache
-    sched = Scheduler(n_slots=4, max_seq_len=24, eos_id=2, prefill_tokens=64, blocks=bm)
+    sched = Scheduler(n_slots=4, max_seq_len=24, eos_ids=(2,), prefill_tokens=64, blocks=bm)
     sched.add(Request(i, [5] * 6, 12) for i in range(3))  # 18 tokens (5 blocks) each at the end
     done, prefilled = _drive(sched)
     assert sched.preemptions > 0
