@@ -186,3 +186,20 @@ def test_dp_over_two_nodes_with_part_files_after_a_kill_resumes_by_resubmitting_
     assert job.returncode == 0, job.stdout + job.stderr
     assert "MP=1 x DP=2" in job.stdout and "were already done (resumed)" in job.stdout
     check_output(out, expected[1])
+
+
+def test_array_shares_run_alone_and_llamakit_merge_puts_them_in_input_order(world):
+    root, recipe, expected = world
+    r, out = recipe("shares", 1), root / "shares.jsonl"
+    cmd = [sys.executable, "-m", "llamakit", "run", str(r), "--share"]
+    tasks = [subprocess.Popen([*cmd, f"{k}/2"], cwd=root, env=env_for(root), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    res = [p.communicate(timeout=240) for p in tasks]
+    assert [p.returncode for p in tasks] == [0, 0], res
+    assert "share 1 of 2 is complete" in res[1][0] and f"llamakit merge {out}" in res[1][0]
+    assert not out.exists() and [p.name for p in part_files(out)] == ["shares.jsonl.part-s00of02-r000",
+                                                                      "shares.jsonl.part-s01of02-r000"]
+    merged = subprocess.run([sys.executable, "-m", "llamakit", "merge", str(out)], cwd=root, env=env_for(root),
+                            capture_output=True, text=True, timeout=60)
+    assert merged.returncode == 0, merged.stderr
+    check_output(out, expected[1])
