@@ -143,15 +143,15 @@ def test_mp2_split_over_two_nodes_a_killed_node_stops_the_other_and_the_rerun_re
 
 
 def write_fake_slurm(bin_dir: Path) -> None:
-    """srun: start the command once per node with SLURM_NODEID set, like one task per node; scontrol: hostnames."""
+    """srun: start the command once per node with SLURM_NODEID set, like one task per node, ending all when one
+    fails (--kill-on-bad-exit); scontrol: the job's host names."""
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("""#!/bin/bash
 while [[ $# -gt 0 && $1 == -* ]]; do shift; done
-pids=()
-for ((i = 0; i < SLURM_NNODES; i++)); do SLURM_NODEID=$i SLURM_PROCID=$i "$@" & pids+=($!); done
-rc=0
-for p in "${pids[@]}"; do wait "$p" || rc=$?; done
-exit $rc
+for ((i = 0; i < SLURM_NNODES; i++)); do SLURM_NODEID=$i SLURM_PROCID=$i "$@" & done
+for ((i = 0; i < SLURM_NNODES; i++)); do  # --kill-on-bad-exit: the first task that fails ends the others
+  wait -n || { rc=$?; kill $(jobs -p) 2>/dev/null; wait; exit $rc; }
+done
 """)
     (bin_dir / "scontrol").write_text("""#!/bin/bash
 [[ $1 == show && $2 == hostnames ]] || exit 1

@@ -111,6 +111,7 @@ def _connect(ip: str, port: int, timeout: float) -> str:
 def _port_busy(ip: str, port: int) -> bool:
     fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's TCPStore binds it
         try:
             s.bind((ip, port))
             return False

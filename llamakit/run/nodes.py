@@ -218,6 +218,7 @@ def _bindable(ip: str, port: int) -> bool:
     """Whether this machine can listen on ip:port (the address is its own and the port is free)."""
     fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's TCPStore: a closed run's port is free
         try:
             s.bind((ip, port))
             return True
