@@ -229,7 +229,7 @@ def clean_run_dir(run_dir: Path) -> None:
     """After success, under the lock: keep only `lock` (removing it under a waiting run would let two in) and
     plan.json (the settings this output was made with, so a re-run with other settings is told so)."""
     for entry in run_dir.iterdir():
-        if entry.name in ("lock", "plan.json") or entry.name.startswith("lock."):  # lock.nodeR: multi-node runs
+        if entry.name in ("lock", "plan.json") or entry.name.startswith("lock.node"):  # multi-node runs
             continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
