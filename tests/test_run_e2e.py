@@ -91,8 +91,8 @@ def test_run_writes_every_prompt_once_in_input_order(world, reference):
         assert r["finish_reason"] in ("stop", "length") and 0 <= r["completion_tokens"] <= 12
         assert r.get("truncated", False) == (i in LONG) and (r["prompt_tokens"] == 84) == (i in LONG)
     assert "Bürgermeister" in (root / "ref.jsonl").read_text(encoding="utf-8")  # umlauts written as they are
-    # after success the run folder keeps only its lock and the settings the output was made with
-    assert sorted(p.name for p in (root / ".ref.jsonl.llamakit").iterdir()) == ["lock", "plan.json"]
+    # after success the run folder keeps only its lock, the settings the output was made with and its status
+    assert sorted(p.name for p in (root / ".ref.jsonl.llamakit").iterdir()) == ["lock", "plan.json", "status.json"]
     assert f"{N} prompts: {N} generated now, 0 were already in the output" in res.stdout
     assert "Traceback" not in res.stdout + res.stderr and "torch.distributed" not in res.stderr
     log = (root / "ref.log").read_text(encoding="utf-8")

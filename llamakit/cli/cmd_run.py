@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llamakit.cli.app import app, console
 
@@ -20,10 +20,14 @@ def run_cmd(
                                  "command, start nothing."),
 ) -> None:
     """Generate a completion for every prompt of a recipe; re-run the same command to resume."""
-    from llamakit.run.supervise import Progress as RunProgress
-    from llamakit.run.plan import plan_run
+    import shlex
+    import sys
+
+    from llamakit.run.output import sample_rows
+    from llamakit.run.plan import describe, plan_run
+    from llamakit.run.progress import Progress as RunProgress
+    from llamakit.run.progress import fmt_duration
     from llamakit.run.supervise import execute
-    from llamakit.run.plan import describe
 
     flags = {"--out": ("out_path", out),
              "--nproc": ("nproc", None if nproc is None else (int(nproc) if nproc.isdigit() else nproc))}
@@ -33,24 +37,41 @@ def run_cmd(
             console.print(line, markup=False, soft_wrap=True)
         console.print("(dry run: nothing started; the run writes the plan file and picks a fresh free port)", style="dim")
         return
-    console.print(f"llamakit run: {setup.plan.pending} prompts to generate, {setup.plan.already_done} already done; "
-                  f"MP={setup.plan.mp} x DP={setup.plan.dp} on {setup.plan.device} ({setup.plan.dtype}); "
-                  f"log: {setup.plan.log_path}", markup=False, soft_wrap=True)
-    for note in setup.plan.notes:
+    plan = setup.plan
+    console.print(f"llamakit run: {plan.pending} prompts to generate, {plan.already_done} already done; "
+                  f"MP={plan.mp} x DP={plan.dp} on {plan.device} ({plan.dtype}); log: {plan.log_path}",
+                  markup=False, soft_wrap=True)
+    for note in plan.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                   console=console, transient=False)
-    task = bar.add_task("loading model", total=max(setup.plan.pending, 1), rate="")
+    if plan.pending:
+        console.print(f"it goes on if this terminal closes; from any shell: llamakit status {shlex.quote(plan.out_path)}",
+                      markup=False, soft_wrap=True, style="dim")
+    command = shlex.join(["llamakit", *sys.argv[1:]])
+    if plan.pending and console.is_terminal:
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+                       console=console, transient=False)
+        task = bar.add_task("loading model", total=max(plan.pending, 1), rate="", eta="")
 
-    def show(p: RunProgress) -> None:
-        bar.update(task, completed=p.done, description="generating" if p.done else "loading model",
-                   rate=f"{p.tok_per_s:.1f} tok/s" if p.done else "")
+        def show(p: RunProgress) -> None:
+            bar.update(task, completed=p.done, description="generating" if p.phase == "generating" else "loading model",
+                       rate=f"{p.tok_per_s_1m:.1f} tok/s" if p.done else "",
+                       eta=f"ETA {fmt_duration(p.eta_s)}" if p.eta_s is not None else "")
 
-    if setup.plan.pending:
         with bar:
-            summary = execute(setup, show)
-    else:
-        summary = execute(setup, None)
+            summary = execute(setup, show, command)
+    else:  # not a terminal (a file, a pipe, nohup): plain lines every 30 s and at each 10 % of the prompts
+
+        def plain(p: RunProgress) -> None:
+            if p.due:
+                console.print(p.line(), markup=False, soft_wrap=True)
+
+        summary = execute(setup, plain, command)
     for line in summary.lines():
         console.print(line, markup=False, soft_wrap=True)
+    if setup.loaded.recipe.ckpt_dir.startswith("builtin:"):  # the demo: show what came out
+        samples = sample_rows(plan.out_path, 3)
+        if samples:
+            console.print("a few generated texts (prompt -> completion):", markup=False)
+            for prompt, completion in samples:
+                console.print(f"  {prompt} -> {completion.strip()}", markup=False, soft_wrap=True)

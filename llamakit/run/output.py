@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamakit.errors import LlamakitError
+from llamakit.units import human_bytes
 
 if TYPE_CHECKING:
     from llamakit.run.plan import Setup
@@ -24,9 +25,11 @@ log = logging.getLogger("llamakit.run")
 OUTPUT_FIELDS = ("id", "prompt", "completion", "prompt_tokens", "completion_tokens", "finish_reason")
 RESERVED = set(OUTPUT_FIELDS) | {"truncated"}
 
+
 def id_key(value: Any) -> str:
     """Canonical form of an id for comparing input and output (7 and "7" stay different)."""
     return json.dumps(value, ensure_ascii=False)
+
 
 def output_row(prompt_id: Any, text: str, extra: dict[str, Any], completion: str, prompt_tokens: int,
                completion_tokens: int, finish_reason: str, truncated: bool = False) -> dict[str, Any]:
@@ -191,11 +194,15 @@ def finalize_output(path: Path, prompts: list[Prompt]) -> int:
         best.setdefault(id_key(row["id"]), row)  # the first row of an id wins
     rows = sorted(best.items(), key=lambda kv: order.get(kv[0], len(order)))
     tmp = path.with_name(f".{path.name}.sorting")
-    with open(tmp, "wb") as f:
-        for _, row in rows:
-            f.write(encode_row(row))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            for _, row in rows:
+                f.write(encode_row(row))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:  # e.g. a full disk: the unordered file stays complete, the partial copy goes
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)  # a kill before this line leaves the old (complete, unordered) file in place
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -220,22 +227,26 @@ class Summary:
     skipped: int
     truncated: int
     tokens: int
-    seconds: float
+    seconds: float  # the whole run, start-up included
     notes: list[str] = field(default_factory=list)
+    gen_seconds: float = 0.0  # since generation began (llamakit.run.progress: the one tok/s definition)
 
     def lines(self) -> list[str]:
-        rate = f", {self.tokens / self.seconds:.1f} tok/s overall" if self.seconds > 0 and self.tokens else ""
+        rate = (f", {self.tokens / self.gen_seconds:.1f} tok/s after loading the model"
+                if self.gen_seconds > 0 and self.tokens else "")
         out = [f"{self.total} prompts: {self.generated} generated now, {self.already_done} were already in the "
                f"output (resumed), {self.skipped} skipped as too long, {self.truncated} truncated",
                f"{self.tokens} tokens generated in {self.seconds:.1f} s including start-up{rate}",
                f"output: {self.out_path}", f"log: {self.log_path}"]
         return out + self.notes
 
+
 def clean_run_dir(run_dir: Path) -> None:
-    """After success, under the lock: keep only `lock` (removing it under a waiting run would let two in) and
-    plan.json (the settings this output was made with, so a re-run with other settings is told so)."""
+    """After success, under the lock: keep only `lock` (removing it under a waiting run would let two in),
+    plan.json (the settings this output was made with, so a re-run with other settings is told so) and the status
+    files (`llamakit status` reports the finished run)."""
     for entry in run_dir.iterdir():
-        if entry.name in ("lock", "plan.json"):
+        if entry.name in ("lock", "plan.json") or (entry.name.startswith("status") and entry.suffix == ".json"):
             continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -246,7 +257,8 @@ def clean_run_dir(run_dir: Path) -> None:
 def prepare_output(setup: Setup) -> int:
     """Clear leftovers of a killed run, cut a torn last row, write the rows of skipped prompts; returns them."""
     out_path, run_dir = Path(setup.plan.out_path), Path(setup.plan.run_dir)
-    for stale in [*run_dir.glob("error.rank*.json"), out_path.with_name(f".{out_path.name}.sorting")]:
+    for stale in [*run_dir.glob("error.rank*.json"), *run_dir.glob("ready.dp*"),
+                  out_path.with_name(f".{out_path.name}.sorting")]:
         stale.unlink(missing_ok=True)
     cut = repair_tail(out_path)
     if cut:
@@ -260,7 +272,8 @@ def prepare_output(setup: Setup) -> int:
         log.info("wrote %d rows with finish_reason skipped (prompt too long, on_long_prompt: skip)", len(skipped))
     return len(skipped)
 
-def finish(setup: Setup, n_skipped: int, t0: float) -> Summary:
+
+def finish(setup: Setup, n_skipped: int, t0: float, gen_seconds: float = 0.0) -> Summary:
     """Check every prompt has its row, rewrite the file in input order, and sum up."""
     plan, out_path = setup.plan, Path(setup.plan.out_path)
     state = scan_output(out_path, setup.prompts)
@@ -274,10 +287,11 @@ def finish(setup: Setup, n_skipped: int, t0: float) -> Summary:
     tokens = _tokens_of(out_path, {id_key(t.prompt.id) for t in generated})
     summary = Summary(str(out_path), plan.log_path, plan.total, plan.already_done, len(generated), n_skipped,
                       sum(1 for t in generated if t.truncated), tokens, time.monotonic() - t0,
-                      [f"note: {n}" for n in plan.notes])
+                      [f"note: {n}" for n in plan.notes], gen_seconds)
     for line in summary.lines():
         log.info("summary: %s", line)
     return summary
+
 
 def _tokens_of(path: Path, keys: set[str]) -> int:
     total = 0
@@ -287,3 +301,43 @@ def _tokens_of(path: Path, keys: set[str]) -> int:
             if id_key(row["id"]) in keys:
                 total += int(row.get("completion_tokens", 0))
     return total
+
+
+def space_note(out_path: Path, todo: list[Any], max_gen_len: int) -> str | None:
+    """A warning when the disk under the output has less free space than the run will write: its rows (prompt
+    and extra fields as given, at most max_gen_len tokens of about 4 bytes each in JSON, 120 bytes of fields)
+    plus a second copy of the whole file while it is put in input order at the end."""
+    rows = sum(len(encode_row({"prompt": t.prompt.text, **t.prompt.extra})) + 120 + 4 * max_gen_len
+               for t in todo if not t.skipped)
+    existing = out_path.stat().st_size if out_path.is_file() else 0
+    need = rows + existing + rows  # the rows, then the ordered copy of everything
+    folder = out_path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= need:
+        return None
+    return (f"the output may need up to {human_bytes(need)} (its rows, and a second copy while they are put in input "
+            f"order at the end), but only {human_bytes(free)} is free on the disk of {folder}: free space or set "
+            "out_path to another disk; a full disk stops the run (rows so far are kept)")
+
+
+def disk_full_error(out_path: Path) -> LlamakitError:
+    """The one line for a full disk under the output (worker and launcher say the same)."""
+    return LlamakitError(f"no space left on device writing {out_path}; the rows written so far are kept",
+                         f"free space on that disk (`df -h {out_path.parent}`) or set out_path to another disk (move "
+                         "the .jsonl and its run folder along), then re-run to resume", out_path)
+
+
+def sample_rows(out_path: str | Path, n: int = 3) -> list[tuple[str, str]]:
+    """(prompt, completion) of up to n generated rows of the output, for the demo's closing lines."""
+    found = []
+    for _, row in read_rows(Path(out_path)):
+        if row.get("finish_reason") != "skipped" and isinstance(row.get("completion"), str):
+            found.append((str(row.get("prompt", "")), row["completion"]))
+        if len(found) >= n:
+            break
+    return found

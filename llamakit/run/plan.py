@@ -15,7 +15,7 @@ from llamakit.engine.api import EngineConfig
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
 from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory, weight_dtype
-from llamakit.run.output import id_key, scan_output
+from llamakit.run.output import id_key, scan_output, space_note
 from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
 from llamakit.run.resume import RunLock, check_same_settings, fingerprints
@@ -306,6 +306,9 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                           quantize=r.quantize, fast=r.fast)
     mem, warn = memory_line(ckpt.config, ckpt.vocab_rows, dev, r.quantize, r.max_batch_size, r.max_seq_len)
     notes = [warn] if warn else []
+    space = space_note(paths.out_path, todo, r.max_gen_len)
+    if space:
+        notes.append(space)
     if state.torn_bytes:
         notes.append(f"the output's last line is torn ({state.torn_bytes} bytes, a killed run): it is cut off "
                      "and that prompt generated again")

@@ -367,5 +367,10 @@ def resolve_paths(lr: LoadedRecipe) -> RunPaths:
         prompt_path=prompts,
         out_path=out,
         log_path=log,
-        run_dir=out.parent / f".{out.name}.llamakit",
+        run_dir=run_dir_for(out),
     )
+
+
+def run_dir_for(out_path: Path) -> Path:
+    """The run folder of an output file: `.<out name>.llamakit/` next to it."""
+    return out_path.parent / f".{out_path.name}.llamakit"

@@ -105,6 +105,22 @@ class RunLock:
             os.close(fd)
 
     @staticmethod
+    def holder(run_dir: Path) -> str | None:
+        """The pid (as written in the lock file) of the run holding the lock, or None when no run holds it."""
+        lock = run_dir / "lock"
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+
+    @staticmethod
     def _busy(fd: int, out_path: Path) -> LlamakitError:
         """The error for a lock file that another run holds (its pid is written in it)."""
         other = os.pread(fd, 32, 0).decode(errors="replace").strip()
@@ -128,9 +144,13 @@ class RunLock:
         except BlockingIOError:
             os.close(wfd)
             self.__exit__()
-            raise LlamakitError("worker processes of an earlier run are still writing this output",
-                                "wait for them to exit (or kill them: `pgrep -f llamakit.run.worker`), "
-                                "then re-run to resume", self.out_path) from None
+            pids = _writers(self.run_dir)
+            stop = f"`kill {' '.join(map(str, pids))}`" if pids else \
+                f"`pkill -f 'llamakit.run.worker {self.run_dir / 'plan.json'}'`"
+            raise LlamakitError(f"worker processes of an earlier run are still writing this output"
+                                f"{' (pid ' + ', '.join(map(str, pids)) + ')' if pids else ''}",
+                                f"wait for them to exit, or stop them: {stop}; then re-run to resume",
+                                self.out_path) from None
         fcntl.flock(wfd, fcntl.LOCK_UN)
         os.close(wfd)
         return self
@@ -140,3 +160,15 @@ class RunLock:
             os.close(self.fd)
             self.fd = -1
 
+
+def _writers(run_dir: Path) -> list[int]:
+    """Pids of worker processes started for this run folder (their command line names its plan.json)."""
+    import psutil
+
+    plan = str(run_dir / "plan.json")
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if "llamakit.run.worker" in cmd and plan in cmd:
+            found.append(p.pid)
+    return sorted(found)
