@@ -18,6 +18,7 @@ import torch
 
 from llamakit.checkpoint.layout import expected_shapes
 from llamakit.checkpoint.params import PRESETS, ModelConfig, load_params
+from llamakit.lifeline import child_env, die_with_parent, guarded
 from llamakit.run.plan import free_port
 from llamakit.distributed import finish_and_exit, init_model_parallel
 from llamakit.engine.api import EngineConfig, Request
@@ -294,7 +295,7 @@ def bench(opts: BenchOptions) -> BenchResult:
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"llamakit-bench-{os.getpid()}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={opts.mp * opts.dp}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", "-m", "llamakit.bench", json.dumps(asdict(opts)), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(guarded(cmd), env=child_env(), capture_output=True, text=True)  # ends with bench
     if proc.returncode != 0 or not out.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise LlamakitError(f"benchmark workers failed: {tail[0][:300]}", "rerun with --debug or check `llamakit doctor`")
@@ -306,6 +307,8 @@ def bench(opts: BenchOptions) -> BenchResult:
 def _worker_main() -> None:
     """torchrun entry for MP>1: every rank builds its part; rank 0 writes the result file."""
     import torch.distributed as dist
+
+    die_with_parent()  # a rank ends with torchrun, torchrun with bench
 
     opts = BenchOptions(**json.loads(sys.argv[1]))
     local = int(os.environ.get("LOCAL_RANK", 0))
