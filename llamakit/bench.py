@@ -24,6 +24,7 @@ from llamakit.distributed import finish_and_exit, init_model_parallel
 from llamakit.engine.api import EngineConfig, Request
 from llamakit.engine.engine import DTYPES, BatchEngine, engine_for_model
 from llamakit.errors import LlamakitError
+from llamakit.fit import resolve_dtype
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer
 
@@ -261,9 +262,9 @@ def resolve(opts: BenchOptions) -> BenchOptions:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise LlamakitError("--device cuda but torch sees no GPU", "run `llamakit doctor` to see why")
-    dtype = opts.dtype
-    if dtype == "auto":
-        dtype = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+    ccs = ([torch.cuda.get_device_capability(i) for i in range(min(opts.mp * opts.dp, torch.cuda.device_count()))]
+           if device == "cuda" else [])
+    dtype = resolve_dtype(opts.dtype, device, ccs)
     if opts.dp < 1 or opts.mp < 1:
         raise LlamakitError("--mp and --dp must be at least 1", "e.g. --mp 2 --dp 1")
     if device == "cuda" and opts.mp * opts.dp > torch.cuda.device_count():

@@ -18,23 +18,18 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 import torch
 
+from llamakit import defaults
 from llamakit.checkpoint.layout import DTYPES, expected_shapes, is_known, split_dim
 from llamakit.checkpoint.params import ModelConfig, identify, load_params
 from llamakit.checkpoint.shards import SHARD_RE, find_shards, load_shard
-from llamakit.engine.api import EngineConfig
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo, detect_gpus
-from llamakit.memory import DTYPE_BYTES, GiB, max_batch_that_fits, plan_memory, weight_dtype
+from llamakit.fit import CARD_SIZES_GB, FitOption, card_bytes, fit_options, reshard_command, resolve_dtype, verdict
+from llamakit.memory import DTYPE_BYTES, GiB, plan_memory, weight_dtype
 from llamakit.tokenizer import Tokenizer, find_tokenizer
 
 SCHEMA = "llamakit.inspect/1"
-DEFAULT_BATCH = EngineConfig().max_batch_size
-DEFAULT_SEQ = EngineConfig().max_seq_len
-DEFAULT_DTYPE = "bf16"
-# Card sizes as sold ("48 GB"); NVML reports a bit less (an RTX A6000: 47.99 GiB), hence USABLE.
-CARD_SIZES_GB = (16, 24, 40, 48, 80, 141)
-USABLE = 0.99
-GPU_COUNTS = (1, 2, 4, 8)
+DEFAULT_BATCH, DEFAULT_SEQ, DEFAULT_DTYPE = defaults.MAX_BATCH_SIZE, defaults.MAX_SEQ_LEN, defaults.DTYPE
 TORCH_DTYPES = {t: name for name, t in DTYPES.items()}
 ProgressFn = Callable[[str, int, int], None]  # (file name, bytes done over all files, bytes total)
 
@@ -132,16 +127,6 @@ class GpuView:
     name: str
     total_bytes: int
     free_bytes: int
-
-
-@dataclass
-class FitOption:
-    """`gpus` cards of `gpu_gb` GB each hold the model at `dtype` (per_gpu_bytes each)."""
-
-    dtype: str
-    gpus: int
-    gpu_gb: int
-    per_gpu_bytes: int
 
 
 @dataclass
@@ -507,32 +492,13 @@ def _checklist(path: Path, verify: bool, progress: ProgressFn | None, probs: lis
 
 
 # ----------------------------------------------------------------------------------------------- memory
-def _card_bytes(gb: int) -> int:
-    return int(gb * GiB * USABLE)
-
-
-def fit_options(config: ModelConfig, vocab: int, dtype: str, batch: int, seq: int) -> list[FitOption]:
-    """For 1, 2, 4, 8 GPUs (where MP divides the shape): the smallest card that holds one rank; only
-    options that need smaller cards than all options with fewer GPUs are kept."""
-    out: list[FitOption] = []
-    allowed = config.allowed_mp(vocab)
-    for n in GPU_COUNTS:
-        if n not in allowed:
-            continue
-        total = plan_memory(config, vocab, n, dtype, batch, seq).total
-        size = next((gb for gb in CARD_SIZES_GB if total <= _card_bytes(gb)), None)
-        if size is not None and all(size < o.gpu_gb for o in out):
-            out.append(FitOption(dtype, n, size, total))
-    return out
-
-
 def fit_summary(options: list[FitOption], dtype: str) -> str:
     """'needs 1x 40 GB or 2x 24 GB at bf16' (or that no listed card count and size is enough)."""
     opts = [o for o in options if o.dtype == dtype]
     if not opts:
         return f"at {dtype} it does not fit on 8 GPUs of {CARD_SIZES_GB[-1]} GB"
     first = opts[0]
-    if first.gpus == 1 and first.per_gpu_bytes <= _card_bytes(CARD_SIZES_GB[0]) // 2:
+    if first.gpus == 1 and first.per_gpu_bytes <= card_bytes(CARD_SIZES_GB[0]) // 2:
         # far below the smallest listed card: naming "16 GB" would mislead (the demo model needs 1.5 GiB)
         return f"needs 1 GPU with {_gib(first.per_gpu_bytes)} free at {dtype}"
     return "needs " + " or ".join(f"{o.gpus}x {o.gpu_gb} GB" for o in opts) + f" at {dtype}"
@@ -544,7 +510,7 @@ def _gib(n: int) -> str:
 
 def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, seq: int,
                 gpus: list[GpuInfo], ckpt: str) -> MemoryInfo:
-    """The plan at the checkpoint's MP, a fit verdict for this machine and the advice that follows."""
+    """The plan at the checkpoint's MP and llamakit.fit's verdict for this machine, in inspect's words."""
     plan = plan_memory(config, vocab, mp, dtype, batch, seq)
     views = [GpuView(g.index, g.name, g.total_bytes, g.free_bytes) for g in gpus]
     options = fit_options(config, vocab, dtype, batch, seq)
@@ -556,11 +522,9 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
     else:
         n, smallest = len(gpus), min(g.total_bytes for g in gpus)
         card = f"{gpus[0].name} ({_gib(smallest)})"
-        if mp <= n:
-            max_batch = max_batch_that_fits(config, vocab, mp, dtype, seq, smallest)
-            fits_here = plan.fits(smallest)
-        else:
-            fits_here = False
+        v = verdict(config, vocab, mp, dtype, batch, seq, smallest, n)
+        fits_here = v.fits
+        max_batch = v.max_batch if mp <= n else None
         if fits_here:
             line = f"fits: {_gib(plan.total)} per GPU at MP {mp} on {card}; "
             copies = n // mp
@@ -577,7 +541,7 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
                 advice.append(f"MP {mp} at {dtype} needs {_gib(plan.total)} per GPU; {card} is too small")
                 if max_batch:
                     advice.append(f"lower --batch to {max_batch} (or --seq) and it fits")
-            advice.extend(_what_would_fit(config, vocab, mp, dtype, batch, seq, n, smallest, ckpt))
+            advice.extend(_fix_words(v, config, vocab, dtype, batch, seq, ckpt))
     if dtype != "int8":  # int8 options only where they beat every option at the chosen dtype
         options += [o for o in fit_options(config, vocab, "int8", batch, seq)
                     if not any(c.gpus <= o.gpus and c.gpu_gb <= o.gpu_gb for c in options)]
@@ -585,26 +549,20 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
                       fits_here, max_batch, options, advice)
 
 
-def _what_would_fit(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, seq: int, n_gpus: int,
-                    gpu_bytes: int, ckpt: str) -> list[str]:
-    """On these GPUs: a different MP (reshard), int8 weights, or both; else which GPUs it needs."""
-    for dt in ([dtype, "int8"] if dtype != "int8" else [dtype]):
-        for m in config.allowed_mp(vocab):
-            if m > n_gpus:
-                break
-            plan = plan_memory(config, vocab, m, dt, batch, seq)
-            if not plan.fits(gpu_bytes):
-                continue
-            out = []
-            if m != mp:
-                out.append(f"reshard to MP {m}: `llamakit reshard {ckpt} DST --mp {m}` "
-                           f"({_gib(plan.total)} per GPU at {dt})")
-            if dt != dtype:
-                out.append(f"it does not fit these GPUs at {dtype} but does at int8: "
-                           "set `quantize: int8` in the recipe")
-            return out
-    return [f"no MP fits {n_gpus} GPU(s) of {_gib(gpu_bytes)}, not even at int8; "
-            f"{fit_summary(fit_options(config, vocab, dtype, batch, seq), dtype)}"]
+def _fix_words(v, config: ModelConfig, vocab: int, dtype: str, batch: int, seq: int, ckpt: str) -> list[str]:
+    """The verdict's reshard and int8 changes (a lower batch alone is worded by the caller)."""
+    if v.fix_plan is None:
+        return [f"no MP fits {v.n_gpus} GPU(s) of {_gib(v.gpu_bytes)}, not even at int8; "
+                f"{fit_summary(fit_options(config, vocab, dtype, batch, seq), dtype)}"]
+    out = []
+    if v.mp_to:
+        out.append(f"reshard to MP {v.mp_to}: `{reshard_command(ckpt, v.mp_to)}` "
+                   f"({_gib(v.fix_plan.total)} per GPU at {v.fix_plan.dtype})")
+    if v.int8:
+        out.append(f"it does not fit these GPUs at {dtype} but does at int8: set `quantize: int8` in the recipe")
+    if v.batch_to and out:
+        out.append(f"with --batch {v.batch_to}")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- entry points
@@ -677,7 +635,8 @@ def recipe_settings(recipe_path: str | Path) -> dict[str, Any]:
                             "pass --batch, --seq and --dtype instead of --recipe") from None
     loaded = load_recipe(recipe_path)
     r = loaded.recipe
-    dtype = weight_dtype(DEFAULT_DTYPE if r.dtype == "auto" else r.dtype, r.quantize)
+    ccs = [g.compute_capability for g in detect_gpus()] if r.dtype == "auto" and r.device != "cpu" else []
+    dtype = weight_dtype(resolve_dtype(r.dtype, r.device, ccs), r.quantize)
     return {"batch": r.max_batch_size, "seq": r.max_seq_len, "dtype": dtype,
             "tokenizer": resolve_path(loaded, "tokenizer_path", r.tokenizer_path) if r.tokenizer_path else None,
             "ckpt_dir": resolve_path(loaded, "ckpt_dir", r.ckpt_dir)}

@@ -155,7 +155,8 @@ class Sizing:
 def choose_size(config: ModelConfig, vocab_rows: int, mp: int, model: str, lengths: list[int], max_gen_len: int,
                 target: Target, ckpt_path: Path) -> Sizing:
     """Pure rule: max_seq_len from the longest prompt, max_batch_size (and int8 if needed) from the memory plan."""
-    from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory, weight_dtype
+    from llamakit.fit import mp_within, reshard_command, verdict
+    from llamakit.memory import fmt_gib, plan_memory, weight_dtype
 
     longest = max(lengths)
     notes: list[str] = []
@@ -178,25 +179,29 @@ def choose_size(config: ModelConfig, vocab_rows: int, mp: int, model: str, lengt
     quantize, fits_batch, per_gpu = "none", 0, ""
     if n:
         if n < mp:
+            budget = int(min(g.total_bytes for g in target.gpus) * HEADROOM)
+            v = verdict(config, vocab_rows, mp, "bf16", 1, max_seq_len, budget, n)
+            m = v.mp_to or mp_within(mp, n)
             raise LlamakitError(f"this checkpoint has MP={mp} shards and needs {mp} GPUs for one copy, but the recipe "
                                 f"is for {n} GPU(s) ({target.label()})",
-                                f"reshard it first: llamakit reshard {ckpt_path} ~/llama/{ckpt_path.name}-mp{n} --mp "
-                                f"{n}, then run new-recipe with that folder (it adds quantize: int8 if needed)",
-                                str(ckpt_path))
+                                f"reshard it first: {reshard_command(ckpt_path, m)}, then run new-recipe with that "
+                                "folder (it adds quantize: int8 if needed)", str(ckpt_path))
         dp = n // mp
         gpu_total = min(g.total_bytes for g in target.gpus[: mp * dp])
         gpu_bytes = int(gpu_total * HEADROOM)
-        fits_batch = max_batch_that_fits(config, vocab_rows, mp, "bf16", max_seq_len, gpu_bytes, cap=4096)
-        if fits_batch == 0:
-            fits_batch = max_batch_that_fits(config, vocab_rows, mp, "int8", max_seq_len, gpu_bytes, cap=4096)
-            if fits_batch == 0:
-                w = plan_memory(config, vocab_rows, mp, "int8", 1, max_seq_len)
-                more = (f"reshard to MP={n} to spread it over all {n} GPUs: llamakit reshard {ckpt_path} "
-                        f"~/llama/{ckpt_path.name}-mp{n} --mp {n}" if n > mp else
-                        "use a machine with more or larger GPUs")
-                raise LlamakitError(f"{model} at MP={mp} does not fit {fmt_gib(gpu_total)} per GPU even with int8 "
-                                    f"weights ({fmt_gib(w.total)} at batch 1, max_seq_len {max_seq_len})", more,
-                                    str(ckpt_path))
+        # the largest batch at this MP (no reshard: the recipe is for this folder), bf16 first, else int8
+        v = verdict(config, vocab_rows, mp, "bf16", 4096, max_seq_len, gpu_bytes, mp, cap=4096)
+        if not v.fits and v.fix_plan is None:
+            w = plan_memory(config, vocab_rows, mp, "int8", 1, max_seq_len)
+            wider = verdict(config, vocab_rows, mp, "bf16", 1, max_seq_len, gpu_bytes, n)
+            more = (f"reshard to MP={wider.mp_to} to spread it over {wider.mp_to} GPUs: "
+                    f"{reshard_command(ckpt_path, wider.mp_to)}" if wider.mp_to else
+                    "use a machine with more or larger GPUs")
+            raise LlamakitError(f"{model} at MP={mp} does not fit {fmt_gib(gpu_total)} per GPU even with int8 "
+                                f"weights ({fmt_gib(w.total)} at batch 1, max_seq_len {max_seq_len})", more,
+                                str(ckpt_path))
+        fits_batch = v.max_batch if v.fits else (v.batch_to or 4096)
+        if v.int8:
             quantize = "int8"
             notes.append(f"the bf16 weights do not fit {fmt_gib(gpu_total)} per GPU at MP={mp}: the recipe uses "
                          "quantize: int8 (about half the weight memory, slightly different text)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llamakit.engine import kernels as K
+from llamakit.model import kernels as K
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

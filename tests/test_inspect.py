@@ -262,7 +262,7 @@ def test_mp4_on_two_gpus_suggests_reshard(tiny_factory):
     assert r.memory.fits_here is False and r.ok  # a warning, not an error: the checkpoint is fine
     assert "does-not-fit" in codes(r)
     assert r.memory.advice[0] == "this checkpoint has MP 4, so it needs 4 GPUs; this machine has 2"
-    assert f"`llamakit reshard {ckpt} DST --mp 1`" in r.memory.advice[1]
+    assert f"`llamakit reshard {ckpt} {ckpt}-mp1 --mp 1`" in r.memory.advice[1]
 
 
 def test_int8_suggested_when_bf16_does_not_fit():

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 KERNEL_CHECK = r"""
 import json, sys, torch
-from llamakit.engine import kernels as K
+from llamakit.model import kernels as K
 from llamakit.model.llama import rope_tables
 torch.manual_seed(0)
 res = {}

@@ -41,7 +41,7 @@ def probe(cc: int) -> dict:
         return k
 
     jit.JITFunction.run = run
-    from llamakit.engine import kernels as K
+    from llamakit.model import kernels as K
 
     dev, bf = "cuda", torch.bfloat16
     # (heads, kv heads, dim) per rank: 7B MP=1, 13B MP=2, 70B-style GQA MP=2

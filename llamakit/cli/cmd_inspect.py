@@ -15,14 +15,13 @@ from llamakit.cli.app import app, console, err_console
 from llamakit.units import human_bytes
 from llamakit.errors import LlamakitError
 from llamakit.explain import explain_param, explain_texts
-from llamakit.engine.api import EngineConfig
+from llamakit import defaults
 
 if TYPE_CHECKING:
     from llamakit.inspect import InspectReport
 
-# The same defaults as llamakit.inspect (checked by a test); importing that module here would pull torch into
-# every `llamakit --help`.
-DEFAULT_BATCH, DEFAULT_SEQ, DEFAULT_DTYPE = EngineConfig().max_batch_size, EngineConfig().max_seq_len, "bf16"
+# llamakit.defaults, not llamakit.inspect: importing that here would pull torch into every `llamakit --help`.
+DEFAULT_BATCH, DEFAULT_SEQ, DEFAULT_DTYPE = defaults.MAX_BATCH_SIZE, defaults.MAX_SEQ_LEN, defaults.DTYPE
 
 def _count(n: int) -> str:
     return f"{n:,} ({n / 1e9:.2f} B)" if n >= 1e8 else f"{n:,}"

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamakit import defaults
 from llamakit.gpus import apply_visible_devices
 
 # Environment variables a finished or crashed torchrun leaves behind; they change what a new launch does.
@@ -53,8 +54,8 @@ class RecipeFact:
     """The parts of a recipe that decide fit and launch (defaults when only --ckpt-dir was given)."""
 
     path: str | None = None
-    max_seq_len: int = 2048
-    max_batch_size: int = 1
+    max_seq_len: int = defaults.MAX_SEQ_LEN
+    max_batch_size: int = defaults.MAX_BATCH_SIZE
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on compute capability >= 8.0, else fp16)
     device: str = "auto"  # auto | cuda | cpu
     nproc: str | int = "auto"
@@ -437,8 +438,4 @@ def gather(ckpt_dir: str | Path | None = None, recipe: str | Path | None = None,
         f.errors["host"] = _err(e)
     if ck_path:
         f.ckpt = _ckpt(ck_path)
-        if f.recipe and not f.recipe.path and f.ckpt.config is not None:
-            extra = getattr(f.ckpt.config, "extra", {}) or {}
-            f.recipe.max_seq_len = int(extra.get("max_seq_len", f.recipe.max_seq_len))
-            f.recipe.max_batch_size = int(extra.get("max_batch_size", f.recipe.max_batch_size))
     return f

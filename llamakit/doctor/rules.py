@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from llamakit.doctor.facts import Facts, GpuFact
+from llamakit.fit import Verdict, reshard_command, reshard_destination, resolve_dtype, verdict, weight_dtype
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 GiB = 1024**3
@@ -413,7 +414,7 @@ def rule_ram(f: Facts) -> CheckResult:
         if f.ram_available_bytes < c.largest_shard_bytes:
             return CheckResult("ram", FAIL, f"{finding} < largest shard {gib(c.largest_shard_bytes)}",
                                "free memory (see `free -h`, stop other jobs), or reshard into more, smaller shards: "
-                               f"llamakit reshard {c.path} {c.path}-mp{c.mp * 2} --mp {c.mp * 2}")
+                               + reshard_command(c.path, c.mp * 2))
         if f.ram_available_bytes < c.total_bytes:
             return CheckResult("ram", WARN, f"{finding} < the whole checkpoint {gib(c.total_bytes)}: loading all "
                                "shards at once streams from disk (slow start)", "free memory (see `free -h`)")
@@ -524,25 +525,32 @@ def rule_checkpoint(f: Facts) -> CheckResult:
 
 
 def _dtype(f: Facts, t: dict[str, Any] | None = None) -> str:
-    """The weight dtype run will use: int8 when quantized, auto = bf16 on compute capability >= 8.0 else fp16."""
+    """The weight dtype run will use (llamakit.fit decides `auto`; the recipe's quantize: int8 counts int8)."""
     r = f.recipe
-    if r and r.quantize and "int8" in r.quantize:
-        return "int8"
-    name = (r.dtype if r else "auto").lower().replace("torch.", "")
-    name = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}.get(name, name)
-    if name in ("bf16", "fp16", "fp32"):
-        return name
+    quantize = "int8" if r and r.quantize and "int8" in r.quantize else "none"
     ccs = [gpu_cc(g, t or tables()) for g in f.gpus]
-    return "bf16" if ccs and all(c and c >= (8, 0) for c in ccs) else "fp16"
+    return weight_dtype(resolve_dtype(r.dtype if r else "auto", "cuda", ccs), quantize)
 
 
-def _fits(f: Facts, mp: int, dtype: str) -> tuple[bool, int]:
-    from llamakit.memory import plan_memory
+def _verdict(f: Facts, gpu_bytes: int, n_gpus: int) -> Verdict:
+    """llamakit.fit's verdict for the checkpoint and recipe on `n_gpus` GPUs of `gpu_bytes`."""
     c, r = f.ckpt, f.recipe
     assert c is not None and r is not None
-    plan = plan_memory(c.config, c.vocab_size, mp, dtype, r.max_batch_size, r.max_seq_len)
-    smallest = min(g.total_bytes for g in f.gpus) if f.gpus else 0
-    return plan.total <= smallest, plan.total
+    return verdict(c.config, c.vocab_size, c.mp, _dtype(f), r.max_batch_size, r.max_seq_len, gpu_bytes, n_gpus)
+
+
+def _fix_words(v: Verdict, src: str) -> str:
+    """A reshard / int8 / batch change of the verdict as the fix line ('' when nothing on these GPUs fits)."""
+    assert v.fix_plan is not None
+    parts = []
+    if v.mp_to:
+        dst = reshard_destination(src, v.mp_to)
+        parts.append(f"{reshard_command(src, v.mp_to)}, then use {dst} as ckpt_dir")
+    if v.int8:
+        parts.append(f"set `quantize: int8` in the recipe (needs {gib(v.fix_plan.total)} per GPU)")
+    if v.batch_to:
+        parts.append(f"set max_batch_size: {v.batch_to}")
+    return " and ".join(parts)
 
 
 def rule_mp_plan(f: Facts) -> CheckResult:
@@ -572,15 +580,14 @@ def rule_mp_plan(f: Facts) -> CheckResult:
     if f.gpus_total >= mp and f.cuda_visible_devices is not None:
         return CheckResult("mp-plan", FAIL, finding, f"unset CUDA_VISIBLE_DEVICES={f.cuda_visible_devices!r}: it hides "
                            f"{f.gpus_total - n} of {f.gpus_total} GPUs")
-    dst = f"{c.path.rstrip('/')}-mp{n}"
-    fits, need = _fits(f, n, _dtype(f))
-    if fits:
-        fix = f"llamakit reshard {c.path} {dst} --mp {n}, then use {dst} as ckpt_dir"
+    smallest = min(g.total_bytes for g in f.gpus)
+    v = _verdict(f, smallest, n)
+    if v.fix_plan is not None:
+        fix = _fix_words(v, c.path)
     else:
-        fits8, need8 = _fits(f, n, "int8")
-        fix = (f"llamakit reshard {c.path} {dst} --mp {n} and set `quantize: int8` in the recipe (needs "
-               f"{gib(need8)} per GPU)" if fits8 else
-               f"even int8 at MP={n} needs {gib(need8)} per GPU: use a machine with {mp} GPUs")
+        need8 = v.plan.total if v.plan.dtype == "int8" else 0
+        fix = (f"even with `quantize: int8` it does not fit {n} GPU(s) of {gib(smallest)}"
+               + (f" ({gib(need8)} per GPU)" if need8 else "") + f": use a machine with {mp} GPUs")
     return CheckResult("mp-plan", FAIL, finding, fix)
 
 
@@ -590,15 +597,14 @@ def rule_memory_fit(f: Facts) -> CheckResult:
         return CheckResult("memory-fit", SKIP, "no checkpoint given" if c is None else "checkpoint not readable (see checkpoint)")
     if not f.gpus or r.device == "cpu":
         return CheckResult("memory-fit", SKIP, "runs on the CPU: no GPU memory to fit (see ram)")
-    from llamakit.memory import max_batch_that_fits, plan_memory
     dtype = _dtype(f)
     mp = c.mp
-    plan = plan_memory(c.config, c.vocab_size, mp, dtype, r.max_batch_size, r.max_seq_len)
     small = min(f.gpus, key=lambda g: g.total_bytes)
     busy = min(f.gpus, key=lambda g: g.free_bytes)
-    # the batch to suggest fits what is free now (the driver and other processes hold some of every card)
-    best = max_batch_that_fits(c.config, c.vocab_size, mp, dtype, r.max_seq_len, busy.free_bytes)
-    best_empty = max_batch_that_fits(c.config, c.vocab_size, mp, dtype, r.max_seq_len, small.total_bytes)
+    n = max(len(f.gpus), mp)  # whether there are GPUs enough for the shards is mp-plan's finding, not this one's
+    empty = _verdict(f, small.total_bytes, n)
+    now = _verdict(f, busy.free_bytes, n)  # the batch to suggest fits what is free now
+    plan, best, best_empty = empty.plan, now.max_batch, empty.max_batch
     parts = (f"weights {gib(plan.weights)} + KV cache {gib(plan.kv_cache)} (batch {r.max_batch_size} x "
              f"{r.max_seq_len} tokens) + {gib(plan.overhead)} overhead")
     head = f"{dtype} at MP={mp} needs {gib(plan.total)} per GPU = {parts}"
@@ -608,10 +614,11 @@ def rule_memory_fit(f: Facts) -> CheckResult:
         elif best_empty > 0:
             fix = (f"set max_batch_size: {best_empty} once the GPUs are free (other processes hold memory now: "
                    "see `nvidia-smi`)")
-        elif dtype != "int8":
-            fix = "set `quantize: int8` in the recipe, or reshard to more GPUs (llamakit reshard SRC DST --mp N)"
+        elif empty.fix_plan is not None:
+            fix = _fix_words(empty, c.path)
         else:
-            fix = "reshard to more GPUs (llamakit reshard SRC DST --mp N) on a machine that has them"
+            fix = ("even with `quantize: int8` it does not fit: reshard to more GPUs (llamakit reshard SRC DST --mp N) "
+                   "on a machine that has them")
         return CheckResult("memory-fit", FAIL, f"{head}, but GPU{small.index} has {gib(small.total_bytes)}", fix)
     if plan.total > busy.free_bytes:
         return CheckResult("memory-fit", WARN, f"{head}: fits GPU{busy.index}'s {gib(busy.total_bytes)} but only "

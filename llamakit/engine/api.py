@@ -3,39 +3,102 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Iterator, Literal, Protocol
+
+from llamakit import defaults
+
+MAX_LOGPROBS = 20  # top_logprobs per position at most (vLLM's default cap): the graph computes this many
+MAX_STOP_IDS = 15  # stop_token_ids per request at most: with eos they fit the graph's fixed ban list of 16
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded; the names and meanings are vLLM's SamplingParams (see docs/run.md).
+
+    Processors run in vLLM's order: penalties, then temperature, then top-k / top-p / min-p. `n` is the number of
+    samples per prompt: the run layer turns it into n requests with `Request.sample` 0..n-1.
+    """
+
+    n: int = 1
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 0.9
+    seed: int = 1
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # HF/vLLM: prompt and output tokens; > 1 discourages
+    presence_penalty: float = 0.0  # OpenAI/vLLM: output tokens only
+    frequency_penalty: float = 0.0
+    min_tokens: int = 0  # no eos / stop id / stop string before this many tokens
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None  # K: token logprob, rank and the K most likely per position
+
+    @cached_property
+    def needs_processors(self) -> bool:
+        """Anything beyond temperature + top-p on the device (penalties, top-k, min-p, logprobs)."""
+        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+                or self.top_k > 0 or self.min_p > 0.0 or self.logprobs is not None)
+
+    @cached_property
+    def needs_history(self) -> bool:
+        """The penalties read the tokens seen so far."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     """How to build an engine; identical on every rank of a model-parallel group."""
 
-    max_seq_len: int = 512  # prompt + generated tokens, per sequence
-    max_batch_size: int = 32  # sequences decoded together (the engine may use fewer)
+    max_seq_len: int = defaults.MAX_SEQ_LEN  # prompt + generated tokens, per sequence
+    max_batch_size: int = defaults.MAX_BATCH_SIZE  # sequences decoded together (the engine may use fewer)
     dtype: Literal["bf16", "fp16", "fp32"] = "fp32"
     device: Literal["cpu", "cuda"] = "cpu"
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float = 0.0  # 0 = greedy; temperature, top_p and seed: the defaults of requests without params
     top_p: float = 0.9
     seed: int = 1
     quantize: Literal["none", "int8"] = "none"
     fast: bool = True  # CUDA graphs / compiled decode where available
+    eos_id: int | None = None  # the tokenizer's eos; None: read it from the checkpoint's tokenizer; -1: never stop
+    # decode-step variants to capture as CUDA graphs: greedy (argmax), sample (temperature/top-p), full (every
+    # processor and logprobs); a step needing one not captured runs without a graph
+    graph_modes: tuple[str, ...] = ("greedy", "sample", "full")
+
+    def default_params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
 
 
 @dataclass
 class Request:
-    """One prompt to complete. `key` is a stable integer (e.g. the line number) that seeds its sampling."""
+    """One prompt to complete. `key` is a stable integer (e.g. the line number) that seeds its sampling, with
+    `sample` (0..n-1) telling a prompt's samples apart."""
 
     key: int
     prompt_tokens: list[int]
     max_gen_len: int
     payload: Any = field(default=None, compare=False)  # carried through untouched (the input record)
+    params: SamplingParams | None = None  # None: the engine's defaults (EngineConfig temperature/top_p/seed)
+    sample: int = 0
+
+
+@dataclass
+class TokenLogprobs:
+    """Per generated token: log-softmax of the raw logits (before penalties and temperature), its rank (1 = most
+    likely) and the K most likely [id, logprob]."""
+
+    token_logprobs: list[float] = field(default_factory=list)
+    token_ranks: list[int] = field(default_factory=list)
+    top_logprobs: list[list[list[float | int]]] = field(default_factory=list)
 
 
 @dataclass
 class Completion:
     request: Request
-    tokens: list[int]  # generated ids, without the final eos
+    tokens: list[int]  # generated ids, without the final eos / stop id
     finish_reason: Literal["stop", "length"]
+    stop_reason: str | int | None = None  # the stop string or stop id that ended it (None for eos and length)
+    text: str | None = None  # set when a stop string cut the text (the text before it); else decode `tokens`
+    logprobs: TokenLogprobs | None = None  # when params.logprobs is set; one entry per token of `tokens`
 
 
 class Engine(Protocol):
@@ -43,6 +106,7 @@ class Engine(Protocol):
         """Yield one Completion per request as each finishes (not necessarily in input order).
 
         Every rank of a model-parallel group must pass the same requests in the same order; sampling of a
-        request depends only on (seed, request.key, step), so a resumed run reproduces the same text.
+        request depends only on (seed, request.key, request.sample, step), so a resumed run reproduces the same
+        text.
         """
         ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -12,37 +12,40 @@ from llamakit.checkpoint.shards import Checkpoint
 from llamakit.engine.api import Completion, EngineConfig, Request
 from llamakit.engine.runner import ModelRunner
 from llamakit.engine.scheduler import Scheduler
+from llamakit.engine.stopping import Stopping
 from llamakit.memory import CUDA_CONTEXT_BYTES, PREFILL_TOKENS, overhead_bytes, weight_dtype
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer, model_parallel_info
+from llamakit.tokenizer import Tokenizer, find_tokenizer
 
 log = logging.getLogger("llamakit.engine")
 
-EOS_ID = 2  # Meta's tokenizer: bos 1, eos 2
-
 
 class BatchEngine:
-    """Continuous batching over a fixed set of KV-cache slots (see Scheduler), one model step at a time."""
+    """Continuous batching over a fixed set of KV-cache slots (see Scheduler), one model step at a time.
+    `eos_id` is the tokenizer's (-1: never stop at eos); `decode` (ids -> text) is needed for stop strings."""
 
-    def __init__(self, runner: ModelRunner, cfg: EngineConfig, eos_id: int = EOS_ID):
+    def __init__(self, runner: ModelRunner, cfg: EngineConfig, eos_id: int,
+                 decode: Callable[[list[int]], str] | None = None):
         self.runner = runner
         self.cfg = cfg
         self.eos_id = eos_id
+        self.stopping = Stopping(eos_id, cfg.default_params(), decode)
         self.n_slots = runner.cache.n_slots
         prefill_tokens = PREFILL_TOKENS if runner.device.type == "cuda" else 2048
         self.prefill_tokens = max(prefill_tokens, cfg.max_seq_len)
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
-        sched = Scheduler(self.n_slots, self.cfg.max_seq_len, self.eos_id, self.prefill_tokens)
+        sched = Scheduler(self.n_slots, self.cfg.max_seq_len, self.eos_id, self.prefill_tokens, self.stopping)
         sched.add(requests)
         while sched.has_work():
             for group in sched.admit():
-                yield from sched.record(group, self.runner.prefill(group))
+                yield from sched.record(group, *self.runner.prefill(group))
             for src, dst, length in sched.compact():
                 self.runner.move(src, dst, length)
             running = sched.running
             if running:
-                yield from sched.record(running, self.runner.decode(running))
+                yield from sched.record(running, *self.runner.decode(running))
 
 
 def _kv_slots(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, device: torch.device) -> int:
@@ -62,11 +65,16 @@ def _kv_slots(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, device:
     return int(min(want, fit))
 
 
-def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -> BatchEngine:
+def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None,
+                 tokenizer: Tokenizer | None = None) -> BatchEngine:
     """Build the engine on this rank (after torch.distributed and fairscale model parallel are initialised).
 
     `rank` is the model-parallel rank (defaults to fairscale's); it picks shard consolidated.<rank>.pth.
+    `tokenizer` (default: the one next to the checkpoint) gives eos (unless cfg.eos_id is set) and the text that
+    stop strings are looked for in.
     """
+    tok = tokenizer or Tokenizer(find_tokenizer(ckpt.path))
+    eos_id = tok.eos_id if cfg.eos_id is None else cfg.eos_id
     mp_rank, mp_size = model_parallel_info()
     rank = mp_rank if rank is None else rank
     if mp_size != ckpt.mp:
@@ -79,12 +87,13 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None) -
     del shard
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the loading temporaries (fused qkv/w13, casts) go back: free memory is real
-    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device))
+    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device), eos_id, tok.decode)
 
 
-def engine_for_model(model: Transformer, cfg: EngineConfig, n_slots: int, eos_id: int = EOS_ID) -> BatchEngine:
+def engine_for_model(model: Transformer, cfg: EngineConfig, n_slots: int, eos_id: int,
+                     decode: Callable[[list[int]], str] | None = None) -> BatchEngine:
     """An engine around an already built model: a KV cache of `n_slots` sequences, its runner, the scheduler."""
     mc = model.cfg
     n_kv_local = mc.kv_heads // model_parallel_info()[1]
     cache = KVCache(mc.n_layers, n_slots, n_kv_local, cfg.max_seq_len, mc.head_dim, model.dtype, model.device)
-    return BatchEngine(ModelRunner(model, cache, cfg), cfg, eos_id)
+    return BatchEngine(ModelRunner(model, cache, cfg, eos_id=eos_id), cfg, eos_id, decode)

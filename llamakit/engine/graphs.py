@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from llamakit.engine.api import EngineConfig
-from llamakit.engine.sampler import sample
+from llamakit.engine.sampler import MODES, N_FLOAT, N_INT, record_history, sample_step
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer
 
@@ -14,23 +14,30 @@ BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 
 
 
 class GraphDecoder:
-    """Static input buffers + one captured graph (model step + sampling) per batch bucket."""
+    """Static input buffers + one captured graph (model step + sampling) per batch bucket and sampling mode
+    (engine.sampler: greedy, sample, full). Per-row sampling settings are rows of the static buffers."""
 
-    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig):
+    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, history: torch.Tensor):
         self.model, self.cache, self.cfg = model, cache, cfg
+        self.history = history  # [slots, max_seq_len] token ids, read by the full mode's penalties
         n = cache.n_slots
         self.buckets = sorted({b for b in BUCKETS if b < n} | {n})
+        self.modes = tuple(m for m in MODES if m in cfg.graph_modes)
         dev = model.device
-        self.inputs = torch.zeros((4, n), dtype=torch.int64, device=dev)  # tokens, pos, keys, steps
-        self.staging = torch.zeros((4, n), dtype=torch.int64).pin_memory()
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.inputs = torch.zeros((2 + N_INT, n), dtype=torch.int64, device=dev)  # tokens, pos, sampler ints
+        self.floats = torch.zeros((N_FLOAT, n), dtype=torch.float32, device=dev)  # sampler floats
+        self.staging = torch.zeros((2 + N_INT, n), dtype=torch.int64).pin_memory()
+        self.staging_f = torch.zeros((N_FLOAT, n), dtype=torch.float32).pin_memory()
+        self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[str, int], torch.Tensor] = {}
         self._capture_all()
 
-    def _step(self, b: int) -> torch.Tensor:
-        tok, pos, keys, steps = self.inputs[:, :b]
+    def _step(self, b: int, mode: str) -> torch.Tensor:
+        tok, pos = self.inputs[0, :b], self.inputs[1, :b]
         logits = self.model.decode_fast(tok, pos, self.cache)
-        return sample(logits, self.cfg.temperature, self.cfg.top_p, self.cfg.seed, keys, steps)
+        if mode == "full":
+            record_history(self.history, tok, pos)
+        return sample_step(logits, self.inputs[2:, :b], self.floats[:, :b], self.history[:b], mode)
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
@@ -40,29 +47,36 @@ class GraphDecoder:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for b in reversed(self.buckets):
-                self._step(b)
+            for mode in self.modes:
+                for b in reversed(self.buckets):
+                    self._step(b, mode)
         torch.cuda.current_stream().wait_stream(stream)
-        for b in reversed(self.buckets):
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
-                self.outputs[b] = self._step(b)
-            pool = g.pool()
-            self.graphs[b] = g
+        for mode in self.modes:
+            for b in reversed(self.buckets):
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=pool):
+                    self.outputs[mode, b] = self._step(b, mode)
+                pool = g.pool()
+                self.graphs[mode, b] = g
         torch.cuda.synchronize()
 
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
-    def __call__(self, tokens: list[int], pos: list[int], keys: list[int], steps: list[int]) -> list[int]:
+    def __call__(self, tokens: list[int], pos: list[int], ints: list[list[int]], floats: list[list[float]],
+                 mode: str) -> torch.Tensor:
+        """Replay the step; returns the graph's output rows (read them before the next call)."""
         n = len(tokens)
         b = self.bucket(n)
-        st = self.staging
-        st[:, :b].zero_()  # padding rows: token 0 at position 0 of an idle slot
+        st, sf = self.staging, self.staging_f
+        st[:, :b].zero_()  # padding rows: token 0 at position 0 of an idle slot, greedy
+        sf[:, :b].zero_()
         st[0, :n] = torch.tensor(tokens)
         st[1, :n] = torch.tensor(pos)
-        st[2, :n] = torch.tensor(keys)
-        st[3, :n] = torch.tensor(steps)
+        rows = len(ints) if mode == "full" else 4  # the plain modes read key, sample, step, seed only
+        st[2:2 + rows, :n] = torch.tensor(ints[:rows])
+        sf[: len(floats) if mode == "full" else 2, :n] = torch.tensor(floats[: None if mode == "full" else 2])
         self.inputs[:, :b].copy_(st[:, :b], non_blocking=True)
-        self.graphs[b].replay()
-        return self.outputs[b][:n].tolist()
+        self.floats[:, :b].copy_(sf[:, :b], non_blocking=True)
+        self.graphs[mode, b].replay()
+        return self.outputs[mode, b][:n]

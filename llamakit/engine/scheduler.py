@@ -6,7 +6,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from llamakit.engine.api import Completion, Request
+from llamakit.engine.api import Completion, Request, SamplingParams
+from llamakit.engine.stopping import Stopping, Tracker, attach
 
 
 @dataclass
@@ -15,6 +16,7 @@ class Sequence:
     slot: int
     max_new: int  # max_gen_len, clamped so prompt + generated fits max_seq_len
     generated: list[int] = field(default_factory=list)
+    track: Tracker | None = field(default=None, repr=False)  # stop rules and logprobs (engine.stopping)
 
     @property
     def prompt_len(self) -> int:
@@ -30,10 +32,12 @@ class Scheduler:
     """Keeps running sequences in slots 0..n_active-1: a finished slot is refilled from the queue at once, or
     filled by moving the last running sequence down (so decode reads one contiguous block of the cache)."""
 
-    def __init__(self, n_slots: int, max_seq_len: int, eos_id: int, prefill_tokens: int):
+    def __init__(self, n_slots: int, max_seq_len: int, eos_id: int, prefill_tokens: int,
+                 stopping: Stopping | None = None):
         self.n_slots = n_slots
         self.max_seq_len = max_seq_len
         self.eos_id = eos_id
+        self.stopping = stopping or Stopping(eos_id, SamplingParams())
         self.prefill_tokens = prefill_tokens
         self.queue: deque[Request] = deque()
         self.slots: list[Sequence | None] = [None] * n_slots
@@ -57,7 +61,7 @@ class Scheduler:
             if self.slots[slot] is None:
                 req = self.queue.popleft()
                 max_new = max(1, min(req.max_gen_len, self.max_seq_len - len(req.prompt_tokens)))
-                seq = Sequence(req, slot, max_new)
+                seq = attach(Sequence(req, slot, max_new), self.stopping)
                 self.slots[slot] = seq
                 admitted.append(seq)
         admitted.sort(key=lambda s: s.prompt_len)
@@ -69,19 +73,16 @@ class Scheduler:
                 groups.append([seq])
         return groups
 
-    def record(self, seqs: list[Sequence], tokens: list[int]) -> list[Completion]:
-        """Append one sampled token per sequence; free and return the ones that finished."""
+    def record(self, seqs: list[Sequence], tokens: list[int], infos: list | None = None) -> list[Completion]:
+        """Append one sampled token per sequence (with its logprobs info, if any); free and return the ones that
+        finished (eos, stop id, stop string or length: engine.stopping decides)."""
         done = []
-        for seq, tok in zip(seqs, tokens):
-            if tok == self.eos_id:
-                done.append(Completion(seq.request, seq.generated, "stop"))
-            else:
-                seq.generated.append(tok)
-                if len(seq.generated) >= seq.max_new:
-                    done.append(Completion(seq.request, seq.generated, "length"))
-                else:
-                    continue
-            self.slots[seq.slot] = None
+        for i, (seq, tok) in enumerate(zip(seqs, tokens)):
+            assert seq.track is not None
+            c = seq.track.add(seq.generated, seq.max_new, tok, infos[i] if infos else None)
+            if c is not None:
+                done.append(c)
+                self.slots[seq.slot] = None
         return done
 
     def compact(self) -> list[tuple[int, int, int]]:

@@ -20,7 +20,7 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.n_slots = n_slots
         self.max_seq_len = max_seq_len
-        self.decode_attention = sdpa_decode  # the plain path; decode_fast calls llamakit.engine.kernels itself
+        self.decode_attention = sdpa_decode  # the plain path; decode_fast calls llamakit.model.kernels itself
 
     @staticmethod
     def bytes_needed(n_layers: int, n_slots: int, n_kv_heads: int, max_seq_len: int, head_dim: int,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llamakit.engine import kernels
+from llamakit.model import kernels
 
 
 def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:

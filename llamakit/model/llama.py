@@ -3,13 +3,14 @@
 Meta's layout is kept (interleaved rotary pairs, the same key names); at load time wq/wk/wv are fused into
 one column-parallel `wqkv` and w1/w3 into `w13`, so a layer runs 4 matmuls instead of 7. The KV cache is
 passed in by the engine; the model has two entry points: `prefill` (whole prompts) and `decode` (one token
-per running sequence).
+per running sequence), plus `decode_fast` (the same step through fused kernels). All three run the one layer
+loop `Transformer._layers`; they differ only in how a layer attends and how residual-add + RMSNorm is computed.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from fairscale.nn.model_parallel.layers import ColumnParallelLinear, ParallelEmb
 from torch import nn
 
 from llamakit.checkpoint.params import ModelConfig
-from llamakit.engine import kernels
+from llamakit.model import kernels
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.linear import linear, quantize_int8_
 
@@ -131,6 +132,16 @@ class Attention(nn.Module):
         o = cache.attend(self.layer_id, q[:, 0], pos, kv_len)  # [B, H, D]
         return self.wo(o.reshape(b, 1, -1))
 
+    def decode_fast(self, x, pos: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor, cache: KVCache,
+                    splits: int | None) -> torch.Tensor:
+        """`decode` through fused kernels: rotary fused with the cache write, attention over each row's own length
+        (x [B, dim], no host sync, static shapes)."""
+        b = x.shape[0]
+        k_cache, v_cache = cache.k[self.layer_id][:b], cache.v[self.layer_id][:b]
+        q = kernels.rope_store(self.wqkv(x), pos, rope_cos, rope_sin, k_cache, v_cache, self.n_heads, self.n_kv)
+        o = kernels.decode_attention(q, k_cache, v_cache, pos + 1, splits)
+        return self.wo(o.reshape(b, -1))
+
 
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -151,6 +162,31 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(cfg)
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, h: torch.Tensor, delta: Optional[torch.Tensor], attend: "Attend",
+                add_norm: "AddNorm") -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer on the residual stream h plus the previous layer's pending output `delta`; returns the new
+        stream and this layer's feed-forward output, still to be added (so the add can fuse into the next norm)."""
+        x, h = add_norm(h, delta, self.attention_norm)
+        x, h = add_norm(h, attend(self.attention, x), self.ffn_norm)
+        return h, self.feed_forward(x)
+
+
+# How a layer attends (prefill, decode or fused decode) and how `h + delta` is added and normalised.
+Attend = Callable[[Attention, torch.Tensor], torch.Tensor]
+AddNorm = Callable[[torch.Tensor, Optional[torch.Tensor], RMSNorm], tuple[torch.Tensor, torch.Tensor]]
+
+
+def add_norm_eager(h: torch.Tensor, delta: Optional[torch.Tensor], norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(h + delta), h + delta) with torch ops; delta None means nothing to add yet."""
+    if delta is not None:
+        h = h + delta
+    return norm(h), h
+
+
+def add_norm_fused(h: torch.Tensor, delta: Optional[torch.Tensor], norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same through one kernel (Triton on CUDA, its eager twin elsewhere)."""
+    return kernels.add_rmsnorm(h, delta, norm.weight, norm.eps)
 
 
 class Transformer(nn.Module):
@@ -219,50 +255,44 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.norm.weight.device
 
+    def _layers(self, h: torch.Tensor, attend: Attend, add_norm: AddNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer loop, written once: (residual stream, last layer's pending feed-forward output)."""
+        delta = None
+        for blk in self.layers:
+            h, delta = blk(h, delta, attend, add_norm)
+        return h, delta
+
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run right-padded prompts `tokens` [B, T] into cache `slots` [B]; logits [B, V] at each last real token."""
         b, t = tokens.shape
-        h = self.tok_embeddings(tokens)
         cos = self.rope_cos[:t].unsqueeze(0).expand(b, t, -1)
         sin = self.rope_sin[:t].unsqueeze(0).expand(b, t, -1)
-        for blk in self.layers:
-            h = h + blk.attention.prefill(blk.attention_norm(h), cos, sin, cache, slots)
-            h = h + blk.feed_forward(blk.ffn_norm(h))
-        last = h[torch.arange(b, device=h.device), lengths - 1]  # only the last real position needs logits
-        return self.output(self.norm(last)).float()
+        h, delta = self._layers(self.tok_embeddings(tokens),
+                                lambda att, x: att.prefill(x, cos, sin, cache, slots), add_norm_eager)
+        last = torch.arange(b, device=h.device), lengths - 1  # only the last real position needs logits
+        x, _ = add_norm_eager(h[last], delta[last], self.norm)
+        return self.output(x).float()
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, kv_len: int) -> torch.Tensor:
         """One step for the first B slots: tokens [B] at positions pos [B]; logits [B, V] (fp32)."""
-        h = self.tok_embeddings(tokens.unsqueeze(1))
         cos = self.rope_cos[pos].unsqueeze(1)
         sin = self.rope_sin[pos].unsqueeze(1)
-        for blk in self.layers:
-            h = h + blk.attention.decode(blk.attention_norm(h), cos, sin, cache, pos, kv_len)
-            h = h + blk.feed_forward(blk.ffn_norm(h))
-        return self.output(self.norm(h[:, 0])).float()
+        h, delta = self._layers(self.tok_embeddings(tokens.unsqueeze(1)),
+                                lambda att, x: att.decode(x, cos, sin, cache, pos, kv_len), add_norm_eager)
+        x, _ = add_norm_eager(h[:, 0], delta[:, 0], self.norm)
+        return self.output(x).float()
 
     def decode_fast(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache,
                     splits: int | None = None) -> torch.Tensor:
         """The same step as `decode`, through fused kernels (Triton on CUDA, eager twins elsewhere): residual
         add fused into RMSNorm, rotary fused with the cache write, attention over each row's own length.
         No host sync and static shapes, so a CUDA graph can capture it."""
-        b = tokens.shape[0]
-        eps = self.cfg.norm_eps
-        lengths = pos + 1
-        h = self.tok_embeddings(tokens)
-        delta = None
-        for i, blk in enumerate(self.layers):
-            att = blk.attention
-            x, h = kernels.add_rmsnorm(h, delta, blk.attention_norm.weight, eps)
-            k_cache, v_cache = cache.k[i][:b], cache.v[i][:b]
-            q = kernels.rope_store(att.wqkv(x), pos, self.rope_cos, self.rope_sin, k_cache, v_cache,
-                                   att.n_heads, att.n_kv)
-            o = kernels.decode_attention(q, k_cache, v_cache, lengths, splits)
-            x, h = kernels.add_rmsnorm(h, att.wo(o.reshape(b, -1)), blk.ffn_norm.weight, eps)
-            delta = blk.feed_forward(x)
-        x, _ = kernels.add_rmsnorm(h, delta, self.norm.weight, eps)
+        h, delta = self._layers(
+            self.tok_embeddings(tokens),
+            lambda att, x: att.decode_fast(x, pos, self.rope_cos, self.rope_sin, cache, splits), add_norm_fused)
+        x, _ = add_norm_fused(h, delta, self.norm)
         return self.output(x).float()
 
 

@@ -14,7 +14,8 @@ from llamakit.checkpoint.shards import Checkpoint, open_checkpoint
 from llamakit.engine.api import EngineConfig
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
-from llamakit.memory import fmt_gib, max_batch_that_fits, plan_memory, weight_dtype
+from llamakit.fit import mp_within, reshard_command, reshard_destination, resolve_dtype, verdict
+from llamakit.memory import fmt_gib, plan_memory, weight_dtype
 from llamakit.run.output import id_key, scan_output, space_note
 from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
@@ -39,8 +40,10 @@ class Devices:
 
 
 def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: list[GpuInfo], cuda_ok: bool,
-                   where: str = "recipe", ckpt_dir: str | Path = "CKPT_DIR") -> Devices:
-    """Pure rule: recipe device/dtype/nproc + checkpoint MP + visible GPUs -> Devices, or an error with the fix."""
+                   where: str = "recipe", ckpt_dir: str | Path = "CKPT_DIR",
+                   shape: tuple[Any, int, int, int, str] | None = None) -> Devices:
+    """Pure rule: recipe device/dtype/nproc + checkpoint MP + visible GPUs -> Devices, or an error with the fix.
+    `shape` (config, vocab rows, max_batch_size, max_seq_len, quantize) lets the fix name a reshard that fits."""
     if device == "auto":
         device = "cuda" if cuda_ok and gpus else "cpu"
     if device == "cuda":
@@ -52,7 +55,7 @@ def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: lis
             vis = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
             raise LlamakitError(f"this checkpoint has MP={mp} shards and needs {mp} GPUs, but {len(gpus)} "
                                 f"{'is' if len(gpus) == 1 else 'are'} visible{vis}",
-                                _fewer_gpus_fix(mp, len(gpus), ckpt_dir), where)
+                                _fewer_gpus_fix(mp, gpus, ckpt_dir, dtype, shape), where)
         if nproc == "auto":
             dp = len(gpus) // mp
         else:
@@ -66,8 +69,7 @@ def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: lis
             dp = nproc // mp
         used = tuple(gpus[: mp * dp])
         if dtype == "auto":
-            ccs = [g.compute_capability for g in used]
-            dtype = "bf16" if all(cc is not None and cc >= (8, 0) for cc in ccs) else "fp16"
+            dtype = resolve_dtype(dtype, "cuda", [g.compute_capability for g in used])
         elif dtype == "bf16":
             old = [g for g in used if g.compute_capability is not None and g.compute_capability < (8, 0)]
             if old:
@@ -84,15 +86,26 @@ def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: lis
             raise LlamakitError(f"nproc {nproc} is not a multiple of the checkpoint's MP={mp}",
                                 f"use nproc: auto or a multiple of {mp}", where)
         dp = nproc // mp
-    return Devices("cpu", mp, dp, "fp32" if dtype == "auto" else dtype, "gloo")
+    return Devices("cpu", mp, dp, resolve_dtype(dtype, "cpu", []), "gloo")
 
 
-def _fewer_gpus_fix(mp: int, n_gpus: int, ckpt_dir: str | Path) -> str:
-    """The exact reshard command to the largest MP the visible GPUs can run (a divisor of the current MP)."""
-    target = max(d for d in range(1, max(1, n_gpus) + 1) if mp % d == 0)
-    src = str(ckpt_dir).rstrip("/")
-    return (f"convert it to {target} shard(s) once: `llamakit reshard {src} {src}-mp{target} --mp {target}` and set "
-            f"ckpt_dir to {src}-mp{target} (if it then does not fit, add quantize: int8); or make {mp} GPUs visible")
+def _fewer_gpus_fix(mp: int, gpus: list[GpuInfo], ckpt_dir: str | Path, dtype: str,
+                    shape: tuple[Any, int, int, int, str] | None) -> str:
+    """The exact reshard command to the MP llamakit.fit chooses for the visible GPUs (with int8 if it needs it)."""
+    n, src = len(gpus), str(ckpt_dir).rstrip("/")
+    target, int8 = mp_within(mp, n), False
+    if shape is not None:
+        config, vocab, batch, seq, quantize = shape
+        wd = weight_dtype(resolve_dtype(dtype, "cuda", [g.compute_capability for g in gpus]), quantize)
+        v = verdict(config, vocab, mp, wd, batch, seq, min(g.total_bytes for g in gpus), n)
+        if v.fix_plan is None:
+            return (f"this model does not fit {n} GPU(s) of {fmt_gib(min(g.total_bytes for g in gpus))} at any MP, "
+                    f"not even with quantize: int8: make {mp} GPUs visible")
+        target, int8 = v.mp_to or target, v.int8
+    dst = reshard_destination(src, target)
+    then = " and quantize: int8" if int8 else " (if it then does not fit, add quantize: int8)" if shape is None else ""
+    return (f"convert it to {target} shard(s) once: `{reshard_command(src, target)}` and set ckpt_dir to {dst}{then}; "
+            f"or make {mp} GPUs visible")
 
 
 def cuda_facts() -> tuple[list[GpuInfo], bool]:
@@ -179,22 +192,29 @@ def describe_gpu(g: GpuInfo) -> str:
     return f"{g.index}: {g.name}, {fmt_gib(g.total_bytes)}{cc}"
 
 
-def memory_line(config: Any, vocab: int, dev: Devices, quantize: str, batch: int, seq: int) -> tuple[str, str | None]:
-    """The per-GPU memory estimate, and a warning when it exceeds the smallest GPU used."""
+def memory_line(config: Any, vocab: int, dev: Devices, quantize: str, batch: int, seq: int,
+                ckpt_dir: str | Path = "CKPT_DIR") -> tuple[str, str | None]:
+    """The per-GPU memory estimate, and a warning with llamakit.fit's fix when it exceeds the smallest GPU used."""
     dtype = weight_dtype(dev.dtype, quantize)
     m = plan_memory(config, vocab, dev.mp, dtype, batch, seq)
     text = f"{m.breakdown()} per {'GPU' if dev.device == 'cuda' else 'process'}"
     warn = None
     if dev.gpus:
         small = min(g.total_bytes for g in dev.gpus)
-        if not m.fits(small):
-            best = max_batch_that_fits(config, vocab, dev.mp, dtype, seq, small)
-            if best >= 1:
-                advice = f"set max_batch_size: {best} (the largest that fits at max_seq_len {seq})"
-            elif quantize != "int8" and plan_memory(config, vocab, dev.mp, "int8", 1, seq).fits(small):
-                advice = "set quantize: int8 (int8 weights take half the memory)"
-            else:
+        v = verdict(config, vocab, dev.mp, dtype, batch, seq, small, max(dev.mp, len(dev.gpus)))
+        if not v.fits:
+            if v.fix_plan is None:
                 advice = "lower max_seq_len, or use more GPUs (llamakit reshard to a higher MP)"
+            else:
+                parts = []
+                if v.mp_to:
+                    parts.append(f"reshard to MP={v.mp_to}: `{reshard_command(ckpt_dir, v.mp_to)}` and set ckpt_dir "
+                                 f"to {reshard_destination(ckpt_dir, v.mp_to)}")
+                if v.int8:
+                    parts.append("set quantize: int8 (int8 weights take half the memory)")
+                if v.batch_to:
+                    parts.append(f"set max_batch_size: {v.batch_to} (the largest that fits at max_seq_len {seq})")
+                advice = " and ".join(parts)
             warn = f"the estimate ({fmt_gib(m.total)}) exceeds GPU memory ({fmt_gib(small)}): {advice}"
     return text, warn
 
@@ -300,11 +320,13 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                    r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
     dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
-                                  paths.ckpt_dir)
+                                  paths.ckpt_dir, (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len,
+                                                   r.quantize))
     engine = EngineConfig(max_seq_len=r.max_seq_len, max_batch_size=r.max_batch_size, dtype=dev.dtype,  # type: ignore[arg-type]
                           device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
                           quantize=r.quantize, fast=r.fast)
-    mem, warn = memory_line(ckpt.config, ckpt.vocab_rows, dev, r.quantize, r.max_batch_size, r.max_seq_len)
+    mem, warn = memory_line(ckpt.config, ckpt.vocab_rows, dev, r.quantize, r.max_batch_size, r.max_seq_len,
+                            paths.ckpt_dir)
     notes = [warn] if warn else []
     space = space_note(paths.out_path, todo, r.max_gen_len)
     if space:

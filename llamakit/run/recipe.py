@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llamakit import __version__
+from llamakit import __version__, defaults
 from llamakit.data import asset_path, data_dir
 from llamakit.errors import LlamakitError
 
@@ -74,9 +74,9 @@ class Recipe(BaseModel):
     prompt_path: str = Field(min_length=1)
     out_path: str = Field(min_length=1)
     logging_path: str | None = None
-    max_seq_len: int = Field(512, ge=8, le=1_048_576)
+    max_seq_len: int = Field(defaults.MAX_SEQ_LEN, ge=8, le=1_048_576)
     max_gen_len: int = Field(256, ge=1)
-    max_batch_size: int = Field(8, ge=1, le=4096)
+    max_batch_size: int = Field(defaults.MAX_BATCH_SIZE, ge=1, le=4096)
     temperature: float = Field(0.0, ge=0.0, le=10.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     seed: int = Field(1, ge=0)

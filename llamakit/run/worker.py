@@ -69,7 +69,7 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     t0 = time.monotonic()
     ckpt = open_checkpoint(plan.ckpt_dir)
     tok = Tokenizer(plan.tokenizer_path)
-    engine = build_engine(ckpt, EngineConfig(**plan.engine), mp_rank)
+    engine = build_engine(ckpt, EngineConfig(**plan.engine), mp_rank, tok)
     log.info("engine ready in %.1f s", time.monotonic() - t0)
     if mp_rank == 0:  # generation begins: the launcher's tok/s counts from the first of these marks
         try:

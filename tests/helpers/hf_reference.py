@@ -64,3 +64,28 @@ def hf_greedy(model, prompt: list[int], max_gen_len: int, eos_id: int = 2) -> tu
         out.append(tok)
         ids.append(tok)
     return out, "length"
+
+
+@torch.no_grad()
+def hf_generate(model, prompt: list[int], max_gen_len: int, eos_id: int, **kwargs) -> tuple[list[int], str]:
+    """HF `generate` itself (its own logits processors), e.g. repetition_penalty=1.3 with do_sample=False."""
+    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones((1, len(prompt)), dtype=torch.long),
+                         max_new_tokens=max_gen_len, eos_token_id=eos_id, pad_token_id=0, **kwargs)
+    gen = out[0, len(prompt):].tolist()
+    if eos_id in gen:
+        return gen[: gen.index(eos_id)], "stop"
+    return gen, "length"
+
+
+@torch.no_grad()
+def hf_token_logprobs(model, prompt: list[int], tokens: list[int], top: int = 0):
+    """log-softmax of HF's logits at each generated position: (logprob of the token, its rank, top-`top` [id, lp],
+    the whole log-softmax row)."""
+    logits = model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1: len(prompt) - 1 + len(tokens)].float()
+    lsm = torch.log_softmax(logits, dim=-1)
+    out = []
+    for i, t in enumerate(tokens):
+        rank = int((logits[i] > logits[i, t]).sum()) + 1
+        v, ids = torch.topk(lsm[i], top) if top else (torch.empty(0), torch.empty(0, dtype=torch.long))
+        out.append((float(lsm[i, t]), rank, [[int(a), float(b)] for a, b in zip(ids, v)], lsm[i]))
+    return out

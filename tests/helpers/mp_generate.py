@@ -12,17 +12,19 @@ import torch.distributed as dist
 from fairscale.nn.model_parallel.initialize import initialize_model_parallel
 
 from llamakit.checkpoint import open_checkpoint
-from llamakit.engine.api import EngineConfig, Request
+from llamakit.engine.api import EngineConfig, Request, SamplingParams
 from llamakit.engine.engine import build_engine
 
 
 def run_under_torchrun(ckpt: Path, nproc: int, workdir: Path, config: dict, prompts: list[list[int]],
-                       max_gen_len: int) -> dict[int, list]:
-    """Start this module under torchrun (gloo, `nproc` ranks) from a test; {request key: [tokens, finish_reason]}."""
+                       max_gen_len: int, params: list[dict] | None = None) -> dict[int, list]:
+    """Start this module under torchrun (gloo, `nproc` ranks) from a test; {request key: [tokens, finish_reason,
+    token_logprobs or None]}. `params`: per prompt, SamplingParams fields (and "sample") of its request."""
     from llamakit.run.plan import free_port
 
     spec, out = workdir / "spec.json", workdir / "out.json"
-    spec.write_text(json.dumps({"config": config, "max_gen_len": max_gen_len, "prompts": prompts}))
+    spec.write_text(json.dumps({"config": config, "max_gen_len": max_gen_len, "prompts": prompts,
+                                "params": params}))
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
@@ -39,7 +41,13 @@ def main() -> None:
     initialize_model_parallel(int(os.environ["WORLD_SIZE"]))
     engine = build_engine(open_checkpoint(ckpt_dir), EngineConfig(**spec["config"]))
     reqs = [Request(i, p, spec["max_gen_len"]) for i, p in enumerate(spec["prompts"])]
-    out = {c.request.key: [c.tokens, c.finish_reason] for c in engine.generate(reqs)}
+    for r, kw in zip(reqs, spec.get("params") or []):
+        if kw:
+            kw = dict(kw)
+            r.sample = kw.pop("sample", 0)
+            r.params = SamplingParams(**kw)
+    out = {c.request.key: [c.tokens, c.finish_reason, c.logprobs.token_logprobs if c.logprobs else None]
+           for c in engine.generate(reqs)}
     if dist.get_rank() == 0:
         with open(out_path, "w") as f:
             json.dump(out, f)
