@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -172,7 +173,10 @@ def test_kill_9_of_the_launcher_ends_every_process_and_status_follows(world, hun
     todo = N - stopped.done
     assert len(lines) >= min(todo, 3) and lines[-1].startswith(f"progress: {todo}/{todo} rows (100%)"), res.stdout
     assert all("tok/s last minute" in ln and "tok/s overall" in ln and ", ETA " in ln for ln in lines), lines
-    assert lines[-1] in (root / "k9.log").read_text()  # the same line in the log
+    log = (root / "k9.log").read_text()
+    assert lines[-1] in log  # the same line in the log
+    ports = re.findall(r"--master_port (\d+)", log)  # each run's log names one port: its plan's and torchrun's
+    assert len(set(ports)) == log.count(" launcher  llamakit run ") == 2 and len(ports) == 4, ports
     res = subprocess.run([sys.executable, "-m", "llamakit", "status", str(out), "--json"], cwd=root,
                          env=env_for(root), capture_output=True, text=True, timeout=60)
     done = json.loads(res.stdout)

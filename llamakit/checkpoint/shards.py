@@ -37,11 +37,29 @@ def new_checkpoint_dir(out_dir: str | Path) -> Path:
     return out
 
 
+def missing_folder_fix(path: Path) -> str:
+    """What to do about a checkpoint folder that is not there: the checkpoints next to it, or, when its parent is
+    missing too (a recipe written for another machine), where to point ckpt_dir - never the same missing path."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        near = sorted(p.name for p in parent.iterdir() if (p / "params.json").is_file())[:6]
+    except OSError:
+        near = []
+    if near:
+        return f"checkpoints in {parent}: {', '.join(near)}; use one of them"
+    if parent != path.parent:
+        return (f"{path.parent} does not exist on this machine (a recipe written for another one?): give "
+                "the folder holding consolidated.NN.pth and params.json (`llamakit run demo` runs the built-in model)")
+    return f"no checkpoint in {parent}: give the folder holding consolidated.NN.pth and params.json"
+
+
 def find_shards(ckpt_dir: str | Path) -> list[Path]:
     """Return the shard files in numeric order; a missing folder, no shards, or a gap is a LlamakitError."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.exists():
-        raise LlamakitError("checkpoint folder does not exist", "check the path (e.g. /data/LLaMA/13B)",
+        raise LlamakitError("checkpoint folder does not exist", missing_folder_fix(ckpt_dir.resolve()),
                             ckpt_dir.resolve())
     if not ckpt_dir.is_dir():
         raise LlamakitError("checkpoint path is a file, not a folder",

@@ -13,9 +13,9 @@ from llamakit.cli.app import app, console
 @app.command("run")
 def run_cmd(
     recipe: str = typer.Argument(..., help="Recipe .yaml file, or the name of a shipped recipe (e.g. demo)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set max_batch_size=8 (repeatable)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Override out_path."),
-    nproc: Optional[str] = typer.Option(None, "--nproc", help="Override nproc (auto or MP x DP)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a recipe key: --set max_batch_size=8 (repeatable)."),
+    out: Optional[str] = typer.Option(None, "--out", metavar="PATH", help="Override out_path."),
+    nproc: Optional[str] = typer.Option(None, "--nproc", metavar="N", help="Override nproc (auto or MP x DP)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything, print the plan and the torchrun "
                                  "command, start nothing."),
 ) -> None:

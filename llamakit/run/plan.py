@@ -8,7 +8,7 @@ import socket
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from llamakit.checkpoint.shards import Checkpoint, open_checkpoint
 from llamakit.engine.api import EngineConfig
@@ -21,6 +21,9 @@ from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
 from llamakit.run.resume import RunLock, check_same_settings, fingerprints
 from llamakit.tokenizer import Tokenizer, find_tokenizer
+from llamakit.units import plural
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,13 @@ class Devices:
 
 def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: list[GpuInfo], cuda_ok: bool,
                    where: str = "recipe", ckpt_dir: str | Path = "CKPT_DIR",
-                   shape: tuple[Any, int, int, int, str] | None = None) -> Devices:
+                   shape: tuple[Any, int, int, int, str] | None = None, nproc_where: str | None = None) -> Devices:
     """Pure rule: recipe device/dtype/nproc + checkpoint MP + visible GPUs -> Devices, or an error with the fix.
-    `shape` (config, vocab rows, max_batch_size, max_seq_len, quantize) lets the fix name a reshard that fits."""
+    `shape` (config, vocab rows, max_batch_size, max_seq_len, quantize) lets the fix name a reshard that fits.
+    `where` is the device line; `nproc_where` the nproc line or the --nproc flag (errors about nproc blame it)."""
+    nwhere = nproc_where or where
+    flag = nwhere.startswith("--")  # set by --nproc: the fix speaks of the flag
+    setting = "--nproc" if flag else "nproc:"
     if device == "auto":
         device = "cuda" if cuda_ok and gpus else "cpu"
     if device == "cuda":
@@ -62,10 +69,10 @@ def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: lis
             assert isinstance(nproc, int)
             if nproc % mp:
                 raise LlamakitError(f"nproc {nproc} is not a multiple of the checkpoint's MP={mp}",
-                                    f"use nproc: auto or a multiple of {mp}", where)
+                                    f"use {setting} auto or a multiple of {mp}", nwhere)
             if nproc > len(gpus):
                 raise LlamakitError(f"nproc {nproc} needs {nproc} GPUs, {len(gpus)} are visible",
-                                    f"use nproc: auto or at most {len(gpus) // mp * mp}", where)
+                                    f"use {setting} auto or at most {len(gpus) // mp * mp}", nwhere)
             dp = nproc // mp
         used = tuple(gpus[: mp * dp])
         if dtype == "auto":
@@ -84,7 +91,7 @@ def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: lis
         assert isinstance(nproc, int)
         if nproc % mp:
             raise LlamakitError(f"nproc {nproc} is not a multiple of the checkpoint's MP={mp}",
-                                f"use nproc: auto or a multiple of {mp}", where)
+                                f"use {setting} auto or a multiple of {mp}", nwhere)
         dp = nproc // mp
     return Devices("cpu", mp, dp, resolve_dtype(dtype, "cpu", []), "gloo")
 
@@ -253,10 +260,10 @@ def describe(plan: Plan, argv: list[str]) -> list[str]:
                                          else ""),
         f"output       {plan.out_path}",
         f"log          {plan.log_path}",
-        f"parallelism  MP={plan.mp} x DP={plan.dp} = {plan.nproc} process{'es' if plan.nproc > 1 else ''}, "
+        f"parallelism  MP={plan.mp} x DP={plan.dp} = {plural(plan.nproc, 'process')}, "
         f"backend {plan.backend}",
         f"devices      {plan.device}" + (": " + "; ".join(plan.gpus) if plan.gpus else
-                                         f" ({plan.omp_threads} threads per process)"),
+                                         f" ({plural(plan.omp_threads, 'thread')} per process)"),
         f"dtype        {plan.dtype}" + (f", quantize {plan.engine['quantize']}"
                                         if plan.engine.get("quantize", "none") != "none" else ""),
         f"batch        max_batch_size {plan.engine['max_batch_size']} per replica, max_seq_len "
@@ -302,17 +309,32 @@ def check_tokenizer(ckpt: Checkpoint, tok: Tokenizer) -> None:
                             tok.path.resolve())
 
 
+def at_key(lr: LoadedRecipe, key: str, path: Path, step: Callable[[], T]) -> T:
+    """Run `step`; an error about `path` itself (no line of its own) is told at the recipe line that set the path:
+    `recipe.yaml:3: ckpt_dir /data/LLaMA/13b: checkpoint folder does not exist`. Errors inside a file (a
+    prompt's line, a shard) keep their own place."""
+    try:
+        return step()
+    except LlamakitError as e:
+        if e.line is not None or (e.where is not None and Path(e.where).resolve() != Path(path).resolve()):
+            raise
+        place, line = lr.where(key)
+        raise LlamakitError(f"{key} {path}: {e.what}", e.fix, place, line) from None
+
+
 def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict[str, Any] | None = None,
              gpu_facts: tuple[list, bool] | None = None) -> Setup:
     """Validate recipe, checkpoint, tokenizer, prompts and output; decide MP x DP; write nothing."""
     lr = load_recipe(recipe, overrides, flags)
     r = lr.recipe
     paths = resolve_paths(lr)
-    ckpt = open_checkpoint(paths.ckpt_dir)
-    tok_path = paths.tokenizer_path or find_tokenizer(paths.ckpt_dir)
-    tok = Tokenizer(tok_path)
-    check_tokenizer(ckpt, tok)
-    prompts = read_prompts(paths.prompt_path, r.prompt_field, r.id_field)
+    ckpt = at_key(lr, "ckpt_dir", paths.ckpt_dir, lambda: open_checkpoint(paths.ckpt_dir))
+    tok_path = paths.tokenizer_path or at_key(lr, "tokenizer_path", paths.ckpt_dir,
+                                              lambda: find_tokenizer(paths.ckpt_dir))
+    tok = at_key(lr, "tokenizer_path", tok_path, lambda: Tokenizer(tok_path))
+    at_key(lr, "tokenizer_path", tok.path.resolve(), lambda: check_tokenizer(ckpt, tok))
+    prompts = at_key(lr, "prompt_path", paths.prompt_path,
+                     lambda: read_prompts(paths.prompt_path, r.prompt_field, r.id_field))
     state = scan_output(paths.out_path, prompts)
     pending = [p for p in prompts if id_key(p.id) not in state.done]
     hint = f" (recipe {lr.describe('max_seq_len')})"
@@ -321,7 +343,7 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
     dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
                                   paths.ckpt_dir, (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len,
-                                                   r.quantize))
+                                                   r.quantize), lr.describe("nproc") if "nproc" in lr.sources else None)
     engine = EngineConfig(max_seq_len=r.max_seq_len, max_batch_size=r.max_batch_size, dtype=dev.dtype,  # type: ignore[arg-type]
                           device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
                           quantize=r.quantize, fast=r.fast)

@@ -124,17 +124,21 @@ def find_recipe(name: str | Path) -> Path:
     if path.is_dir():
         raise LlamakitError("this is a folder, not a recipe file", "pass a recipe .yaml file", path.resolve())
     shipped: list[str] = []
-    if "/" not in str(name) and os.sep not in str(name):
-        try:
-            folder = data_dir("recipes")
-        except FileNotFoundError:
-            folder = None
-        if folder is not None:
+    try:
+        folder: Path | None = data_dir("recipes")
+    except FileNotFoundError:
+        folder = None
+    if folder is not None:
+        if "/" not in str(name) and os.sep not in str(name):
             for cand in (folder / str(name), folder / f"{name}.yaml", folder / f"{name}.yml"):
                 if cand.is_file():
                     return cand.resolve()
-            shipped = sorted(p.stem for p in folder.glob("*.yaml"))
-    hint = f"; shipped recipes: {', '.join(shipped)}" if shipped else ""
+        shipped = sorted(p.stem for p in folder.glob("*.yaml"))
+    hint = f"; shipped recipes (run them by name from anywhere, e.g. `llamakit run {shipped[0]}`): " \
+        f"{', '.join(shipped)}" if shipped else ""
+    if path.stem in shipped:
+        hint = f"; {path.name} is a shipped recipe: `llamakit run {path.stem}` runs it from anywhere" + \
+            f" (shipped recipes: {', '.join(shipped)})"
     raise LlamakitError("recipe file does not exist",
                         f"check the path (relative paths start at {Path.cwd()}){hint}", path.resolve())
 
