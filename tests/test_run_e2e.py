@@ -152,10 +152,15 @@ def _kill_everything(parent: subprocess.Popen) -> None:
     parent.wait(timeout=30)
 
 
+def sigint_default() -> None:
+    """Ctrl-C as in a terminal, also when the test runs in a background job (which inherits SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_until_rows(root: Path, r: Path, out: Path, pipe: int, rows: int = 4) -> subprocess.Popen:
     """Start `llamakit run r` in its own process group; return once `rows` rows are in the output."""
     proc = subprocess.Popen([sys.executable, "-m", "llamakit", "run", str(r)], cwd=root, env=env_for(root),
-                            stdout=pipe, stderr=pipe, text=True, start_new_session=True)
+                            stdout=pipe, stderr=pipe, text=True, start_new_session=True, preexec_fn=sigint_default)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if out.exists() and out.read_bytes().count(b"\n") >= rows:

@@ -52,12 +52,17 @@ def env_for(root: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "LLAMAKIT_CACHE": str(root / "cache"), "COLUMNS": "200"}
 
 
-def start(root: Path, argv: list[str], out_file: Path, **kw: object) -> subprocess.Popen:
+def sigint_default() -> None:
+    """Ctrl-C as in a terminal, also when the test runs in a background job (which inherits SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start(root: Path, argv: list[str], out_file: Path) -> subprocess.Popen:
     """`llamakit run ...` in a session of its own (the test's signals stay out of it), output to a file."""
     with open(out_file, "wb") as f:
         return subprocess.Popen([sys.executable, "-m", "llamakit", "run", *argv], cwd=root, env=env_for(root),
                                 stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                **kw)  # type: ignore[call-overload]
+                                preexec_fn=sigint_default)
 
 
 def wait_rows(out: Path, proc: subprocess.Popen, rows: int = 3, timeout: float = 120) -> None:

@@ -315,11 +315,11 @@ def at_key(lr: LoadedRecipe, key: str, path: Path, step: Callable[[], T]) -> T:
     prompt's line, a shard) keep their own place."""
     try:
         return step()
-    except LlamakitError as e:
-        if e.line is not None or (e.where is not None and Path(e.where).resolve() != Path(path).resolve()):
+    except LlamakitError as err:
+        if err.line is not None or (err.where is not None and Path(err.where).resolve() != Path(path).resolve()):
             raise
         place, line = lr.where(key)
-        raise LlamakitError(f"{key} {path}: {e.what}", e.fix, place, line) from None
+        raise LlamakitError(f"{key} {path}: {err.what}", err.fix, place, line) from None
 
 
 def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict[str, Any] | None = None,
