@@ -27,7 +27,7 @@ def run_cmd(
     from llamakit.run.plan import describe, plan_run
     from llamakit.run.progress import Progress as RunProgress
     from llamakit.run.progress import fmt_duration
-    from llamakit.run.supervise import execute
+    from llamakit.run.supervise import detach_terminal, execute
 
     flags = {"--out": ("out_path", out),
              "--nproc": ("nproc", None if nproc is None else (int(nproc) if nproc.isdigit() else nproc))}
@@ -58,20 +58,32 @@ def run_cmd(
                        rate=f"{p.tok_per_s_1m:.1f} tok/s" if p.done else "",
                        eta=f"ETA {fmt_duration(p.eta_s)}" if p.eta_s is not None else "")
 
-        with bar:
-            summary = execute(setup, show, command)
+        summary = None
+        try:
+            with bar:
+                summary = execute(setup, show, command)
+        except OSError:  # the terminal went away without a hang-up signal: the run is done, its summary in the log
+            if summary is None:
+                raise
+            detach_terminal()
     else:  # not a terminal (a file, a pipe, nohup): plain lines every 30 s and at each 10 % of the prompts
 
         def plain(p: RunProgress) -> None:
             if p.due:
-                console.print(p.line(), markup=False, soft_wrap=True)
+                try:
+                    console.print(p.line(), markup=False, soft_wrap=True)
+                except OSError:  # a pipe whose reader is gone: the run goes on, the line is in the log
+                    detach_terminal()
 
         summary = execute(setup, plain, command)
-    for line in summary.lines():
-        console.print(line, markup=False, soft_wrap=True)
+    lines = summary.lines()
     if setup.loaded.recipe.ckpt_dir.startswith("builtin:"):  # the demo: show what came out
         samples = sample_rows(plan.out_path, 3)
         if samples:
-            console.print("a few generated texts (prompt -> completion):", markup=False)
-            for prompt, completion in samples:
-                console.print(f"  {prompt} -> {completion.strip()}", markup=False, soft_wrap=True)
+            lines.append("a few generated texts (prompt -> completion):")
+            lines += [f"  {prompt} -> {completion.strip()}" for prompt, completion in samples]
+    try:
+        for line in lines:
+            console.print(line, markup=False, soft_wrap=True)
+    except OSError:  # nobody is reading any more (the summary is in the log)
+        detach_terminal()
