@@ -9,6 +9,7 @@ import pytest
 from llamakit.checkpoint.params import ModelConfig
 from llamakit.doctor import rules as R
 from llamakit.doctor.checks import BY_NAME, CHECKS, apply_rule
+from llamakit.doctor.network import NetFacts
 from llamakit.doctor.facts import AllreduceResult, CkptFact, Facts, GpuFact, MatmulResult, RecipeFact
 
 GiB = 1024**3
@@ -52,8 +53,10 @@ def test_healthy_server_passes_every_check():
     f.matmul = [MatmulResult(0, True, 150.0), MatmulResult(1, True, 150.0)]
     f.allreduce = AllreduceResult("nccl", 2, True, 256 << 20, 0.01, 20.0, 20.0, "2.21.5")
     f.active_run = ["allreduce", "gpu-matmul"]
+    f.network = NetFacts(interfaces={"lo": ["127.0.0.1"], "eno1": ["10.0.0.5"]}, hostname="gpu1",
+                         hostname_addr="10.0.0.5")
     results = {c.name: apply_rule(c, f) for c in CHECKS}
-    assert {n: r.status for n, r in results.items() if r.status != "ok"} == {}
+    assert {n: r.status for n, r in results.items() if r.status != "ok"} == {"rendezvous": "skip"}  # one server
     assert "MP 2 x DP 1" in results["mp-plan"].finding
     assert "20.0 GB/s" in results["allreduce"].finding
 

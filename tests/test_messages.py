@@ -90,7 +90,7 @@ def test_a_shipped_recipe_path_outside_the_checkout_names_the_shipped_recipes(tm
 
 
 def test_inspect_of_an_mp2_checkpoint_says_one_gpu_is_after_a_reshard(tiny_factory):
-    from llamakit.inspect import fit_summary, inspect_checkpoint
+    from llamakit.inspection import fit_summary, inspect_checkpoint
 
     mem = inspect_checkpoint(tiny_factory("llama2", 2), gpus=[]).memory
     assert mem.mp == 2

@@ -137,6 +137,7 @@ class Facts:
     matmul: list[MatmulResult] | None = None  # None: not run
     allreduce: AllreduceResult | None = None
     active_run: list[str] = field(default_factory=list)  # active tests that were attempted (not --fast)
+    network: Any = None  # doctor.network.NetFacts: interfaces, and the rendezvous host when --master-addr is given
     errors: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

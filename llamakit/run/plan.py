@@ -17,6 +17,8 @@ from llamakit.gpus import GpuInfo
 from llamakit.fit import mp_within, reshard_command, reshard_destination, resolve_dtype, verdict
 from llamakit.memory import fmt_gib, plan_memory, weight_dtype
 from llamakit.run.output import id_key, scan_output, space_note
+from llamakit.run.nodes import (Nodes, check_layout, check_rendezvous_host, in_share, local_processes,
+                                torchrun_node_args)
 from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
 from llamakit.run.resume import RunLock, check_same_settings, fingerprints
@@ -178,14 +180,26 @@ class Plan:
     # what the text depends on, by content rather than path (a moved project folder is the same run):
     # "checkpoint" (params.json + shard names and sizes) and "tokenizer" (the file), as short sha256 digests
     fingerprints: dict[str, str] = field(default_factory=dict)
+    # runs over several nodes, or one share of an array (llamakit.run.nodes.Nodes as a dict); {} on one machine.
+    # Then every replica writes its own part file and this node starts nproc_per_node of the nproc processes.
+    nodes: dict[str, Any] = field(default_factory=dict)
+    nproc_per_node: int = 0
+    launcher: str = ""  # host-pid of the launcher that wrote this plan (names its node's files)
+    prompt_field: str = "prompt"  # with prompt_path: what `llamakit merge` needs to restore the input order
+    id_field: str = "id"
 
     @property
     def nproc(self) -> int:
         return self.mp * self.dp
 
+    @property
+    def local_nproc(self) -> int:
+        return self.nproc_per_node or self.nproc
+
     def save(self, path: Path) -> None:
-        """Atomically (temp file + rename): a kill mid-write never leaves a torn plan behind."""
-        tmp = path.with_name(path.name + ".tmp")
+        """Atomically (temp file + rename): a kill mid-write never leaves a torn plan behind. The temp name is this
+        process's own, since every node of a multi-node run records the same plan.json on a shared file system."""
+        tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
         tmp.write_text(json.dumps(asdict(self), ensure_ascii=False, indent=1), encoding="utf-8")
         os.replace(tmp, path)
 
@@ -226,13 +240,14 @@ def memory_line(config: Any, vocab: int, dev: Devices, quantize: str, batch: int
     return text, warn
 
 
-def torchrun_argv(plan: Plan, plan_file: Path) -> list[str]:
-    """The exact torchrun command (argv list, never a shell string) that starts every rank of this plan."""
+def torchrun_argv(plan: Plan, plan_file: Path, module: str = "llamakit.run.worker") -> list[str]:
+    """The exact torchrun command (argv list, never a shell string) that starts every rank of this plan (of this
+    node's ranks, in a run over several nodes; `module`: the worker, llamakit.score.worker for `llamakit score`)."""
     return [sys.executable, "-m", "torch.distributed.run",
-            "--nnodes", "1", "--nproc_per_node", str(plan.nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(plan.master_port),
+            *torchrun_node_args(Nodes.from_dict(getattr(plan, "nodes", None)),  # score's plan: one node
+                                getattr(plan, "nproc_per_node", 0) or plan.nproc, plan.master_port),
             "--max_restarts", "0", "--monitor_interval", "0.5",
-            "-m", "llamakit.run.worker", str(plan_file)]
+            "-m", module, str(plan_file)]
 
 
 def worker_env(plan: Plan, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -297,7 +312,9 @@ class Setup:
 
     @property
     def plan_file(self) -> Path:
-        return Path(self.plan.run_dir) / "plan.json"
+        """The plan this node's workers read; plan.json also records the settings the output is made with."""
+        name = f"plan.{self.plan.launcher}.json" if Nodes.from_dict(self.plan.nodes).multi else "plan.json"
+        return Path(self.plan.run_dir) / name
 
 
 def check_tokenizer(ckpt: Checkpoint, tok: Tokenizer) -> None:
@@ -323,8 +340,11 @@ def at_key(lr: LoadedRecipe, key: str, path: Path, step: Callable[[], T]) -> T:
 
 
 def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict[str, Any] | None = None,
-             gpu_facts: tuple[list, bool] | None = None) -> Setup:
-    """Validate recipe, checkpoint, tokenizer, prompts and output; decide MP x DP; write nothing."""
+             gpu_facts: tuple[list, bool] | None = None, nodes: Nodes | None = None) -> Setup:
+    """Validate recipe, checkpoint, tokenizer, prompts and output; decide MP x DP; write nothing. Over several nodes
+    every node makes the same checks from the same files, so each refuses a bad plan before anything starts."""
+    nodes = nodes or Nodes()
+    check_rendezvous_host(nodes)
     lr = load_recipe(recipe, overrides, flags)
     r = lr.recipe
     paths = resolve_paths(lr)
@@ -333,17 +353,26 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                                               lambda: find_tokenizer(paths.ckpt_dir))
     tok = at_key(lr, "tokenizer_path", tok_path, lambda: Tokenizer(tok_path))
     at_key(lr, "tokenizer_path", tok.path.resolve(), lambda: check_tokenizer(ckpt, tok))
-    prompts = at_key(lr, "prompt_path", paths.prompt_path,
-                     lambda: read_prompts(paths.prompt_path, r.prompt_field, r.id_field))
+    prompts = [p for i, p in enumerate(at_key(lr, "prompt_path", paths.prompt_path,
+                                              lambda: read_prompts(paths.prompt_path, r.prompt_field, r.id_field)))
+               if in_share(i, nodes.share)]
     state = scan_output(paths.out_path, prompts)
     pending = [p for p in prompts if id_key(p.id) not in state.done]
     hint = f" (recipe {lr.describe('max_seq_len')})"
     todo = prepare(pending, lambda texts: [[tok.bos_id] + ids for ids in tok.sp.encode(texts)],
                    r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
-    dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
-                                  paths.ckpt_dir, (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len,
-                                                   r.quantize), lr.describe("nproc") if "nproc" in lr.sources else None)
+    shape = (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len, r.quantize)
+    if nodes.multi:  # this node's processes; MP x DP over all nodes, the same answer on each
+        local = local_processes(r.device, r.nproc, ckpt.mp, gpus, cuda_ok, nodes)
+        dp = check_layout(ckpt.mp, local, nodes, lr.describe("nproc"))
+        dev = choose_devices(r.device, r.dtype, local, ckpt.mp if local % ckpt.mp == 0 else 1, gpus, cuda_ok,
+                             lr.describe("device"), paths.ckpt_dir, shape)
+        dev = Devices(dev.device, ckpt.mp, dp, dev.dtype, dev.backend, dev.gpus)
+    else:
+        local = 0
+        dev = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
+                             paths.ckpt_dir, shape, lr.describe("nproc") if "nproc" in lr.sources else None)
     engine = EngineConfig(max_seq_len=r.max_seq_len, max_batch_size=r.max_batch_size, dtype=dev.dtype,  # type: ignore[arg-type]
                           device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
                           quantize=r.quantize, fast=r.fast)
@@ -356,18 +385,23 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     if state.torn_bytes:
         notes.append(f"the output's last line is torn ({state.torn_bytes} bytes, a killed run): it is cut off "
                      "and that prompt generated again")
-    run_dir = paths.run_dir
+    run_dir = paths.run_dir / (f"share-{nodes.share[0]:02d}of{nodes.share[1]:02d}" if nodes.share else "")
+    launcher = f"{socket.gethostname()}-{os.getpid()}"
+    work = f"work.{launcher}.jsonl" if nodes.multi else "work.jsonl"
     plan = Plan(mp=dev.mp, dp=dev.dp, device=dev.device, dtype=dev.dtype, backend=dev.backend,
                 gpus=[describe_gpu(g) for g in dev.gpus], engine=asdict(engine), max_gen_len=r.max_gen_len,
                 ckpt_dir=str(paths.ckpt_dir), tokenizer_path=str(Path(tok_path).resolve()),
-                prompt_path=str(paths.prompt_path), out_path=str(paths.out_path), log_path=str(paths.log_path),
-                run_dir=str(run_dir), work_path=str(run_dir / "work.jsonl"), total=len(prompts),
+                prompt_path=str(paths.prompt_path), out_path=str(paths.out_path),
+                log_path=str(nodes.log_path(paths.log_path)),
+                run_dir=str(run_dir), work_path=str(run_dir / work), total=len(prompts),
                 pending=sum(1 for t in todo if not t.skipped), already_done=len(prompts) - len(pending),
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
-                omp_threads=omp_threads(dev.nproc), master_port=free_port(), memory=mem, notes=notes,
-                fingerprints=fingerprints(ckpt, Path(tok_path)))
-    RunLock.check_free(run_dir, paths.out_path)  # a live run's own error comes first, not a settings mismatch
+                omp_threads=omp_threads(local or dev.nproc), master_port=free_port(), memory=mem, notes=notes,
+                fingerprints=fingerprints(ckpt, Path(tok_path)), nodes=nodes.to_dict(), nproc_per_node=local,
+                launcher=launcher, prompt_field=r.prompt_field, id_field=r.id_field)
+    RunLock.check_free(run_dir, paths.out_path, nodes.lock_name)  # a live run's error first, not a settings mismatch
     check_same_settings(plan, run_dir / "plan.json", len(state.done))
-    argv = torchrun_argv(plan, run_dir / "plan.json")
-    return Setup(lr, paths, ckpt, prompts, todo, plan, argv, state.torn_bytes)
+    setup = Setup(lr, paths, ckpt, prompts, todo, plan, [], state.torn_bytes)
+    setup.argv = torchrun_argv(plan, setup.plan_file)
+    return setup
 

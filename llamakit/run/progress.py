@@ -65,6 +65,7 @@ class Tracker:
         self.last_decile = 0
         self.last_rows = 0
         self.finished: float | None = None
+        self.last: Progress | None = None
 
     def began(self, when: float) -> None:
         """Generation began at `when` (a replica's engine was ready); the first call wins."""
@@ -98,4 +99,5 @@ class Tracker:
         due = (final and rows != self.last_rows) or now - self.last_line >= self.EVERY or decile > self.last_decile
         if due:
             self.last_line, self.last_decile, self.last_rows = now, decile, rows
-        return Progress(rows, self.total, tokens, gen, now - self.start, rate_1m, eta, due)
+        self.last = Progress(rows, self.total, tokens, gen, now - self.start, rate_1m, eta, due)
+        return self.last

@@ -211,7 +211,8 @@ def run_status(target: str | Path) -> RunStatus:
         cwd, cmd = first.get("cwd"), first.get("command")
         if cmd:
             st.resume = f"cd {shlex.quote(cwd)} && {cmd}" if cwd else cmd
-    holder = RunLock.holder(run_dir) if run_dir.is_dir() else None
+    locks = sorted(p.name for p in run_dir.glob("lock*")) if run_dir.is_dir() else []  # lock.node<R>: several nodes
+    holder = next((h for h in (RunLock.holder(run_dir, name) for name in locks) if h is not None), None)
     if holder is not None:
         st.state = "running"
         st.done = sum(r.get("done_before", 0) + r.get("done", 0) for r in reports) if reports else _count_rows(out_path)

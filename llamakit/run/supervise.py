@@ -25,7 +25,9 @@ from typing import Any, Callable
 
 from llamakit.errors import LlamakitError
 from llamakit.lifeline import child_env, guarded
-from llamakit.run.output import Summary, clean_run_dir, disk_full_error, finish, prepare_output
+from llamakit.run.nodes import Nodes
+from llamakit.run.output import Summary, clean_run_dir, disk_full_error, finish, finish_elsewhere, prepare_output
+from llamakit.run.parts import part_files
 from llamakit.run.plan import Plan, Setup, describe, free_port, torchrun_argv, worker_env
 from llamakit.run.progress import Progress, Tracker
 from llamakit.run.prompts import write_work
@@ -52,7 +54,7 @@ def _collect_error(run_dir: Path) -> dict[str, Any] | None:
 
 
 class _Follower:
-    """Counts rows appended to the output file since the run started (all replicas write there)."""
+    """Counts rows appended to one output file since the run started (all replicas write there on one machine)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -77,7 +79,31 @@ class _Follower:
             except json.JSONDecodeError:
                 continue
             self.rows += 1
-            self.tokens += int(row.get("completion_tokens", 0) or 0)
+            self.tokens += int(row.get("completion_tokens", row.get("n_tokens", 0)) or 0)  # score rows: n_tokens
+
+
+class _PartsFollower:
+    """The same count over every part file of out_path (one per replica, over all nodes), new ones included."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.each = {p: _Follower(p) for p in part_files(out)}
+
+    def poll(self) -> None:
+        for p in part_files(self.out):
+            if p not in self.each:
+                self.each[p] = _Follower(p)
+                self.each[p].offset = 0  # created by this run: every row counts
+        for f in self.each.values():
+            f.poll()
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.each.values())
+
+    @property
+    def tokens(self) -> int:
+        return sum(f.tokens for f in self.each.values())
 
 
 # ---------------------------------------------------------------- signals and the log
@@ -200,40 +226,48 @@ def _generation_began(run_dir: Path) -> float | None:
 
 
 def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0.5, tracker: Tracker | None = None,
-          status: StatusFile | None = None, signals: Signals | None = None) -> tuple[int, Progress]:
-    """Start torchrun for the plan, follow the output until it exits; returns torchrun's exit code and the progress."""
+          status: StatusFile | None = None, signals: Signals | None = None) -> int:
+    """Start torchrun for the plan, follow the output until it exits; returns torchrun's exit code (the last
+    progress is tracker.last)."""
     plan = setup.plan
     run_dir = Path(plan.run_dir)
-    follower = _Follower(Path(plan.out_path))
+    nodes = Nodes.from_dict(getattr(plan, "nodes", None))  # score's plans run on one node
+    follower = _PartsFollower(Path(plan.out_path)) if nodes.parts else _Follower(Path(plan.out_path))
     tracker = tracker or Tracker(plan.pending)
     env = child_env(worker_env(plan))
-    with open(plan.log_path, "ab") as logf:  # torchrun's and the workers' own output goes to the log only
-        proc = subprocess.Popen(guarded(setup.argv), env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                start_new_session=True)
-        if status:
-            status.update(force=True, torchrun_pid=proc.pid, phase="loading")
-        try:
-            while True:
-                if signals and signals.stop:
-                    raise _stop(proc, plan, f"stopped by {signals.stop[0]}")
-                rc = proc.poll()
-                follower.poll()
-                if tracker.gen_start is None:
-                    began = _generation_began(run_dir)
-                    if began is not None:
-                        tracker.began(began)
-                prog = tracker.update(follower.rows, follower.tokens, final=rc is not None)
-                if on_progress:
-                    on_progress(prog)
-                if prog.due:
-                    log.info("%s", prog.line())
-                if status:
-                    status.update(prog, phase=prog.phase)
-                if rc is not None:
-                    return rc, prog
-                time.sleep(poll_s)
-        except KeyboardInterrupt:  # Ctrl-C reaches only the launcher: torchrun runs in a session of its own
-            raise _stop(proc, plan, "interrupted (Ctrl-C)") from None
+    own = Signals(plan).__enter__() if signals is None else None  # score calls spawn without execute's handlers
+    signals = signals or own
+    try:
+        with open(plan.log_path, "ab") as logf:  # torchrun's and the workers' own output goes to the log only
+            proc = subprocess.Popen(guarded(setup.argv), env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                    start_new_session=True)
+            if status:
+                status.update(force=True, torchrun_pid=proc.pid, phase="loading")
+            try:
+                while True:
+                    if signals and signals.stop:
+                        raise _stop(proc, plan, f"stopped by {signals.stop[0]}")
+                    rc = proc.poll()
+                    follower.poll()
+                    if tracker.gen_start is None:
+                        began = _generation_began(run_dir)
+                        if began is not None:
+                            tracker.began(began)
+                    prog = tracker.update(follower.rows, follower.tokens, final=rc is not None)
+                    if on_progress:
+                        on_progress(prog)
+                    if prog.due:
+                        log.info("%s", prog.line())
+                    if status:
+                        status.update(prog, phase=prog.phase)
+                    if rc is not None:
+                        return rc
+                    time.sleep(poll_s)
+            except KeyboardInterrupt:  # Ctrl-C reaches only the launcher: torchrun runs in a session of its own
+                raise _stop(proc, plan, "interrupted (Ctrl-C)") from None
+    finally:
+        if own is not None:
+            own.__exit__()
 
 
 def _no_space(path: Path) -> bool:
@@ -269,6 +303,28 @@ def _worker_error(rc: int, plan: Plan) -> LlamakitError:
     return LlamakitError(f"rank {err.get('rank')}: {what}", fix, err.get("where"), err.get("line"))
 
 
+def merges_here(plan: Plan, nodes: Nodes, started: bool) -> bool:
+    """Whether this launcher checks and orders out_path at the end: always on one machine; over several nodes the
+    one whose workers merged the parts (they leave merged.json), or node 0 when nothing was started; never for a
+    share of an array (the other shares may still be writing: `llamakit merge` does it)."""
+    if nodes.share is not None:
+        return False
+    if not nodes.multi:
+        return True
+    if not started:
+        return bool(nodes.is_merger)
+    try:
+        marker = json.loads((Path(plan.run_dir) / "merged.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return marker.get("launcher") == plan.launcher
+
+
+def status_name(nodes: Nodes) -> str:
+    """status.json on one machine; status.node<R>.json for one node of several (llamakit.run.status sums them)."""
+    return "status.json" if not nodes.multi else f"status.{nodes.lock_name.split('.', 1)[1]}.json"
+
+
 def execute(setup: Setup, on_progress: ProgressFn | None = None, command: str | None = None) -> Summary:
     """Write the run folder, spawn the ranks, then check and reorder the output; raises the first rank's error.
     `command` is how the user started it (the status file shows it as the resume command)."""
@@ -277,40 +333,52 @@ def execute(setup: Setup, on_progress: ProgressFn | None = None, command: str | 
     t0 = time.monotonic()
     status: StatusFile | None = None
     try:
-        with Signals(plan) as signals, RunLock(Path(plan.run_dir), Path(plan.out_path)):
-            writes = bool(plan.pending or any(t.skipped for t in setup.todo))
-            if writes:  # a fresh port before the plan is logged: the log names the one the run uses
+        nodes = Nodes.from_dict(plan.nodes)
+        with Signals(plan) as signals, RunLock(Path(plan.run_dir), Path(plan.out_path), nodes.lock_name):
+            skipped = any(t.skipped for t in setup.todo)
+            start = plan.pending > 0 or (nodes.parts and skipped)  # with part files the replicas write skipped rows
+            if plan.pending or skipped:  # a fresh port before the plan is logged: the log names the one the run uses
                 plan.master_port = free_port()
                 setup.argv = torchrun_argv(plan, setup.plan_file)
-            status = StatusFile(Path(plan.run_dir), command=command or f"llamakit run {shlex.quote(str(setup.loaded.path))}",
+            status = StatusFile(Path(plan.run_dir), status_name(nodes),
+                                command=command or f"llamakit run {shlex.quote(str(setup.loaded.path))}",
                                 cwd=os.getcwd(), recipe=str(setup.loaded.path), out_path=plan.out_path,
                                 log_path=plan.log_path, total=plan.total, done_before=plan.already_done,
                                 todo=plan.pending, done=0, gpus=plan.gpus, phase="starting")
             status.update(force=True)
-            log.info("llamakit run %s", setup.loaded.path)
+            log.info("llamakit run %s%s", setup.loaded.path, f" ({nodes.label()})" if nodes.parts else "")
             for line in describe(plan, setup.argv):
                 log.info("plan: %s", line)
-            if writes:  # this run writes rows: record its settings before the first row (a resume compares them)
+            if plan.pending or skipped:  # this run writes rows: record its settings before the first row
                 plan.save(setup.plan_file)
+                if setup.plan_file.name != "plan.json":  # over several nodes: this node's own, and the record
+                    plan.save(Path(plan.run_dir) / "plan.json")
             n_skipped = prepare_output(setup)
-            prog = None
-            if plan.pending:
-                write_work(setup.todo, Path(plan.work_path))
-                log.info("starting %s: %s", plural(plan.nproc, "process"), " ".join(setup.argv))
-                rc, prog = spawn(setup, on_progress, tracker=Tracker(plan.pending), status=status, signals=signals)
+            tracker = Tracker(plan.pending)
+            if start:
+                write_work(setup.todo, Path(plan.work_path), with_skipped=nodes.parts)
+                (Path(plan.run_dir) / "merged.json").unlink(missing_ok=True)
+                procs = plural(plan.nproc, "process")
+                log.info("starting %s: %s", f"{plan.local_nproc} of {procs}" if nodes.multi else procs,
+                         " ".join(setup.argv))
+                rc = spawn(setup, on_progress, tracker=tracker, status=status, signals=signals)
                 if rc != 0:
                     raise _worker_error(rc, plan)
+            prog = tracker.last
             status.update(force=True, phase="finishing")
-            try:
-                summary = finish(setup, n_skipped, t0, prog.gen_seconds if prog else 0.0)
-            except OSError as e:
-                if e.errno != errno.ENOSPC:
-                    raise
-                raise LlamakitError(f"no space left on device while putting {plan.out_path} in input order "
-                                    f"(that needs a second copy, {human_bytes(Path(plan.out_path).stat().st_size)})",
-                                    "free that much space on its disk and re-run: every row is there, the re-run "
-                                    "only puts them in order", plan.out_path) from None
-            clean_run_dir(Path(plan.run_dir))
+            if merges_here(plan, nodes, start):
+                try:
+                    summary = finish(setup, n_skipped, t0, prog.gen_seconds if prog else 0.0)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    raise LlamakitError(f"no space left on device while putting {plan.out_path} in input order "
+                                        f"(that needs a second copy, {human_bytes(Path(plan.out_path).stat().st_size)})",
+                                        "free that much space on its disk and re-run: every row is there, the re-run "
+                                        "only puts them in order", plan.out_path) from None
+                clean_run_dir(Path(plan.run_dir))
+            else:
+                summary = finish_elsewhere(setup, nodes, t0)
             status.update(prog, force=True, phase="complete")
         return summary
     except OSError as e:  # the launcher's own writes (run folder, skipped rows) on a full disk
