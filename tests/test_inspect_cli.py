@@ -118,8 +118,8 @@ def test_real_process_exit_code_and_clean_error(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'missing'}: checkpoint folder does not exist. Fix: pass the folder holding "
-        "consolidated.NN.pth and params.json (e.g. /data/LLaMA/13B)"]
+        f"error: {tmp_path / 'missing'}: checkpoint folder does not exist. Fix: no checkpoint in {tmp_path}: give "
+        "the folder holding consolidated.NN.pth and params.json"]
 
 
 def test_cli_help_defaults_equal_the_library_defaults():
