@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 
 from llamakit.checkpoint.shards import Checkpoint, open_checkpoint
 from llamakit.engine.api import EngineConfig
+from llamakit.distributed import free_port
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
 from llamakit.fit import mp_within, reshard_command, reshard_destination, resolve_dtype, verdict
@@ -19,7 +20,7 @@ from llamakit.memory import fmt_gib, plan_memory, weight_dtype
 from llamakit.run.output import id_key, scan_output, space_note
 from llamakit.run.nodes import (Nodes, check_layout, check_rendezvous_host, in_share, local_processes,
                                 torchrun_node_args)
-from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
+from llamakit.run.prompts import Prepared, Prompt, prepare, prompt_encoder, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
 from llamakit.run.resume import RunLock, check_same_settings, fingerprints
 from llamakit.tokenizer import Tokenizer, find_tokenizer
@@ -136,13 +137,6 @@ def cuda_facts() -> tuple[list[GpuInfo], bool]:
     return gpus, ok
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (for torchrun's rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def omp_threads(nproc: int, cpus: int | None = None) -> int:
     """Threads per process so the ranks share the cores instead of oversubscribing them."""
     if cpus is None:
@@ -176,6 +170,7 @@ class Plan:
     omp_threads: int
     master_port: int
     memory: str = ""  # per-GPU memory estimate, for display
+    chat_format: str = "none"  # the recipe's (rows may set their own in their params object)
     notes: list[str] = field(default_factory=list)
     # what the text depends on, by content rather than path (a moved project folder is the same run):
     # "checkpoint" (params.json + shard names and sizes) and "tokenizer" (the file), as short sha256 digests
@@ -354,13 +349,14 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     tok = at_key(lr, "tokenizer_path", tok_path, lambda: Tokenizer(tok_path))
     at_key(lr, "tokenizer_path", tok.path.resolve(), lambda: check_tokenizer(ckpt, tok))
     prompts = [p for i, p in enumerate(at_key(lr, "prompt_path", paths.prompt_path,
-                                              lambda: read_prompts(paths.prompt_path, r.prompt_field, r.id_field)))
+                                              lambda: read_prompts(paths.prompt_path, r.prompt_field, r.id_field,
+                                                                  r.chat_format)))
                if in_share(i, nodes.share)]
     state = scan_output(paths.out_path, prompts)
     pending = [p for p in prompts if id_key(p.id) not in state.done]
     hint = f" (recipe {lr.describe('max_seq_len')})"
-    todo = prepare(pending, lambda texts: [[tok.bos_id] + ids for ids in tok.sp.encode(texts)],
-                   r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
+    todo = prepare(pending, prompt_encoder(tok, r.chat_format, paths.prompt_path, lr.describe("chat_format")),
+                   r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint, r.chat_format)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
     shape = (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len, r.quantize)
     if nodes.multi:  # this node's processes; MP x DP over all nodes, the same answer on each
@@ -398,7 +394,7 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
                 omp_threads=omp_threads(local or dev.nproc), master_port=free_port(), memory=mem, notes=notes,
                 fingerprints=fingerprints(ckpt, Path(tok_path)), nodes=nodes.to_dict(), nproc_per_node=local,
-                launcher=launcher, prompt_field=r.prompt_field, id_field=r.id_field)
+                launcher=launcher, prompt_field=r.prompt_field, id_field=r.id_field, chat_format=r.chat_format)
     RunLock.check_free(run_dir, paths.out_path, nodes.lock_name)  # a live run's error first, not a settings mismatch
     check_same_settings(plan, run_dir / "plan.json", len(state.done))
     setup = Setup(lr, paths, ckpt, prompts, todo, plan, [], state.torn_bytes)

@@ -50,6 +50,10 @@ KEYS: dict[str, KeyInfo] = {
     "seed": KeyInfo("sampling seed; each prompt's sampling depends on (seed, line, step)",
                     "an integer >= 0"),
     "prompt_field": KeyInfo("JSONL field holding the prompt text", "a field name (default: prompt)"),
+    "chat_format": KeyInfo("how prompts are turned into tokens: none = plain text; llama2-chat / llama3-instruct = "
+                           "Meta's chat format (a prompt is then a string or a list of {role, content} messages); "
+                           "a row's params object may set its own",
+                           "one of none, llama2-chat, llama3-instruct"),
     "id_field": KeyInfo("JSONL field holding the prompt's id; a line without it gets its line number",
                         "a field name (default: id)"),
     "on_long_prompt": KeyInfo("what to do with a prompt longer than max_seq_len - max_gen_len tokens",
@@ -81,6 +85,7 @@ class Recipe(BaseModel):
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     seed: int = Field(1, ge=0)
     prompt_field: str = Field("prompt", min_length=1)
+    chat_format: Literal["none", "llama2-chat", "llama3-instruct"] = "none"
     id_field: str = Field("id", min_length=1)
     on_long_prompt: Literal["error", "truncate", "skip"] = "error"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
@@ -382,3 +387,10 @@ def resolve_paths(lr: LoadedRecipe) -> RunPaths:
 def run_dir_for(out_path: Path) -> Path:
     """The run folder of an output file: `.<out name>.llamakit/` next to it."""
     return out_path.parent / f".{out_path.name}.llamakit"
+
+
+def check_recipe_text(text: str, where: Path) -> None:
+    """Validate a recipe's text as load_recipe would (file:line in every message), without reading a file:
+    new-recipe checks what it wrote before saving it."""
+    lines = _key_lines(text, where)
+    validate_recipe(yaml.safe_load(text), where, {k: (str(where), ln) for k, ln in lines.items()})
