@@ -100,7 +100,8 @@ def run_cmd(
         task = bar.add_task("loading model", total=max(plan.pending, 1), rate="", eta="")
 
         def show(p: RunProgress) -> None:
-            bar.update(task, completed=p.done, description="generating" if p.phase == "generating" else "loading model",
+            bar.update(task, completed=p.done, description="generating" if p.phase == "generating" else
+                       ("loading model" if p.phase == "loading" else p.phase),
                        rate=f"{p.tok_per_s_1m:.1f} tok/s" if p.done else "",
                        eta=f"ETA {fmt_duration(p.eta_s)}" if p.eta_s is not None else "")
 

@@ -76,7 +76,9 @@ class Nodes:
             return f"share {self.share[0]} of {self.share[1]}"
         if not self.multi:
             return ""
-        return f"node {self.node_rank} of {self.nnodes}" if self.node_rank is not None else f"one of {self.nnodes} nodes"
+        if self.node_rank is None:
+            return f"one of {self.nnodes} nodes"
+        return f"node {self.node_rank} of {self.nnodes}"
 
 
 def parse_share(text: str) -> tuple[int, int]:
@@ -151,7 +153,7 @@ def check_layout(mp: int, nproc_per_node: int, nodes: Nodes, where: str = "--npr
     if nproc_per_node % mp and not nodes.mp_across_nodes:
         raise LlamakitError(f"the checkpoint's MP={mp} does not fit in {nproc_per_node} process(es) per node, so a "
                             "model-parallel group would span nodes: every layer of every token would then wait for "
-                            "the network (slow over Ethernet)", f"use {mp} GPUs per node (or reshard to MP="
+                            "the network (slow over Ethernet)", f"use {mp} processes (GPUs) per node (or reshard to MP="
                             f"{nproc_per_node}); if you mean it (fast interconnect), add --mp-across-nodes", where)
     return world // mp
 
@@ -216,6 +218,7 @@ def _bindable(ip: str, port: int) -> bool:
     """Whether this machine can listen on ip:port (the address is its own and the port is free)."""
     fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's TCPStore: a closed run's port is free
         try:
             s.bind((ip, port))
             return True

@@ -294,7 +294,8 @@ def finish_elsewhere(setup: Setup, nodes: Any, t0: float) -> Summary:
     plan, out_path = setup.plan, Path(setup.plan.out_path)
     if nodes.share is not None:
         state = scan_output(out_path, setup.prompts)
-        missing = [p for p in setup.prompts if id_key(p.id) not in state.done]
+        k, n = nodes.share
+        missing = [p for i, p in enumerate(setup.prompts) if i % n == k and id_key(p.id) not in state.done]
         if missing:
             raise LlamakitError(f"the workers finished but {len(missing)} prompts of this share have no row "
                                 f"(first: id {missing[0].id!r})", "re-run the same command to complete them",

@@ -30,10 +30,13 @@ class Progress:
     tok_per_s_1m: float = 0.0  # over the last minute
     eta_s: float | None = None  # None until the first rows are in
     due: bool = False  # a plain progress line is due now (every 30 s, and at each 10 % of the rows)
+    stage: str | None = None  # before generation: what the run waits for, e.g. "waiting for the other nodes ..."
 
     @property
     def phase(self) -> str:
-        return "generating" if self.gen_seconds > 0 or self.done else "loading"
+        if self.gen_seconds > 0 or self.done:
+            return "generating"
+        return self.stage if self.stage and self.stage != "loading" else "loading"
 
     @property
     def tok_per_s(self) -> float:
@@ -43,8 +46,9 @@ class Progress:
     def line(self) -> str:
         """The plain progress line (stdout not a terminal, and the log)."""
         pct = f" ({100 * self.done // self.total}%)" if self.total else ""
-        if self.phase == "loading":
-            return f"progress: loading the model, 0/{self.total} rows, {fmt_duration(self.since_start)} since start"
+        if self.phase != "generating":
+            doing = "loading the model" if self.phase == "loading" else self.phase
+            return f"progress: {doing}, 0/{self.total} rows, {fmt_duration(self.since_start)} since start"
         eta = f", ETA {fmt_duration(self.eta_s)}" if self.eta_s is not None else ""
         return (f"progress: {self.done}/{self.total} rows{pct}, {self.tok_per_s_1m:.1f} tok/s last minute, "
                 f"{self.tok_per_s:.1f} tok/s overall{eta}")
@@ -73,7 +77,8 @@ class Tracker:
             self.gen_start = when
             self.samples.append((when, 0, 0))
 
-    def update(self, rows: int, tokens: int, now: float | None = None, final: bool = False) -> Progress:
+    def update(self, rows: int, tokens: int, now: float | None = None, final: bool = False,
+               stage: str | None = None) -> Progress:
         now = time.time() if now is None else now
         if rows and self.gen_start is None:  # rows without a ready mark (an older worker): the rows mark it
             self.began(now)
@@ -99,5 +104,5 @@ class Tracker:
         due = (final and rows != self.last_rows) or now - self.last_line >= self.EVERY or decile > self.last_decile
         if due:
             self.last_line, self.last_decile, self.last_rows = now, decile, rows
-        self.last = Progress(rows, self.total, tokens, gen, now - self.start, rate_1m, eta, due)
+        self.last = Progress(rows, self.total, tokens, gen, now - self.start, rate_1m, eta, due, stage)
         return self.last
