@@ -26,12 +26,12 @@ from llamakit.run.status import run_status
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-N = 12
+N = 20
 
 
 @pytest.fixture(scope="module")
 def world(tiny_factory, tmp_path_factory):
-    """12 prompts, decoded one at a time (max_batch_size 1) so that a run lasts long enough to be stopped."""
+    """20 prompts, decoded one at a time (max_batch_size 1) so that a run lasts long enough to be stopped."""
     root = tmp_path_factory.mktemp("life")
     (root / "prompts.jsonl").write_text("".join(json.dumps({"id": f"q{i:02d}", "prompt": f"Die Nachricht {i} lautet"})
                                                 + "\n" for i in range(N)), encoding="utf-8")
@@ -146,9 +146,9 @@ def test_a_run_whose_terminal_hangs_up_finishes_normally(hung_up):
     log = (root / "hup.log").read_text(encoding="utf-8")
     assert rc == 0, log[-3000:]
     assert "the terminal hung up (SIGHUP): the run goes on" in log
-    assert "wrote 12 rows in input order" in log and "summary: 12 prompts: 12 generated now" in log
+    assert "wrote 20 rows in input order" in log and "summary: 20 prompts: 20 generated now" in log
     assert [r["id"] for r in rows_of(out)] == [f"q{i:02d}" for i in range(N)]
-    assert b"llamakit run: 12 prompts to generate" in seen  # it did draw on the terminal before the hang-up
+    assert b"llamakit run: 20 prompts to generate" in seen  # it did draw on the terminal before the hang-up
 
 
 def test_kill_9_of_the_launcher_ends_every_process_and_status_follows(world, hung_up):
