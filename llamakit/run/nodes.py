@@ -45,10 +45,13 @@ class Nodes:
     @property
     def lock_name(self) -> str:
         """The run folder's lock file for this launcher. flock between hosts is what NFS may not honour, so over
-        several nodes each node takes its own (two launchers for one node rank still exclude each other)."""
+        several nodes each node takes its own (two launchers for one node rank still exclude each other; with c10d
+        the rendezvous admits exactly nnodes, so each launcher's lock is its own)."""
         if not self.multi:
             return "lock"
-        return f"lock.node{self.node_rank}" if self.node_rank is not None else f"lock.{self.rdzv_id}"
+        if self.node_rank is not None:
+            return f"lock.node{self.node_rank}"
+        return f"lock.{socket.gethostname()}-{os.getpid()}"  # c10d: the rendezvous itself admits nnodes launchers
 
     def log_path(self, log: Path) -> Path:
         """Each node appends to its own log (appends of two hosts to one NFS file can interleave): node 0 keeps the

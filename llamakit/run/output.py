@@ -236,7 +236,7 @@ def clean_run_dir(run_dir: Path) -> None:
     plan.json (the settings this output was made with, so a re-run with other settings is told so) and the status
     files (`llamakit status` reports the finished run)."""
     for entry in run_dir.iterdir():
-        if entry.name in ("lock", "plan.json") or entry.name.startswith("lock.") or \
+        if entry.name in ("lock", "plan.json") or entry.name.startswith("lock.node") or \
                 (entry.name.startswith("status") and entry.suffix == ".json"):  # lock.nodeR: multi-node runs
             continue
         if entry.is_dir():
