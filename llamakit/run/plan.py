@@ -16,7 +16,8 @@ from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
 from llamakit.fit import mp_within, reshard_command, reshard_destination, resolve_dtype, verdict
 from llamakit.memory import fmt_gib, plan_memory, weight_dtype
-from llamakit.run.output import id_key, scan_output
+from llamakit.run.decoding import plan_rows, recipe_sampling, versions
+from llamakit.run.output import scan_output
 from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
 from llamakit.run.resume import RunLock, check_same_settings, fingerprints
@@ -171,6 +172,8 @@ class Plan:
     # what the text depends on, by content rather than path (a moved project folder is the same run):
     # "checkpoint" (params.json + shard names and sizes) and "tokenizer" (the file), as short sha256 digests
     fingerprints: dict[str, str] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)  # the recipe's decoding keys (run.decoding), for resume
+    versions: dict[str, Any] = field(default_factory=dict)  # llamakit, torch, CUDA, driver, GPUs: to describe a dataset
 
     @property
     def nproc(self) -> int:
@@ -312,19 +315,21 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     tok_path = paths.tokenizer_path or find_tokenizer(paths.ckpt_dir)
     tok = Tokenizer(tok_path)
     check_tokenizer(ckpt, tok)
-    prompts = read_prompts(paths.prompt_path, r.prompt_field, r.id_field)
-    state = scan_output(paths.out_path, prompts)
-    pending = [p for p in prompts if id_key(p.id) not in state.done]
+    prompts = read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.params_field)
+    rows = plan_rows(lr, prompts, tok.n_words, paths.prompt_path)
+    state = scan_output(paths.out_path, prompts, rows.expect)
+    pending = [p for p in prompts if rows.missing(p, state.done)]
     hint = f" (recipe {lr.describe('max_seq_len')})"
     todo = prepare(pending, lambda texts: [[tok.bos_id] + ids for ids in tok.sp.encode(texts)],
-                   r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
+                   rows.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
+    rows.fill(todo, state.done)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
     dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
                                   paths.ckpt_dir, (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len,
                                                    r.quantize))
     engine = EngineConfig(max_seq_len=r.max_seq_len, max_batch_size=r.max_batch_size, dtype=dev.dtype,  # type: ignore[arg-type]
                           device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
-                          quantize=r.quantize, fast=r.fast)
+                          quantize=r.quantize, fast=r.fast, eos_id=tok.eos_id, graph_modes=rows.graph_modes(todo))
     mem, warn = memory_line(ckpt.config, ckpt.vocab_rows, dev, r.quantize, r.max_batch_size, r.max_seq_len,
                             paths.ckpt_dir)
     notes = [warn] if warn else []
@@ -336,11 +341,12 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                 gpus=[describe_gpu(g) for g in dev.gpus], engine=asdict(engine), max_gen_len=r.max_gen_len,
                 ckpt_dir=str(paths.ckpt_dir), tokenizer_path=str(Path(tok_path).resolve()),
                 prompt_path=str(paths.prompt_path), out_path=str(paths.out_path), log_path=str(paths.log_path),
-                run_dir=str(run_dir), work_path=str(run_dir / "work.jsonl"), total=len(prompts),
-                pending=sum(1 for t in todo if not t.skipped), already_done=len(prompts) - len(pending),
+                run_dir=str(run_dir), work_path=str(run_dir / "work.jsonl"), total=rows.total,
+                pending=sum(len(t.samples) for t in todo if not t.skipped), already_done=len(state.done),
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
                 omp_threads=omp_threads(dev.nproc), master_port=free_port(), memory=mem, notes=notes,
-                fingerprints=fingerprints(ckpt, Path(tok_path)))
+                fingerprints=fingerprints(ckpt, Path(tok_path)), sampling=recipe_sampling(r),
+                versions=versions(list(dev.gpus)))
     RunLock.check_free(run_dir, paths.out_path)  # a live run's own error comes first, not a settings mismatch
     check_same_settings(plan, run_dir / "plan.json", len(state.done))
     argv = torchrun_argv(plan, run_dir / "plan.json")

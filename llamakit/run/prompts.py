@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from llamakit.errors import LlamakitError
 from llamakit.run.output import RESERVED, id_key
@@ -21,6 +21,7 @@ class Prompt:
     id: str | int  # the id field, or the line number when the line has none
     text: str
     extra: dict[str, Any] = field(default_factory=dict)  # every other field, passed through to the output
+    params: Any = None  # the params_field's value: this prompt's own decoding settings (run.decoding checks it)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -43,7 +44,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield i, text.rstrip("\r\n")
 
 
-def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id") -> list[Prompt]:
+def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id",
+                 params_field: str = "params") -> list[Prompt]:
     """Read every prompt; blank lines are ignored, anything else that is not a usable prompt is an error."""
     path = Path(path)
     is_txt = path.suffix.lower() == ".txt"
@@ -84,7 +86,7 @@ def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id")
         if isinstance(pid, bool) or not isinstance(pid, (str, int)):
             raise LlamakitError(f"field '{id_field}' is {type(pid).__name__}, not a string or integer",
                                 "use string or integer ids (or set id_field in the recipe)", path, line)
-        extra = {k: v for k, v in obj.items() if k not in (prompt_field, id_field)}
+        extra = {k: v for k, v in obj.items() if k not in (prompt_field, id_field, params_field)}
         clash = sorted(RESERVED & set(extra))
         if clash:
             raise LlamakitError(f"field '{clash[0]}' would be overwritten by the output field of that name",
@@ -94,7 +96,7 @@ def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id")
             raise LlamakitError(f"duplicate id {pid!r} (also on line {seen[k]})",
                                 "give every line a unique id (resume finds finished prompts by id)", path, line)
         seen[k] = line
-        prompts.append(Prompt(index, line, pid, value, extra))
+        prompts.append(Prompt(index, line, pid, value, extra, obj.get(params_field)))
     if not prompts:
         raise LlamakitError("prompt file has no prompts",
                             "add one prompt per line" if is_txt else "add one JSON object per line", path)
@@ -113,27 +115,33 @@ class Prepared:
     n_tokens: int  # tokens of the full prompt (bos included)
     truncated: bool = False
     skipped: bool = False
+    samples: list[int] = field(default_factory=lambda: [0])  # samples still to write (resume is by id, sample)
+    settings: dict[str, Any] = field(default_factory=dict)  # decoding settings (run.decoding), max_gen_len included
+    recorded: dict[str, Any] = field(default_factory=dict)  # the ones that differ from the recipe (in its rows)
 
 
-def prepare(prompts: list[Prompt], encode: Any, max_prompt_len: int,
+def prepare(prompts: list[Prompt], encode: Any, max_prompt_len: int | Callable[[Prompt], int],
             policy: Literal["error", "truncate", "skip"], path: Path, hint: str = "") -> list[Prepared]:
-    """Tokenize (with bos) and apply the long-prompt policy; `error` stops at the first long prompt with file:line."""
+    """Tokenize (with bos) and apply the long-prompt policy; `error` stops at the first long prompt with file:line.
+    `max_prompt_len` may depend on the prompt (its own max_gen_len)."""
     out: list[Prepared] = []
     too_long: list[Prepared] = []
     for p, toks in zip(prompts, encode([p.text for p in prompts])):
         item = Prepared(p, toks, len(toks))
-        if len(toks) > max_prompt_len:
+        limit = max_prompt_len(p) if callable(max_prompt_len) else max_prompt_len
+        if len(toks) > limit:
             too_long.append(item)
             if policy == "truncate":
-                item.tokens, item.truncated = toks[:max_prompt_len], True
+                item.tokens, item.truncated = toks[:limit], True
             elif policy == "skip":
                 item.tokens, item.skipped = [], True
         out.append(item)
     if too_long and policy == "error":
         first = too_long[0]
         more = f" ({len(too_long) - 1} more prompts are too long)" if len(too_long) > 1 else ""
+        limit = max_prompt_len(first.prompt) if callable(max_prompt_len) else max_prompt_len
         raise LlamakitError(f"prompt has {first.n_tokens} tokens, more than max_seq_len - max_gen_len = "
-                            f"{max_prompt_len}{more}",
+                            f"{limit}{more}",
                             f"raise max_seq_len, lower max_gen_len, or set on_long_prompt: truncate or skip{hint}",
                             path, first.prompt.line)
     return out
@@ -147,8 +155,10 @@ def write_work(todo: list[Prepared], path: Path) -> None:
             if t.skipped:
                 continue
             p = t.prompt
-            f.write(json.dumps({"key": p.index, "tokens": t.tokens, "id": p.id, "prompt": p.text,
-                                "extra": p.extra, "truncated": t.truncated}, ensure_ascii=False) + "\n")
+            for sample in t.samples:  # one request per sample still missing from the output
+                f.write(json.dumps({"key": p.index, "tokens": t.tokens, "id": p.id, "prompt": p.text,
+                                    "extra": p.extra, "truncated": t.truncated, "sample": sample,
+                                    "settings": t.settings, "recorded": t.recorded}, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
 

@@ -42,7 +42,8 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     from fairscale.nn.model_parallel import initialize as mpu
 
     from llamakit.checkpoint.shards import open_checkpoint
-    from llamakit.engine.api import EngineConfig, Request
+    from llamakit.engine.api import EngineConfig
+    from llamakit.run.decoding import decoding_fields, work_request
     from llamakit.distributed import init_model_parallel
     from llamakit.engine.engine import build_engine
     from llamakit.run.output import RowWriter, output_row
@@ -65,11 +66,13 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     t0 = time.monotonic()
     ckpt = open_checkpoint(plan.ckpt_dir)
     tok = Tokenizer(plan.tokenizer_path)
-    engine = build_engine(ckpt, EngineConfig(**plan.engine), mp_rank, tok)
+    engine = build_engine(ckpt, EngineConfig(**{**plan.engine, "graph_modes": tuple(plan.engine.get(
+        "graph_modes", ("greedy", "sample", "full")))}), mp_rank, tok)
     log.info("engine ready in %.1f s", time.monotonic() - t0)
     # Replica dp_rank takes every dp-th prompt of the work list; all ranks of a model-parallel group read the
     # same list, so they feed the engine the same requests in the same order.
-    requests = [Request(key=w["key"], prompt_tokens=w["tokens"], max_gen_len=plan.max_gen_len, payload=w)
+    interned: dict = {}
+    requests = [work_request(w, plan.max_gen_len, interned)
                 for i, w in enumerate(iter_work(Path(plan.work_path))) if i % dp == dp_rank]
     log.info("%d prompts for this replica", len(requests))
     writer = RowWriter(Path(plan.out_path)) if mp_rank == 0 else None
@@ -79,9 +82,10 @@ def run_rank(plan: Plan, local_rank: int) -> int:
             n += 1
             if writer is not None:
                 w = c.request.payload
-                text = completion_text(tok, c.request.prompt_tokens, c.tokens)
+                text = c.text if c.text is not None else completion_text(tok, c.request.prompt_tokens, c.tokens)
                 writer.write(output_row(w["id"], w["prompt"], w["extra"], text, len(c.request.prompt_tokens),
-                                        len(c.tokens), c.finish_reason, bool(w.get("truncated"))))
+                                        len(c.tokens), c.finish_reason, bool(w.get("truncated")),
+                                        decoding_fields(c, c.request.sample, w.get("recorded") or {})))
     finally:
         if writer is not None:
             writer.close()
