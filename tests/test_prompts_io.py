@@ -118,7 +118,7 @@ def test_rows_keep_umlauts_and_field_order(tmp_path):
     assert "Straße" in raw and "über Brücken" in raw and "\\u" not in raw
     row = json.loads(raw)
     assert list(row) == ["id", "prompt", "completion", "prompt_tokens", "completion_tokens", "finish_reason",
-                         "truncated", "quelle"]
+                         "sample", "truncated", "quelle"]
 
 
 def _append_rows(path: str, start: int, n: int) -> None:
