@@ -285,3 +285,12 @@ def work_request(w: dict[str, Any], max_gen_len: int, interned: dict[SamplingPar
         max_gen_len = settings.get("max_gen_len", max_gen_len)
     return Request(key=w["key"], prompt_tokens=w["tokens"], max_gen_len=max_gen_len, payload=w, params=params,
                    sample=w.get("sample", 0))
+
+
+def describe_sampling(sampling: dict[str, Any]) -> str:
+    """The plan's sampling line: temperature/top_p/seed as before, then every other key that is not at its default."""
+    s = {**DEFAULT_SAMPLING, **sampling}
+    head = "greedy (temperature 0)" if s["temperature"] == 0 else f"temperature {s['temperature']}, top_p {s['top_p']}"
+    rest = [f"{k} {s[k]}" for k in SAMPLING_KEYS if k not in ("temperature", "top_p", "seed")
+            and s[k] != DEFAULT_SAMPLING[k]]
+    return ", ".join([head, f"seed {s['seed']}", *rest])

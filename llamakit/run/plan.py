@@ -16,7 +16,7 @@ from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
 from llamakit.fit import mp_within, reshard_command, reshard_destination, resolve_dtype, verdict
 from llamakit.memory import fmt_gib, plan_memory, weight_dtype
-from llamakit.run.decoding import plan_rows, recipe_sampling, versions
+from llamakit.run.decoding import describe_sampling, plan_rows, recipe_sampling, versions
 from llamakit.run.output import scan_output
 from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
@@ -264,9 +264,8 @@ def describe(plan: Plan, argv: list[str]) -> list[str]:
                                         if plan.engine.get("quantize", "none") != "none" else ""),
         f"batch        max_batch_size {plan.engine['max_batch_size']} per replica, max_seq_len "
         f"{plan.engine['max_seq_len']}, max_gen_len {plan.max_gen_len}",
-        "sampling     " + ("greedy (temperature 0)" if plan.engine["temperature"] == 0 else
-                            f"temperature {plan.engine['temperature']}, top_p {plan.engine['top_p']}")
-        + f", seed {plan.engine['seed']}",
+        "sampling     " + describe_sampling(plan.sampling or {k: plan.engine[k] for k in ("temperature", "top_p",
+                                                                                         "seed")}),
     ]
     if plan.memory:
         lines.append(f"memory       {plan.memory}")
