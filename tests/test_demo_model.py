@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llamakit.checkpoint.shards import open_checkpoint
-from llamakit.checkpoint.tiny import md5_file
+from llamakit.checkpoint.checklist import md5_file
 from llamakit.data import asset_path
 
 DEMO = asset_path("demo")

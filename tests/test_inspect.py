@@ -11,7 +11,7 @@ from llamakit.checkpoint import open_checkpoint
 from llamakit.checkpoint.params import PRESET_MP, PRESETS
 from llamakit.checkpoint.tiny import train_tokenizer
 from llamakit.gpus import GpuInfo
-from llamakit.inspect import InspectReport, fit_options, fit_summary, inspect_checkpoint, memory_info
+from llamakit.inspection import InspectReport, fit_options, fit_summary, inspect_checkpoint, memory_info
 from llamakit.memory import CUDA_CONTEXT_BYTES, overhead_bytes, plan_memory
 
 GB48 = 51_527_024_640  # what NVML reports for an RTX A6000 "48 GB"

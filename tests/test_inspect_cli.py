@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from llamakit.cli import app
 from llamakit.errors import LlamakitError
-from llamakit.inspect import InspectReport, inspect_checkpoint
+from llamakit.inspection import InspectReport, inspect_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def no_gpus(monkeypatch):
     """The CLI detects GPUs via NVML; pin 'none' so the output does not depend on the test machine."""
-    monkeypatch.setattr("llamakit.inspect.detect_gpus", lambda: [])
+    monkeypatch.setattr("llamakit.inspection.folder.detect_gpus", lambda: [])
 
 
 def invoke(*args: str):
@@ -124,7 +124,7 @@ def test_real_process_exit_code_and_clean_error(tmp_path):
 
 def test_cli_help_defaults_equal_the_library_defaults():
     import llamakit.cli.cmd_inspect as cli
-    import llamakit.inspect as lib
+    import llamakit.inspection as lib
 
     assert (cli.DEFAULT_BATCH, cli.DEFAULT_SEQ, cli.DEFAULT_DTYPE) == (lib.DEFAULT_BATCH, lib.DEFAULT_SEQ,
                                                                        lib.DEFAULT_DTYPE)

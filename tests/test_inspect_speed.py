@@ -12,7 +12,7 @@ import pytest
 
 from llamakit.checkpoint.params import ModelConfig
 from llamakit.checkpoint.synth import write_random_checkpoint
-from llamakit.inspect import inspect_checkpoint
+from llamakit.inspection import inspect_checkpoint
 
 # dim 1024, 4 layers, vocab 32000: 116,925,440 parameters = 234 MB at bf16, in two shards.
 BIG = ModelConfig(dim=1024, n_layers=4, n_heads=8, multiple_of=256, vocab_size=32000)

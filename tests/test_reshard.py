@@ -18,7 +18,7 @@ from llamakit.checkpoint.layout import merge_tensors
 from llamakit.checkpoint.params import ModelConfig
 from llamakit.checkpoint.reshard import PARTIAL, peak_ram_bytes, reshard, shard_bytes
 from llamakit.checkpoint.shards import load_shard, open_checkpoint
-from llamakit.checkpoint.tiny import md5_file
+from llamakit.checkpoint.checklist import md5_file
 from llamakit.errors import LlamakitError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_checklist_is_fresh_and_tokenizer_travels(tiny_factory, tmp_path):
 
 @pytest.mark.parametrize("style,mp_in,mp_out", [("llama1", 2, 4), ("llama2-gqa", 4, 1)])
 def test_inspect_of_the_result_agrees_with_the_original(style, mp_in, mp_out, tiny_factory, tmp_path):
-    from llamakit.inspect import inspect_checkpoint
+    from llamakit.inspection import inspect_checkpoint
 
     src = tiny_factory(style, mp_in)
     before = inspect_checkpoint(src, gpus=[])

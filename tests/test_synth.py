@@ -11,7 +11,7 @@ from llamakit.checkpoint.params import ModelConfig
 from llamakit.checkpoint.shards import load_shard, open_checkpoint
 from llamakit.checkpoint.synth import main, write_random_checkpoint
 from llamakit.errors import LlamakitError
-from llamakit.inspect import inspect_checkpoint
+from llamakit.inspection import inspect_checkpoint
 
 SMALL = ModelConfig(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, multiple_of=64, ffn_dim_multiplier=1.3,
                     vocab_size=1000)

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from llamakit.checkpoint.params import ModelConfig  # noqa: E402
-from llamakit.checkpoint.tiny import write_checklist  # noqa: E402
+from llamakit.checkpoint.checklist import write_checklist  # noqa: E402
 from llamakit.model.llama import RMSNorm, apply_rope, rope_tables  # noqa: E402  (the inference model's pieces)
 
 DEFAULT_OUT = REPO / "llamakit" / "assets" / "demo"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from llamakit.checkpoint.checklist import write_checklist
 from llamakit.checkpoint.layout import split_dim
 from llamakit.checkpoint.layout import DTYPES as ALL_DTYPES
 from llamakit.checkpoint.shards import Checkpoint, load_shard, open_checkpoint
@@ -338,15 +338,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _md5(path: Path, on_bytes: Callable[[int], None], chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            on_bytes(len(block))
-    return h.hexdigest()
-
-
 def _place_tokenizer(src: Path, out: Path, explicit: Path | None) -> str:
     """Hardlink (or copy) tokenizer.model into the new folder, so it works wherever it is moved."""
     from llamakit.tokenizer import find_tokenizer
@@ -419,9 +410,7 @@ def reshard(src: str | Path, dst: str | Path, mp: int, dtype: str | None = None,
             hashed[0] += n
             report("checksum", hashed[0], sum(sizes))
 
-        lines = [f"{_md5(partial / n, on_bytes)}  {n}" for n in names]
-        (partial / "checklist.chk").write_text("\n".join(lines) + "\n")
-        _fsync(partial / "checklist.chk")
+        _fsync(write_checklist(partial, names, on_bytes))
         if dst.exists():
             dst.rmdir()  # checked empty above
         os.rename(partial, dst)

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from llamakit.checkpoint.layout import is_known, split_dim
+from llamakit.checkpoint import validate
+from llamakit.checkpoint.layout import split_dim
 from llamakit.checkpoint.params import ModelConfig, load_params
-from llamakit.errors import LlamakitError
-
-SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
-
-
-def _describe_other_format(ckpt_dir: Path) -> str:
-    """Say what a folder without Meta shards holds instead (HF, safetensors, GGUF...)."""
-    names = {p.name for p in ckpt_dir.iterdir()} if ckpt_dir.is_dir() else set()
-    if "config.json" in names and any(n.endswith(".safetensors") or n.startswith("pytorch_model") for n in names):
-        return "this is a Hugging Face (transformers) checkpoint (config.json + safetensors/bin), not Meta format"
-    if any(n.endswith(".safetensors") for n in names):
-        return "it holds .safetensors files, not Meta's consolidated.NN.pth"
-    if any(n.endswith(".gguf") for n in names):
-        return "it holds a GGUF (llama.cpp) file, not Meta's consolidated.NN.pth"
-    shown = sorted(names)[:6]
-    return f"it holds {', '.join(shown) + (' ...' if len(names) > 6 else '') if shown else 'nothing'}"
+from llamakit.checkpoint.validate import SHARD_RE, load_shard  # noqa: F401 (their home is validate; callers import here)
+from llamakit.errors import LlamakitError, Problem, raise_first
 
 
 def new_checkpoint_dir(out_dir: str | Path) -> Path:
@@ -39,42 +25,10 @@ def new_checkpoint_dir(out_dir: str | Path) -> Path:
 
 def find_shards(ckpt_dir: str | Path) -> list[Path]:
     """Return the shard files in numeric order; a missing folder, no shards, or a gap is a LlamakitError."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.exists():
-        raise LlamakitError("checkpoint folder does not exist", "check the path (e.g. /data/LLaMA/13B)",
-                            ckpt_dir.resolve())
-    if not ckpt_dir.is_dir():
-        raise LlamakitError("checkpoint path is a file, not a folder",
-                            "pass the folder holding consolidated.NN.pth and params.json", ckpt_dir.resolve())
-    numbered = []
-    for p in ckpt_dir.iterdir():
-        m = SHARD_RE.match(p.name)
-        if m:
-            numbered.append((int(m.group(1)), p))
-    if not numbered:
-        raise LlamakitError(f"no consolidated.NN.pth shards here; {_describe_other_format(ckpt_dir)}",
-                            "point to a Meta-format folder such as /data/LLaMA/13B", ckpt_dir.resolve())
-    numbered.sort()
-    indices = [i for i, _ in numbered]
-    expected = list(range(len(numbered)))
-    if indices != expected:
-        missing = sorted(set(range(max(indices) + 1)) - set(indices))
-        raise LlamakitError(f"shard numbering has a gap: missing {', '.join(f'consolidated.{i:02d}.pth' for i in missing)}",
-                            "copy the missing shard(s) from the original download", ckpt_dir.resolve())
-    return [p for _, p in numbered]
-
-
-def load_shard(path: str | Path) -> dict[str, torch.Tensor]:
-    """Open one shard memory-mapped, weights only: nothing is read from disk until a tensor is used."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError/zipfile errors on damaged files
-        size = path.stat().st_size if path.exists() else 0
-        raise LlamakitError(f"cannot read shard ({type(e).__name__}: {str(e).splitlines()[0][:120]}; "
-                            f"{size} bytes on disk)",
-                            "the file is truncated or damaged: copy it again and check it with "
-                            "`llamakit inspect --verify`", path) from None
+    probs: list[Problem] = []
+    shards = validate.list_shards(Path(ckpt_dir), probs)
+    raise_first(probs)
+    return shards
 
 
 @dataclass
@@ -114,31 +68,15 @@ class Checkpoint:
 
 
 def open_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
-    """Find shards, read params.json and check every shard has the same keys, the same shapes and known keys."""
+    """Find shards, read params.json, and check (llamakit.checkpoint.validate, the checks inspect lists) that every
+    shard opens and holds the same known keys with the same shapes and dtypes; raise the first problem. (Shapes
+    against params.json: the model's load names the first mismatching tensor; inspect lists them all.)"""
     ckpt_dir = Path(ckpt_dir)
     shards = find_shards(ckpt_dir)
     config = load_params(ckpt_dir)
-    shapes: list[dict[str, tuple[int, ...]]] = []
-    dtypes: list[dict[str, torch.dtype]] = []
-    for path in shards:
-        sd = load_shard(path)
-        shapes.append({k: tuple(v.shape) for k, v in sd.items()})
-        dtypes.append({k: v.dtype for k, v in sd.items()})
-        del sd
-    first = shapes[0]
-    unknown = sorted(k for k in first if not is_known(k))
-    if unknown:
-        raise LlamakitError(f"shard holds key(s) that are not LLaMA weights: {', '.join(unknown[:4])}"
-                            f"{' ...' if len(unknown) > 4 else ''}",
-                            "this is not a Meta LLaMA checkpoint (or it was saved by other software); "
-                            "use the original consolidated.NN.pth files", shards[0])
-    for path, sh in zip(shards[1:], shapes[1:]):
-        if set(sh) != set(first):
-            diff = sorted(set(sh) ^ set(first))
-            raise LlamakitError(f"keys differ from {shards[0].name} (e.g. {diff[0]})",
-                                "all shards must come from the same download; copy this shard again", path)
-        for k, s in sh.items():
-            if s != first[k]:
-                raise LlamakitError(f"{k} has shape {list(s)} but {shards[0].name} has {list(first[k])}",
-                                    "all shards must come from the same download; copy this shard again", path)
-    return Checkpoint(ckpt_dir, config, shards, shapes, dtypes)
+    probs: list[Problem] = []
+    scan = validate.scan_shards(shards, probs)
+    raise_first(probs)
+    validate.check_consistency(scan, probs)
+    raise_first(probs)
+    return Checkpoint(ckpt_dir, config, shards, scan.shapes, scan.dtypes)

@@ -12,7 +12,7 @@ import torch
 
 from llamakit.checkpoint.layout import DTYPES, expected_shapes
 from llamakit.checkpoint.params import PRESETS, ModelConfig
-from llamakit.checkpoint.tiny import write_checklist
+from llamakit.checkpoint.checklist import write_checklist
 from llamakit.checkpoint.shards import new_checkpoint_dir
 from llamakit.errors import LlamakitError
 

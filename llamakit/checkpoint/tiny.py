@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
 
 import torch
 
+from llamakit.checkpoint.checklist import write_checklist
 from llamakit.checkpoint.layout import expected_shapes, split_tensor
 from llamakit.checkpoint.params import ModelConfig
 from llamakit.data import asset_path
@@ -59,21 +59,6 @@ def random_state_dict(config: ModelConfig, vocab_size: int, seed: int, with_rope
         else:
             sd[key] = torch.randn(shape, generator=g) / shape[1] ** 0.5
     return sd
-
-
-def md5_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_checklist(ckpt_dir: Path) -> None:
-    """Write checklist.chk as Meta ships it: `md5  filename` for params.json and every shard."""
-    names = sorted(p.name for p in ckpt_dir.glob("consolidated.*.pth")) + ["params.json"]
-    lines = [f"{md5_file(ckpt_dir / n)}  {n}" for n in names]
-    (ckpt_dir / "checklist.chk").write_text("\n".join(lines) + "\n")
 
 
 def make_tiny(out_dir: str | Path, mp: int = 1, style: str = "llama2", seed: int = 0) -> Path:

@@ -21,6 +21,9 @@ def bench_cmd(
     dp: int = typer.Option(1, "--dp", help="Data-parallel replicas (MP x DP processes; prompts split between them)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu (cpu runs a tiny shape)."),
+    workload: str = typer.Option("standard", "--workload", help="standard (generation) or score (1,000 texts of "
+                                 "~300 tokens: per-token logprob, rank, entropy; --batch texts per forward)."),
+    texts: int = typer.Option(1000, "--texts", help="Texts in the score workload."),
     prompts: int = typer.Option(128, "--prompts", help="Prompts in the workload."),
     gen_len: int = typer.Option(256, "--gen-len", help="New tokens per prompt (EOS ignored)."),
     batch: int = typer.Option(128, "--batch", help="Sequences decoded together (KV-cache slots)."),
@@ -32,6 +35,13 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Standard workload on random weights: generated tok/s, batch-1 tok/s, time to first token, peak memory."""
+    if workload == "score":
+        _score(preset, device, dtype, texts, batch if batch != 128 else 64, as_json)
+        return
+    if workload != "standard":
+        from llamakit.errors import LlamakitError
+
+        raise LlamakitError(f"unknown workload {workload!r}", "use --workload standard or --workload score")
     from llamakit.bench import BenchOptions, bench, parse_sampling
 
     sampling = parse_sampling(sets)
@@ -44,6 +54,20 @@ def bench_cmd(
         print(json.dumps(asdict(result)))
         return
     table = Table(title=f"llamakit bench: {result.preset} on {result.device}", show_header=False)
+    for key, value in asdict(result).items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def _score(preset: str, device: str, dtype: str, texts: int, batch: int, as_json: bool) -> None:
+    """The score workload (llamakit.score.bench): texts/s and scored tokens/s over the whole file."""
+    from llamakit.score.bench import score_bench
+
+    result = score_bench(preset, device, dtype, texts, batch)
+    if as_json:
+        print(json.dumps(asdict(result)))
+        return
+    table = Table(title=f"llamakit bench --workload score: {result.preset} on {result.device}", show_header=False)
     for key, value in asdict(result).items():
         table.add_row(key, str(value))
     console.print(table)

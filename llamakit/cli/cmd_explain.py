@@ -37,8 +37,14 @@ def lookup(word: str) -> "Explanation":
         info = KEYS[key]
         return Explanation(key, "recipe", info.meaning, f"A recipe key: {info.meaning}.\nAllowed: {info.allowed}. "
                            "See docs/run.md for every recipe key.")
+    from llamakit.score.recipe import KEYS as SCORE_KEYS
+
+    if key in SCORE_KEYS:
+        info = SCORE_KEYS[key]
+        return Explanation(key, "recipe", info.meaning, f"A score recipe key: {info.meaning}.\nAllowed: "
+                           f"{info.allowed}. See docs/score.md for every score recipe key.")
     texts = explain_texts()
-    names = [k for section in texts.values() for k in section] + list(KEYS)
+    names = [k for section in texts.values() for k in section] + list(KEYS) + list(SCORE_KEYS)
     close = difflib.get_close_matches(key, list(dict.fromkeys(names)), n=3, cutoff=0.7)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise LlamakitError(f"no explanation for {word!r}", f"{hint}`llamakit explain` lists every word it knows")

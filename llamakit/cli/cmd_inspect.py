@@ -18,9 +18,9 @@ from llamakit.explain import explain_param, explain_texts
 from llamakit import defaults
 
 if TYPE_CHECKING:
-    from llamakit.inspect import InspectReport
+    from llamakit.inspection import InspectReport
 
-# llamakit.defaults, not llamakit.inspect: importing that here would pull torch into every `llamakit --help`.
+# llamakit.defaults, not llamakit.inspection: importing that here would pull torch into every `llamakit --help`.
 DEFAULT_BATCH, DEFAULT_SEQ, DEFAULT_DTYPE = defaults.MAX_BATCH_SIZE, defaults.MAX_SEQ_LEN, defaults.DTYPE
 
 def _count(n: int) -> str:
@@ -38,7 +38,7 @@ def _out(text: str = "", markup: bool = True) -> None:
 
 
 def render(report: InspectReport, explain: bool = False) -> None:
-    from llamakit.inspect import fit_summary
+    from llamakit.inspection import fit_summary
 
     """Print the report as tables and short lines (stdout); problems are printed by the caller."""
     _out(f"[bold]Checkpoint[/bold] {escape(report.path)}")
@@ -155,7 +155,7 @@ def inspect_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object (see docs/inspect.md)."),
 ) -> None:
     """What a checkpoint is, whether its files are intact, and how it fits on this machine's GPUs."""
-    from llamakit.inspect import inspect_checkpoint, recipe_settings
+    from llamakit.inspection import inspect_checkpoint, recipe_settings
 
     settings = recipe_settings(recipe) if recipe else {}
     ckpt = ckpt_dir or settings.get("ckpt_dir")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from llamakit.doctor.facts import Facts, GpuFact
-from llamakit.fit import Verdict, reshard_command, reshard_destination, resolve_dtype, verdict, weight_dtype
+
+if TYPE_CHECKING:
+    from llamakit.fit import Verdict
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 GiB = 1024**3
@@ -414,7 +416,7 @@ def rule_ram(f: Facts) -> CheckResult:
         if f.ram_available_bytes < c.largest_shard_bytes:
             return CheckResult("ram", FAIL, f"{finding} < largest shard {gib(c.largest_shard_bytes)}",
                                "free memory (see `free -h`, stop other jobs), or reshard into more, smaller shards: "
-                               + reshard_command(c.path, c.mp * 2))
+                               + _fit().reshard_command(c.path, c.mp * 2))
         if f.ram_available_bytes < c.total_bytes:
             return CheckResult("ram", WARN, f"{finding} < the whole checkpoint {gib(c.total_bytes)}: loading all "
                                "shards at once streams from disk (slow start)", "free memory (see `free -h`)")
@@ -524,19 +526,28 @@ def rule_checkpoint(f: Facts) -> CheckResult:
                        f"MP={c.mp} ({c.mp} shard(s), {gib(c.total_bytes)})")
 
 
+def _fit():
+    """llamakit.fit, imported when a checkpoint is judged: it pulls in torch, which `doctor --fast` avoids."""
+    from llamakit import fit
+
+    return fit
+
+
 def _dtype(f: Facts, t: dict[str, Any] | None = None) -> str:
     """The weight dtype run will use (llamakit.fit decides `auto`; the recipe's quantize: int8 counts int8)."""
     r = f.recipe
     quantize = "int8" if r and r.quantize and "int8" in r.quantize else "none"
     ccs = [gpu_cc(g, t or tables()) for g in f.gpus]
-    return weight_dtype(resolve_dtype(r.dtype if r else "auto", "cuda", ccs), quantize)
+    fit = _fit()
+    return fit.weight_dtype(fit.resolve_dtype(r.dtype if r else "auto", "cuda", ccs), quantize)
 
 
 def _verdict(f: Facts, gpu_bytes: int, n_gpus: int) -> Verdict:
     """llamakit.fit's verdict for the checkpoint and recipe on `n_gpus` GPUs of `gpu_bytes`."""
     c, r = f.ckpt, f.recipe
     assert c is not None and r is not None
-    return verdict(c.config, c.vocab_size, c.mp, _dtype(f), r.max_batch_size, r.max_seq_len, gpu_bytes, n_gpus)
+    return _fit().verdict(c.config, c.vocab_size, c.mp, _dtype(f), r.max_batch_size, r.max_seq_len, gpu_bytes,
+                          n_gpus)
 
 
 def _fix_words(v: Verdict, src: str) -> str:
@@ -544,8 +555,9 @@ def _fix_words(v: Verdict, src: str) -> str:
     assert v.fix_plan is not None
     parts = []
     if v.mp_to:
-        dst = reshard_destination(src, v.mp_to)
-        parts.append(f"{reshard_command(src, v.mp_to)}, then use {dst} as ckpt_dir")
+        fit = _fit()
+        parts.append(f"{fit.reshard_command(src, v.mp_to)}, then use {fit.reshard_destination(src, v.mp_to)} as "
+                     "ckpt_dir")
     if v.int8:
         parts.append(f"set `quantize: int8` in the recipe (needs {gib(v.fix_plan.total)} per GPU)")
     if v.batch_to:

@@ -5,6 +5,7 @@ one column-parallel `wqkv` and w1/w3 into `w13`, so a layer runs 4 matmuls inste
 passed in by the engine; the model has two entry points: `prefill` (whole prompts) and `decode` (one token
 per running sequence), plus `decode_fast` (the same step through fused kernels). All three run the one layer
 loop `Transformer._layers`; they differ only in how a layer attends and how residual-add + RMSNorm is computed.
+For scoring, `hidden` runs whole texts without a KV cache and `logits_shard` gives this rank's vocabulary slice.
 """
 
 from __future__ import annotations
@@ -114,11 +115,13 @@ class Attention(nn.Module):
         v = v.view(b, t, self.n_kv, self.head_dim)
         return q, k, v
 
-    def prefill(self, x, cos, sin, cache: KVCache, slots: torch.Tensor) -> torch.Tensor:
-        """Whole prompts from position 0 (right-padded): store k/v in the slots, causal attention in the chunk."""
+    def prefill(self, x, cos, sin, cache: KVCache | None, slots: torch.Tensor | None) -> torch.Tensor:
+        """Whole prompts from position 0 (right-padded): store k/v in the slots (unless no cache: scoring), causal
+        attention in the chunk."""
         b, t, _ = x.shape
         q, k, v = self._qkv(x, cos, sin)
-        cache.write_prefill(self.layer_id, slots, k, v)
+        if cache is not None:
+            cache.write_prefill(self.layer_id, slots, k, v)
         with _prefill_backends(x.device):
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                is_causal=True, enable_gqa=self.n_kv != self.n_heads)
@@ -273,6 +276,22 @@ class Transformer(nn.Module):
         last = torch.arange(b, device=h.device), lengths - 1  # only the last real position needs logits
         x, _ = add_norm_eager(h[last], delta[last], self.norm)
         return self.output(x).float()
+
+    @torch.inference_mode()
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final normed hidden states [B, T, dim] of right-padded texts, no KV cache (for `llamakit score`, which
+        sends only the positions it scores through the output layer, see `logits_shard`)."""
+        b, t = tokens.shape
+        cos = self.rope_cos[:t].unsqueeze(0).expand(b, t, -1)
+        sin = self.rope_sin[:t].unsqueeze(0).expand(b, t, -1)
+        h, delta = self._layers(self.tok_embeddings(tokens),
+                                lambda att, x: att.prefill(x, cos, sin, None, None), add_norm_eager)
+        return add_norm_eager(h, delta, self.norm)[0]
+
+    def logits_shard(self, h: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of the vocabulary's logits (fp32) for hidden states h [..., dim]: the output layer
+        without its all-gather, so scoring reduces over the vocabulary with all-reduces instead."""
+        return linear(h, self.output).float()
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, kv_len: int) -> torch.Tensor:

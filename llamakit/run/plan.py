@@ -222,13 +222,14 @@ def memory_line(config: Any, vocab: int, dev: Devices, quantize: str, batch: int
     return text, warn
 
 
-def torchrun_argv(plan: Plan, plan_file: Path) -> list[str]:
-    """The exact torchrun command (argv list, never a shell string) that starts every rank of this plan."""
+def torchrun_argv(plan: Plan, plan_file: Path, module: str = "llamakit.run.worker") -> list[str]:
+    """The exact torchrun command (argv list, never a shell string) that starts every rank of this plan
+    (`module`: the worker, llamakit.score.worker for `llamakit score`)."""
     return [sys.executable, "-m", "torch.distributed.run",
             "--nnodes", "1", "--nproc_per_node", str(plan.nproc),
             "--master_addr", "127.0.0.1", "--master_port", str(plan.master_port),
             "--max_restarts", "0", "--monitor_interval", "0.5",
-            "-m", "llamakit.run.worker", str(plan_file)]
+            "-m", module, str(plan_file)]
 
 
 def worker_env(plan: Plan, base: dict[str, str] | None = None) -> dict[str, str]:

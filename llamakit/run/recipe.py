@@ -208,13 +208,16 @@ def _problem(err: dict[str, Any]) -> str:
     return err.get("msg", "is not valid")
 
 
-def validate_recipe(raw: Any, path: Path, sources: dict[str, tuple[str, int | None]]) -> Recipe:
-    """Turn a mapping into a Recipe; the first problem (in file order) becomes a LlamakitError with file:line."""
+def validate_recipe(raw: Any, path: Path, sources: dict[str, tuple[str, int | None]],
+                    schema: type[BaseModel] = Recipe, keys: dict[str, KeyInfo] | None = None) -> Any:
+    """Turn a mapping into a Recipe (or another recipe `schema` with its `keys`, e.g. `llamakit score`'s); the
+    first problem (in file order) becomes a LlamakitError with file:line."""
+    known = KEYS if keys is None else keys
     if not isinstance(raw, dict):
         raise LlamakitError("a recipe must be a mapping of `key: value` lines",
                             "see recipes/demo.yaml for an example", path, 1 if raw is not None else None)
     try:
-        recipe = Recipe(**{str(k): v for k, v in raw.items()})
+        recipe = schema(**{str(k): v for k, v in raw.items()})
     except ValidationError as e:
         problems = []
         for err in e.errors():
@@ -225,23 +228,24 @@ def validate_recipe(raw: Any, path: Path, sources: dict[str, tuple[str, int | No
         _, _, key, err = problems[0]
         place, line = sources.get(key, (str(path), None))
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, list(KEYS), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise LlamakitError(f"unknown key '{key}'", f"{hint}known keys: {', '.join(KEYS)}", place, line) from None
+            raise LlamakitError(f"unknown key '{key}'", f"{hint}known keys: {', '.join(known)}", place, line) from None
         if err["type"] == "missing":
-            raise LlamakitError(f"key '{key}' is missing ({KEYS[key].meaning})",
-                                f"add `{key}: ...` ({KEYS[key].allowed})", place, None) from None
-        raise LlamakitError(f"key '{key}': {problem(err)}", f"use {KEYS[key].allowed}", place, line) from None
-    if recipe.max_gen_len >= recipe.max_seq_len:
+            raise LlamakitError(f"key '{key}' is missing ({known[key].meaning})",
+                                f"add `{key}: ...` ({known[key].allowed})", place, None) from None
+        raise LlamakitError(f"key '{key}': {problem(err)}", f"use {known[key].allowed}", place, line) from None
+    if isinstance(recipe, Recipe) and recipe.max_gen_len >= recipe.max_seq_len:
         place, line = sources.get("max_gen_len", (str(path), None))
         raise LlamakitError(f"key 'max_gen_len': {recipe.max_gen_len} leaves no room for the prompt in "
                             f"max_seq_len {recipe.max_seq_len}",
                             "make max_gen_len smaller than max_seq_len (prompt + generation must fit)",
                             place, line)
-    _check_decoding(recipe, path, sources)
+    if isinstance(recipe, Recipe):
+        _check_decoding(recipe, path, sources)
     if isinstance(recipe.nproc, int) and recipe.nproc < 1:
         place, line = sources.get("nproc", (str(path), None))
-        raise LlamakitError(f"key 'nproc': {recipe.nproc} is out of range", f"use {KEYS['nproc'].allowed}",
+        raise LlamakitError(f"key 'nproc': {recipe.nproc} is out of range", f"use {known['nproc'].allowed}",
                             place, line)
     return recipe
 
@@ -261,9 +265,10 @@ def _check_decoding(recipe: Recipe, path: Path, sources: dict[str, tuple[str, in
         raise LlamakitError(e.what, e.fix, place, line) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None,
-                flags: dict[str, Any] | None = None) -> LoadedRecipe:
-    """Read and validate a recipe file, apply `--set key=value` overrides and direct flags (e.g. --out)."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None, flags: dict[str, Any] | None = None,
+                schema: type[BaseModel] = Recipe, keys: dict[str, KeyInfo] | None = None) -> LoadedRecipe:
+    """Read and validate a recipe file, apply `--set key=value` overrides and direct flags (e.g. --out);
+    `schema`/`keys`: another command's recipe (llamakit score)."""
     path = find_recipe(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -285,7 +290,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
         if value is not None:
             raw[key] = value
             sources[key] = (f"{flag} {value}", None)
-    return LoadedRecipe(validate_recipe(raw, path, sources), path, sources)
+    return LoadedRecipe(validate_recipe(raw, path, sources, schema, keys), path, sources)
 
 
 # ---------------------------------------------------------------- paths

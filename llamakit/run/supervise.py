@@ -79,7 +79,7 @@ class _Follower:
             except json.JSONDecodeError:
                 continue
             self.rows += 1
-            self.tokens += int(row.get("completion_tokens", 0) or 0)
+            self.tokens += int(row.get("completion_tokens", row.get("n_tokens", 0)) or 0)  # score rows: n_tokens
 
 
 # ---------------------------------------------------------------- the run
