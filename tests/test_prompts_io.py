@@ -160,7 +160,8 @@ def test_scan_output_finds_done_ids_and_rejects_foreign_rows(tmp_path):
     prompts = read_prompts(p)
     out = write(tmp_path / "out.jsonl", lines({"id": "1"}, {"id": 3}, {"id": 3}) + '{"id": 1')
     state = scan_output(out, prompts)
-    assert state.done == {'["1", 0]', "[3, 0]"} and state.duplicates == 1 and state.torn_bytes == 8  # (id, sample)
+    assert state.done == {'"1"', "3"} and state.duplicates == 1 and state.torn_bytes == 8
+    assert state.rows == {'["1", 0]', "[3, 0]"}  # (id, sample): a row without sample is sample 0
     write(out, lines({"id": 99}))
     with pytest.raises(LlamakitError) as e:
         scan_output(out, prompts)

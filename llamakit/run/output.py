@@ -159,9 +159,10 @@ def read_rows(path: Path, ignore_torn_tail: bool = True) -> list[tuple[int, dict
 class OutputState:
     """What an existing output file already holds, checked against the prompts."""
 
-    done: set[str]  # (id, sample) keys already written (run.decoding.row_key)
+    done: set[str]  # id keys with a row already written
     torn_bytes: int  # bytes of a torn last line (repaired at start)
-    duplicates: int  # rows whose id appeared before (kept once by finalize)
+    duplicates: int  # rows whose (id, sample) appeared before (kept once by finalize)
+    rows: set[str] = field(default_factory=set)  # (id, sample) keys already written (run.decoding.row_key)
 
 
 def scan_output(path: Path, prompts: list[Prompt],
@@ -172,6 +173,7 @@ def scan_output(path: Path, prompts: list[Prompt],
     error too (the prompt file's per-row settings changed)."""
     wanted = {id_key(p.id): p for p in prompts}
     done: set[str] = set()
+    rows: set[str] = set()
     dups = 0
     for line, row in read_rows(path):
         k = id_key(row["id"])
@@ -188,10 +190,11 @@ def scan_output(path: Path, prompts: list[Prompt],
         if expect is not None:
             _check_row_settings(row, sample, p, *expect(p), path, line)
         rk = row_key(row["id"], sample)
-        if rk in done:
+        if rk in rows:
             dups += 1
-        done.add(rk)
-    return OutputState(done, torn_tail(path), dups)
+        rows.add(rk)
+        done.add(k)
+    return OutputState(done, torn_tail(path), dups, rows)
 
 
 def _check_row_settings(row: dict[str, Any], sample: Any, p: Prompt, n: int, recorded: dict[str, Any], path: Path,
@@ -292,7 +295,7 @@ def finish(setup: Setup, n_skipped: int, t0: float) -> Summary:
     """Check every prompt has its row, rewrite the file in input order, and sum up."""
     plan, out_path = setup.plan, Path(setup.plan.out_path)
     state = scan_output(out_path, setup.prompts)
-    missing = [(t.prompt, s) for t in setup.todo for s in t.samples if row_key(t.prompt.id, s) not in state.done]
+    missing = [(t.prompt, s) for t in setup.todo for s in t.samples if row_key(t.prompt.id, s) not in state.rows]
     if missing:
         raise LlamakitError(f"the workers finished but {len(missing)} rows are missing (first: id "
                             f"{missing[0][0].id!r}, sample {missing[0][1]})", "re-run the same command to complete "

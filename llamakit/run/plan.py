@@ -318,11 +318,11 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     prompts = read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.params_field)
     rows = plan_rows(lr, prompts, tok.n_words, paths.prompt_path)
     state = scan_output(paths.out_path, prompts, rows.expect)
-    pending = [p for p in prompts if rows.missing(p, state.done)]
+    pending = [p for p in prompts if rows.missing(p, state.rows)]
     hint = f" (recipe {lr.describe('max_seq_len')})"
     todo = prepare(pending, lambda texts: [[tok.bos_id] + ids for ids in tok.sp.encode(texts)],
                    rows.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
-    rows.fill(todo, state.done)
+    rows.fill(todo, state.rows)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
     dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
                                   paths.ckpt_dir, (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len,
@@ -342,7 +342,7 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                 ckpt_dir=str(paths.ckpt_dir), tokenizer_path=str(Path(tok_path).resolve()),
                 prompt_path=str(paths.prompt_path), out_path=str(paths.out_path), log_path=str(paths.log_path),
                 run_dir=str(run_dir), work_path=str(run_dir / "work.jsonl"), total=rows.total,
-                pending=sum(len(t.samples) for t in todo if not t.skipped), already_done=len(state.done),
+                pending=sum(len(t.samples) for t in todo if not t.skipped), already_done=len(state.rows),
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
                 omp_threads=omp_threads(dev.nproc), master_port=free_port(), memory=mem, notes=notes,
                 fingerprints=fingerprints(ckpt, Path(tok_path)), sampling=recipe_sampling(r),
