@@ -18,8 +18,7 @@ import torch
 
 from llamakit.checkpoint.layout import expected_shapes
 from llamakit.checkpoint.params import PRESETS, ModelConfig, load_params
-from llamakit.run.plan import free_port
-from llamakit.distributed import finish_and_exit, init_model_parallel
+from llamakit.distributed import finish_and_exit, free_port, init_model_parallel
 from llamakit.engine.api import EngineConfig, Request, SamplingParams
 from llamakit.engine.engine import DTYPES, BatchEngine, engine_for_model
 from llamakit.errors import LlamakitError
@@ -122,26 +121,6 @@ def sampling_params(opts: BenchOptions) -> tuple[SamplingParams, int]:
             kw[key] = tuple([kw[key]] if isinstance(kw[key], str) else kw[key])
     return SamplingParams(**{"temperature": opts.temperature, "top_p": opts.top_p, **kw}), int(
         opts.sampling.get("n", 1))
-
-
-def parse_sampling(items: list[str]) -> dict:
-    """`--set key=value` pairs of decoding keys, checked as the recipe checks them (one line on a bad one)."""
-    from pydantic import ValidationError
-
-    from llamakit.run.decoding import DecodingKeys, problem
-    from llamakit.run.recipe import parse_override
-
-    out = dict(parse_override(item) for item in items)
-    try:
-        DecodingKeys(**out)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = str(err["loc"][0]) if err["loc"] else "?"
-        if err["type"] == "extra_forbidden":
-            raise LlamakitError(f"--set {key}: not a decoding key", "use one of: " + ", ".join(
-                DecodingKeys.model_fields)) from None
-        raise LlamakitError(f"--set {key}: {problem(err)}", "see `llamakit explain " + key + "`") from None
-    return out
 
 
 def _sync(device: torch.device) -> None:

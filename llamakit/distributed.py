@@ -1,9 +1,28 @@
-"""Process-group set-up shared by run, bench and tests: torch.distributed + fairscale model parallel, quietly."""
+"""Process-group set-up shared by run, bench and tests: torch.distributed + fairscale model parallel, quietly; and
+the one free-port helper (torch is imported only inside the functions that need it)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import socket
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on localhost:port (we can bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for torchrun's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def init_model_parallel(mp: int) -> None:

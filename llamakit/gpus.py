@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class GpuInfo:
+    """One GPU as NVML sees it (index is NVML's, before CUDA_VISIBLE_DEVICES): the one GPU record of llamakit."""
+
     index: int
     name: str
     total_bytes: int
@@ -29,8 +32,21 @@ def apply_visible_devices(indices: list[int], env: str | None) -> list[int]:
     return picked
 
 
-def detect_gpus(respect_visible: bool = True) -> list[GpuInfo]:
-    """List NVIDIA GPUs via NVML; returns [] when NVML, the driver or GPUs are absent."""
+def read_gpu(pynvml: Any, index: int) -> GpuInfo:
+    """One GPU through an initialised NVML (doctor reads more of NVML around it, with the same record)."""
+    h = pynvml.nvmlDeviceGetHandleByIndex(index)
+    name = pynvml.nvmlDeviceGetName(h)
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+    try:
+        cc: tuple[int, int] | None = tuple(int(x) for x in pynvml.nvmlDeviceGetCudaComputeCapability(h))  # type: ignore[assignment]
+    except Exception:  # noqa: BLE001 - old drivers / bindings: the name still finds it in checks/gpus.yaml
+        cc = None
+    return GpuInfo(index, name, int(mem.total), int(mem.free), cc)
+
+
+def detect_gpus() -> list[GpuInfo]:
+    """The GPUs CUDA will see (CUDA_VISIBLE_DEVICES applied), via NVML; [] when NVML, the driver or GPUs are absent."""
     try:
         import pynvml
     except ImportError:
@@ -41,20 +57,10 @@ def detect_gpus(respect_visible: bool = True) -> list[GpuInfo]:
         return []
     try:
         count = pynvml.nvmlDeviceGetCount()
-        indices = list(range(count))
-        if respect_visible:
-            indices = apply_visible_devices(indices, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        indices = apply_visible_devices(list(range(count)), os.environ.get("CUDA_VISIBLE_DEVICES"))
         out = []
         for i in indices:
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            name = name.decode() if isinstance(name, bytes) else name
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            try:
-                cc = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h))
-            except Exception:
-                cc = None
-            out.append(GpuInfo(i, name, int(mem.total), int(mem.free), cc))  # type: ignore[arg-type]
+            out.append(read_gpu(pynvml, i))
         return out
     except Exception:
         return []

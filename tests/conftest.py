@@ -46,7 +46,7 @@ def mp1_group():
     from fairscale.nn.model_parallel.initialize import initialize_model_parallel, model_parallel_is_initialized
 
     if not dist.is_initialized():
-        from llamakit.run.plan import free_port
+        from llamakit.distributed import free_port
 
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     if not model_parallel_is_initialized():

@@ -59,7 +59,7 @@ def test_cli_json_with_two_processes_counts_every_prompt_once(flag, n, expected)
 def test_bench_runs_with_decoding_controls_on(mp1_group):
     """The device measurement of issue 15 (top_k 50, repetition_penalty 1.2, n 4, logprobs 5) runs through the same
     code on CPU: n multiplies the sequences, every token is counted."""
-    from llamakit.bench import parse_sampling
+    from llamakit.run.decoding import parse_sampling
 
     sampling = parse_sampling(["top_k=50", "repetition_penalty=1.2", "n=4", "logprobs=5"])
     assert sampling == {"top_k": 50, "repetition_penalty": 1.2, "n": 4, "logprobs": 5}

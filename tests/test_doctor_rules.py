@@ -9,7 +9,9 @@ import pytest
 from llamakit.checkpoint.params import ModelConfig
 from llamakit.doctor import rules as R
 from llamakit.doctor.checks import BY_NAME, CHECKS, apply_rule
-from llamakit.doctor.facts import AllreduceResult, CkptFact, Facts, GpuFact, MatmulResult, RecipeFact
+from llamakit.doctor.facts import AllreduceResult, CkptFact, Facts, MatmulResult, RecipeFact
+from llamakit.doctor.network import NetFacts
+from llamakit.gpus import GpuInfo
 
 GiB = 1024**3
 A6000 = 51_527_024_640  # what NVML reports for an RTX A6000
@@ -17,8 +19,8 @@ LLAMA_13B = ModelConfig(dim=5120, n_layers=40, n_heads=40, vocab_size=-1, multip
 LLAMA_7B = ModelConfig(dim=4096, n_layers=32, n_heads=32, vocab_size=-1, multiple_of=256, norm_eps=1e-6)
 
 
-def a6000(i: int) -> GpuFact:
-    return GpuFact(i, "NVIDIA RTX A6000", A6000, A6000 - GiB, (8, 6))
+def a6000(i: int) -> GpuInfo:
+    return GpuInfo(i, "NVIDIA RTX A6000", A6000, A6000 - GiB, (8, 6))
 
 
 def server(**kw) -> Facts:
@@ -52,8 +54,10 @@ def test_healthy_server_passes_every_check():
     f.matmul = [MatmulResult(0, True, 150.0), MatmulResult(1, True, 150.0)]
     f.allreduce = AllreduceResult("nccl", 2, True, 256 << 20, 0.01, 20.0, 20.0, "2.21.5")
     f.active_run = ["allreduce", "gpu-matmul"]
+    f.network = NetFacts(interfaces={"lo": ["127.0.0.1"], "eno1": ["10.0.0.5"]}, hostname="gpu1",
+                         hostname_addr="10.0.0.5")
     results = {c.name: apply_rule(c, f) for c in CHECKS}
-    assert {n: r.status for n, r in results.items() if r.status != "ok"} == {}
+    assert {n: r.status for n, r in results.items() if r.status != "ok"} == {"rendezvous": "skip"}  # one server
     assert "MP 2 x DP 1" in results["mp-plan"].finding
     assert "20.0 GB/s" in results["allreduce"].finding
 
@@ -102,7 +106,7 @@ def test_driver_new_enough_is_ok_and_driver_max_cuda_comes_from_table_without_nv
 
 
 def test_sm120_gpu_with_torch_without_sm120_fails_no_kernel_image_with_cu128_fix():
-    gpu = GpuFact(0, "NVIDIA GeForce RTX 5090", 32 * GiB, 31 * GiB, (12, 0))
+    gpu = GpuInfo(0, "NVIDIA GeForce RTX 5090", 32 * GiB, 31 * GiB, (12, 0))
     f = server(gpus=[gpu], gpus_total=1, driver_version="575.51.03", driver_cuda="12.9")
     r = R.rule_gpus(f)
     assert r.status == "fail" and "sm_120" in r.finding and "no kernel image" in r.finding
@@ -110,7 +114,7 @@ def test_sm120_gpu_with_torch_without_sm120_fails_no_kernel_image_with_cu128_fix
 
 
 def test_sm120_with_driver_too_old_for_cuda_128_says_upgrade_driver():
-    gpu = GpuFact(0, "NVIDIA GeForce RTX 5090", 32 * GiB, 31 * GiB, (12, 0))
+    gpu = GpuInfo(0, "NVIDIA GeForce RTX 5090", 32 * GiB, 31 * GiB, (12, 0))
     r = R.rule_gpus(server(gpus=[gpu], gpus_total=1, driver_version="550.54.14", driver_cuda="12.4"))
     assert r.status == "fail" and "upgrade the NVIDIA driver to >= 570.26" in r.fix
 
@@ -124,9 +128,9 @@ def test_arch_support_binary_compat_ptx_and_arch_specific():
 
 def test_compute_capability_falls_back_to_gpu_table_by_name():
     t = R.tables()
-    assert R.gpu_cc(GpuFact(0, "NVIDIA RTX A6000", 1, 1, None), t) == (8, 6)
-    assert R.gpu_cc(GpuFact(0, "NVIDIA H100 80GB HBM3", 1, 1, None), t) == (9, 0)
-    assert R.gpu_cc(GpuFact(0, "NVIDIA GeForce RTX 5090", 1, 1, None), t) == (12, 0)
+    assert R.gpu_cc(GpuInfo(0, "NVIDIA RTX A6000", 1, 1, None), t) == (8, 6)
+    assert R.gpu_cc(GpuInfo(0, "NVIDIA H100 80GB HBM3", 1, 1, None), t) == (9, 0)
+    assert R.gpu_cc(GpuInfo(0, "NVIDIA GeForce RTX 5090", 1, 1, None), t) == (12, 0)
 
 
 def test_one_gpu_and_mp2_checkpoint_fails_and_names_reshard_or_int8():
@@ -137,7 +141,7 @@ def test_one_gpu_and_mp2_checkpoint_fails_and_names_reshard_or_int8():
 
 
 def test_one_small_gpu_and_mp2_checkpoint_suggests_int8():
-    small = GpuFact(0, "NVIDIA GeForce RTX 3090", 24 * GiB, 23 * GiB, (8, 6))
+    small = GpuInfo(0, "NVIDIA GeForce RTX 3090", 24 * GiB, 23 * GiB, (8, 6))
     r = R.rule_mp_plan(with_ckpt(server(gpus=[small], gpus_total=1), batch=1, seq=512))
     assert r.status == "fail" and "--mp 1" in r.fix and "quantize: int8" in r.fix
 
@@ -165,7 +169,7 @@ def test_memory_fit_too_large_batch_fails_with_batch_that_fits():
 
 
 def test_memory_fit_weights_too_big_suggest_int8():
-    small = GpuFact(0, "Tesla T4", 15 * GiB, 15 * GiB, (7, 5))
+    small = GpuInfo(0, "Tesla T4", 15 * GiB, 15 * GiB, (7, 5))
     r = R.rule_memory_fit(with_ckpt(server(gpus=[small], gpus_total=1), config=LLAMA_13B, mp=1, batch=1, seq=512))
     assert r.status == "fail" and "fp16" in r.finding and "quantize: int8" in r.fix
 
@@ -240,7 +244,7 @@ def test_no_peer_access_is_a_warning_with_p2p_hint():
 
 
 def test_matmul_no_kernel_image_points_to_the_right_build():
-    gpu = GpuFact(0, "NVIDIA GeForce RTX 5090", 32 * GiB, 31 * GiB, (12, 0))
+    gpu = GpuInfo(0, "NVIDIA GeForce RTX 5090", 32 * GiB, 31 * GiB, (12, 0))
     f = server(gpus=[gpu], gpus_total=1, driver_cuda="12.8", driver_version="570.86.10", active_run=["gpu-matmul"],
                matmul=[MatmulResult(0, False, error="CUDA error: no kernel image is available for execution")])
     r = R.rule_gpu_matmul(f)

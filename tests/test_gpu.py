@@ -8,7 +8,7 @@ import torch
 
 from llamakit.model import kernels as K
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

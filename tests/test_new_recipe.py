@@ -18,7 +18,7 @@ from llamakit.errors import LlamakitError
 from llamakit.explain import explain_term
 from llamakit.gpus import GpuInfo
 from llamakit.memory import GiB, plan_memory
-from llamakit.recipe_writer import (BATCH_CAP, CPU_BATCH, HEADROOM, SEQ_STEP, choose_size, parse_gpus, plan_recipe,
+from llamakit.run.recipe_writer import (BATCH_CAP, CPU_BATCH, HEADROOM, SEQ_STEP, choose_size, parse_gpus, plan_recipe,
                                     write_new_recipe)
 from llamakit.run.plan import plan_run
 from llamakit.run.recipe import KEYS, load_recipe

@@ -28,7 +28,6 @@ DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp
 # Meta stores rope.freqs in fp32 and its model recomputes the frequencies: it is copied, never converted.
 KEEP_DTYPE = {"rope.freqs"}
 PARTIAL = ".partial-"  # DST.partial-<pid>: where a reshard writes before the final rename
-RUNTIME_BYTES = 600 * 1024**2  # Python + torch + this module, measured ~450 MB RSS on CPU torch
 
 Progress = Callable[[str, int, int], None]  # (phase "write" | "checksum", bytes done, bytes total)
 

@@ -16,8 +16,3 @@ app = typer.Typer(
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-
-def not_yet(name: str) -> None:
-    """For commands whose body has not landed yet: say so clearly and exit 2."""
-    err_console.print(f"llamakit {name}: not implemented yet in this version")
-    raise typer.Exit(2)

@@ -42,7 +42,8 @@ def bench_cmd(
         from llamakit.errors import LlamakitError
 
         raise LlamakitError(f"unknown workload {workload!r}", "use --workload standard or --workload score")
-    from llamakit.bench import BenchOptions, bench, parse_sampling
+    from llamakit.bench import BenchOptions, bench
+    from llamakit.run.decoding import parse_sampling
 
     sampling = parse_sampling(sets)
     temps = {k: sampling.pop(k) for k in ("temperature", "top_p") if k in sampling}

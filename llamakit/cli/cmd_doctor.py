@@ -20,9 +20,13 @@ def doctor_cmd(
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
     fast: bool = typer.Option(False, "--fast", help="Skip the active tests (matmul per GPU, all-reduce)."),
     list_checks: bool = typer.Option(False, "--list", help="List the checks and exit."),
+    master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Rendezvous host of a run over several "
+                                              "nodes: check it resolves and its port answers."),
+    master_port: int = typer.Option(29500, "--master-port", help="Rendezvous port (with --master-addr)."),
 ) -> None:
     """Check Python, torch, driver, GPUs, NCCL and host; with a checkpoint: MP vs GPUs and memory fit."""
     from llamakit.doctor.cli import execute
 
-    code = execute(console, check, ckpt_dir, recipe, as_json, report, strict, fast, list_checks)
+    code = execute(console, check, ckpt_dir, recipe, as_json, report, strict, fast, list_checks,
+                   master_addr=master_addr, master_port=master_port)
     raise typer.Exit(code)

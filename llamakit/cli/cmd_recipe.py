@@ -27,7 +27,7 @@ def new_recipe_cmd(
     id_field: str = typer.Option("id", "--id-field", help="JSONL field holding each prompt's unique id."),
 ) -> None:
     """Write a commented recipe for a checkpoint and prompt file, with batch size and length chosen to fit the GPUs."""
-    from llamakit.recipe_writer import summary_lines, write_new_recipe
+    from llamakit.run.recipe_writer import summary_lines, write_new_recipe
 
     path, plan, _ = write_new_recipe(recipe, ckpt_dir, prompts, out=out, gpus=gpus, max_gen_len=max_gen_len,
                                      tokenizer=tokenizer, prompt_field=prompt_field, id_field=id_field)

@@ -10,6 +10,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from llamakit.cli.app import app, console
 
 
+NODES = "Several nodes (torchrun's words)"
+SLURM = "SLURM"
+
+
 @app.command("run")
 def run_cmd(
     recipe: str = typer.Argument(..., help="Recipe .yaml file, or the name of a shipped recipe (e.g. demo)."),
@@ -18,6 +22,37 @@ def run_cmd(
     nproc: Optional[str] = typer.Option(None, "--nproc", help="Override nproc (auto or MP x DP)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything, print the plan and the torchrun "
                                  "command, start nothing."),
+    nnodes: Optional[int] = typer.Option(None, "--nnodes", help="Nodes of a run over several machines; start the "
+                                         "same command on each (--nproc is then per node).", rich_help_panel=NODES),
+    node_rank: Optional[int] = typer.Option(None, "--node-rank", help="This node's rank, 0..nnodes-1 (0 on the "
+                                            "--master-addr host).", rich_help_panel=NODES),
+    master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Rendezvous host (node 0).",
+                                              rich_help_panel=NODES),
+    master_port: Optional[int] = typer.Option(None, "--master-port", help="Rendezvous port (default 29500).",
+                                              rich_help_panel=NODES),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="c10d rendezvous HOST:PORT instead "
+                                                "of --master-addr (ranks are assigned).", rich_help_panel=NODES),
+    rdzv_id: Optional[str] = typer.Option(None, "--rdzv-id", help="Run id for the c10d rendezvous, the same on "
+                                          "every node.", rich_help_panel=NODES),
+    mp_across_nodes: bool = typer.Option(False, "--mp-across-nodes", help="Allow a model-parallel group to span "
+                                         "nodes (slow over Ethernet).", rich_help_panel=NODES),
+    share: Optional[str] = typer.Option(None, "--share", help="K/N: generate only prompts K, K+N, ... on this "
+                                        "node, alone (a SLURM array); then `llamakit merge OUT`.",
+                                        rich_help_panel=NODES),
+    sbatch: bool = typer.Option(False, "--sbatch", help="Print a SLURM batch script for this run instead of "
+                                "running it.", rich_help_panel=SLURM),
+    nodes: int = typer.Option(1, "--nodes", help="With --sbatch: nodes to ask for.", rich_help_panel=SLURM),
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help="With --sbatch: GPUs per node "
+                                                "(default: the checkpoint's MP; 0 for device: cpu).",
+                                                rich_help_panel=SLURM),
+    partition: Optional[str] = typer.Option(None, "--partition", help="With --sbatch: SLURM partition.",
+                                            rich_help_panel=SLURM),
+    time_limit: Optional[str] = typer.Option(None, "--time", help="With --sbatch: time limit, e.g. 12:00:00 (a "
+                                             "job that runs out is resumed by submitting it again).",
+                                             rich_help_panel=SLURM),
+    array: bool = typer.Option(False, "--array", help="With --sbatch: each of --nodes runs its share alone (a "
+                               "SLURM array, no network between nodes); merge with `llamakit merge OUT`.",
+                               rich_help_panel=SLURM),
 ) -> None:
     """Generate a completion for every prompt of a recipe; re-run the same command to resume."""
     from llamakit.run.supervise import Progress as RunProgress
@@ -27,7 +62,18 @@ def run_cmd(
 
     flags = {"--out": ("out_path", out),
              "--nproc": ("nproc", None if nproc is None else (int(nproc) if nproc.isdigit() else nproc))}
-    setup = plan_run(recipe, set_, flags)
+    if sbatch:
+        from llamakit.run.sbatch import sbatch_for_recipe
+
+        again = [a for k, v in (("--out", out), ("--nproc", nproc)) if v is not None for a in (k, v)]
+        again += [a for kv in set_ for a in ("--set", kv)]
+        typer.echo(sbatch_for_recipe(recipe, again, set_, flags, nodes, gpus_per_node, partition, time_limit, array,
+                                     mp_across_nodes), nl=False)
+        return
+    from llamakit.run.nodes import make_nodes
+
+    where = make_nodes(nnodes, node_rank, master_addr, master_port, rdzv_endpoint, rdzv_id, mp_across_nodes, share)
+    setup = plan_run(recipe, set_, flags, nodes=where)
     if dry_run:
         for line in describe(setup.plan, setup.argv):
             console.print(line, markup=False, soft_wrap=True)

@@ -19,12 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict", action="store_true")
     p.add_argument("--fast", action="store_true")
     p.add_argument("--list", action="store_true")
+    p.add_argument("--master-addr")
+    p.add_argument("--master-port", type=int, default=29500)
     a = p.parse_args(argv)
     from llamakit.doctor.cli import execute
     from llamakit.errors import LlamakitError
     try:
         return execute(Console(highlight=False), a.check, a.ckpt_dir, a.recipe, a.json, a.report, a.strict, a.fast,
-                       a.list)
+                       a.list, master_addr=a.master_addr, master_port=a.master_port)
     except LlamakitError as e:
         Console(stderr=True, highlight=False).print(f"error: {e.one_line()}", markup=False, soft_wrap=True)
         return 2

@@ -9,6 +9,7 @@ from typing import Callable
 
 from llamakit.doctor import rules as R
 from llamakit.doctor.facts import Facts, gather
+from llamakit.doctor.network import gather_network, rule_network, rule_rendezvous
 from llamakit.doctor.rules import FAIL, WARN, CheckResult
 
 
@@ -37,6 +38,10 @@ CHECKS: tuple[Check, ...] = (
     Check("shm", "/dev/shm size (NCCL needs it; Docker's default is 64 MB)", R.rule_shm),
     Check("ram", "free RAM vs the checkpoint's largest shard", R.rule_ram),
     Check("disk", "free disk where outputs go", R.rule_disk),
+    Check("network", "the interface NCCL and gloo would use between nodes (and towards --master-addr)",
+          lambda f: rule_network(f.network)),
+    Check("rendezvous", "--master-addr resolves, is not the login node, and its --master-port answers",
+          lambda f: rule_rendezvous(f.network)),
     Check("ports", "port 29500 (torchrun's default) free, and a free port", R.rule_ports),
     Check("dist-env", "leftover WORLD_SIZE / RANK / LOCAL_RANK / MASTER_* variables; NCCL_* settings listed", R.rule_dist_env),
     Check("pynvml", "nvidia-ml-py present, no deprecated pynvml shadowing it", R.rule_pynvml),
@@ -86,7 +91,8 @@ def apply_rule(check: Check, facts: Facts) -> CheckResult:
 
 def run_doctor(only: str | None = None, ckpt_dir: str | Path | None = None, recipe: str | Path | None = None,
                fast: bool = False, strict: bool = False, out_dir: str | Path | None = None,
-               timeout: float = 120.0) -> DoctorReport:
+               timeout: float = 120.0, master_addr: str | None = None,
+               master_port: int | None = None) -> DoctorReport:
     """Gather facts, run the active tests unless `fast`, and judge every check (or just `only`)."""
     from llamakit.errors import LlamakitError
 
@@ -95,6 +101,11 @@ def run_doctor(only: str | None = None, ckpt_dir: str | Path | None = None, reci
     t0 = time.monotonic()
     facts = gather(ckpt_dir=ckpt_dir, recipe=recipe, out_dir=out_dir)
     chosen = [BY_NAME[only]] if only else list(CHECKS)
+    if any(c.name in ("network", "rendezvous") for c in chosen):
+        try:
+            facts.network = gather_network(master_addr, master_port)
+        except Exception as e:  # noqa: BLE001 - the rules report missing facts as skipped
+            facts.errors["network"] = f"{type(e).__name__}: {e}"
     if only == "peer-access":
         active = {"allreduce"} if not fast else set()  # torch's own view of peer access comes from that probe
     else:

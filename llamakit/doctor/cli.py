@@ -13,12 +13,14 @@ from llamakit.doctor.report import list_text, summary_line, to_json, to_plain, t
 
 def execute(console: Console, check: str | None = None, ckpt_dir: Path | None = None, recipe: Path | None = None,
             as_json: bool = False, report: Path | None = None, strict: bool = False, fast: bool = False,
-            list_checks: bool = False, timeout: float = 120.0) -> int:
+            list_checks: bool = False, timeout: float = 120.0, master_addr: str | None = None,
+            master_port: int | None = None) -> int:
     """Run doctor with these options, show the result on `console` and return the exit code."""
     if list_checks:
         console.print(list_text(), end="", markup=False, soft_wrap=True)
         return 0
-    rep = run_doctor(only=check, ckpt_dir=ckpt_dir, recipe=recipe, fast=fast, strict=strict, timeout=timeout)
+    rep = run_doctor(only=check, ckpt_dir=ckpt_dir, recipe=recipe, fast=fast, strict=strict, timeout=timeout,
+                     master_addr=master_addr, master_port=master_port)
     if report is not None:
         write_report_file(rep, report)
     if as_json:

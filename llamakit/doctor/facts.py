@@ -7,14 +7,14 @@ import importlib.util
 import os
 import platform
 import shutil
-import socket
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llamakit import defaults
-from llamakit.gpus import apply_visible_devices
+from llamakit.distributed import free_port, port_is_free
+from llamakit.gpus import GpuInfo, apply_visible_devices, read_gpu
 
 # Environment variables a finished or crashed torchrun leaves behind; they change what a new launch does.
 DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
@@ -22,17 +22,6 @@ DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK
 PACKAGES = ("llamakit", "torch", "fairscale", "sentencepiece", "pydantic", "nvidia-ml-py")
 IMPORT_NAMES = {"nvidia-ml-py": "pynvml"}
 DEFAULT_PORT = 29500
-
-
-@dataclass
-class GpuFact:
-    """One GPU as NVML sees it (index is NVML's, before CUDA_VISIBLE_DEVICES)."""
-
-    index: int
-    name: str
-    total_bytes: int
-    free_bytes: int
-    cc: tuple[int, int] | None
 
 
 @dataclass
@@ -117,7 +106,7 @@ class Facts:
     driver_version: str | None = None
     driver_cuda: str | None = None  # the highest CUDA the driver supports, e.g. "13.0"
     nvidia_present: bool = False  # an NVIDIA driver or device node exists, even if NVML cannot be used
-    gpus: list[GpuFact] = field(default_factory=list)  # visible ones (CUDA_VISIBLE_DEVICES applied)
+    gpus: list[GpuInfo] = field(default_factory=list)  # visible ones (CUDA_VISIBLE_DEVICES applied)
     gpus_total: int = 0  # all NVML devices
     p2p: dict[str, bool] = field(default_factory=dict)  # "i-j" -> NVML peer read status OK
     cuda_visible_devices: str | None = None
@@ -137,6 +126,7 @@ class Facts:
     matmul: list[MatmulResult] | None = None  # None: not run
     allreduce: AllreduceResult | None = None
     active_run: list[str] = field(default_factory=list)  # active tests that were attempted (not --fast)
+    network: Any = None  # doctor.network.NetFacts: interfaces, and the rendezvous host when --master-addr is given
     errors: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,11 +211,6 @@ def _torch(f: Facts) -> None:
             f.errors["nccl"] = _err(e)
 
 
-def _visible(indices: list[int], env: str | None) -> list[int]:
-    """CUDA_VISIBLE_DEVICES applied to NVML indices (the same rule `run` uses)."""
-    return apply_visible_devices(indices, env)
-
-
 def _nvml(f: Facts) -> None:
     f.cuda_visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
     f.nvidia_present = Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
@@ -254,17 +239,9 @@ def _nvml(f: Facts) -> None:
         count = pynvml.nvmlDeviceGetCount()
         f.gpus_total = count
         handles = {}
-        for i in _visible(list(range(count)), f.cuda_visible_devices):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            handles[i] = h
-            name = pynvml.nvmlDeviceGetName(h)
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            try:
-                cc: tuple[int, int] | None = tuple(int(x) for x in pynvml.nvmlDeviceGetCudaComputeCapability(h))  # type: ignore[assignment]
-            except Exception:  # noqa: BLE001
-                cc = None
-            f.gpus.append(GpuFact(i, name, int(mem.total), int(mem.free), cc))
+        for i in apply_visible_devices(list(range(count)), f.cuda_visible_devices):
+            handles[i] = pynvml.nvmlDeviceGetHandleByIndex(i)
+            f.gpus.append(read_gpu(pynvml, i))
         idx = sorted(handles)
         for a in idx:
             for b in idx:
@@ -326,22 +303,10 @@ def _host(f: Facts, out_dir: Path) -> None:
     f.leftover_env = {k: v for k, v in sorted(os.environ.items()) if k in DIST_VARS or k.startswith("NCCL_")}
 
 
-def port_is_free(port: int) -> bool:
-    """True when nothing listens on localhost:port (we can bind it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def find_free_port() -> int | None:
-    """A TCP port the OS says is free right now."""
+    """A TCP port the OS says is free right now (None when none can be bound)."""
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+        return free_port()
     except OSError:
         return None
 
@@ -362,23 +327,13 @@ def _pynvml_dists(f: Facts) -> None:
 def _recipe(path: Path) -> tuple[RecipeFact, str | None]:
     """Read the recipe through the run pipeline's loader; returns the fact and the recipe's checkpoint folder."""
     r = RecipeFact(path=str(path))
-    try:
-        from llamakit.run.recipe import load_recipe  # the run pipeline owns the recipe format
-    except ImportError as e:
-        r.error = f"the recipe loader cannot be imported ({_err(e)})"
-        r.fix = (f"pip install {e.name}, or " if e.name and not e.name.startswith("llamakit") else "") + \
-            "use --ckpt-dir DIR instead of --recipe"
-        return r, None
+    from llamakit.run.recipe import load_recipe, resolve_paths  # the run pipeline owns the recipe format
+
     try:
         loaded = load_recipe(path)
-        rec = getattr(loaded, "recipe", loaded)  # LoadedRecipe(recipe, path, sources) or a bare Recipe
-        ck, out = getattr(rec, "ckpt_dir", None), getattr(rec, "out_path", None)
-        try:
-            from llamakit.run.recipe import resolve_paths  # builtin:NAME and relative paths, as run resolves them
-            paths = resolve_paths(loaded)
-            ck, out = paths.ckpt_dir, paths.out_path
-        except ImportError:
-            pass
+        rec = loaded.recipe
+        paths = resolve_paths(loaded)  # builtin:NAME and relative paths, as run resolves them
+        ck, out = paths.ckpt_dir, paths.out_path
     except Exception as e:  # noqa: BLE001 - LlamakitError carries its own fix
         what, where = getattr(e, "what", None), getattr(e, "where", None)
         r.error = (f"{where}: {what}" if where else what) if what else _err(e)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from llamakit.checkpoint.params import ModelConfig
 from llamakit.fit import CARD_SIZES_GB, FitOption, Verdict, card_bytes, fit_options, reshard_command, verdict
 from llamakit.gpus import GpuInfo
-from llamakit.inspection.report import GpuView, MemoryInfo
+from llamakit.inspection.report import MemoryInfo
 from llamakit.memory import GiB, plan_memory
 
 
@@ -30,7 +30,6 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
                 gpus: list[GpuInfo], ckpt: str) -> MemoryInfo:
     """The plan at the checkpoint's MP and llamakit.fit's verdict for this machine, in inspect's words."""
     plan = plan_memory(config, vocab, mp, dtype, batch, seq)
-    views = [GpuView(g.index, g.name, g.total_bytes, g.free_bytes) for g in gpus]
     options = fit_options(config, vocab, dtype, batch, seq)
     advice: list[str] = []
     fits_here: bool | None = None
@@ -63,7 +62,7 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
     if dtype != "int8":  # int8 options only where they beat every option at the chosen dtype
         options += [o for o in fit_options(config, vocab, "int8", batch, seq)
                     if not any(c.gpus <= o.gpus and c.gpu_gb <= o.gpu_gb for c in options)]
-    return MemoryInfo(dtype, batch, seq, mp, plan.weights, plan.kv_cache, plan.overhead, plan.total, views,
+    return MemoryInfo(dtype, batch, seq, mp, plan.weights, plan.kv_cache, plan.overhead, plan.total, list(gpus),
                       fits_here, max_batch, options, advice)
 
 

@@ -231,11 +231,7 @@ def inspect_checkpoint(ckpt_dir: str | Path, tokenizer: str | Path | None = None
 
 def recipe_settings(recipe_path: str | Path) -> dict[str, Any]:
     """batch, seq, dtype, tokenizer and ckpt_dir from a run recipe (llamakit.run.recipe), for inspect's plan."""
-    try:
-        from llamakit.run.recipe import load_recipe, resolve_path
-    except ImportError:
-        raise LlamakitError("recipes are not supported by this llamakit version yet",
-                            "pass --batch, --seq and --dtype instead of --recipe") from None
+    from llamakit.run.recipe import load_recipe, resolve_path
     loaded = load_recipe(recipe_path)
     r = loaded.recipe
     ccs = [g.compute_capability for g in detect_gpus()] if r.dtype == "auto" and r.device != "cpu" else []

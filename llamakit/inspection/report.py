@@ -11,12 +11,13 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from llamakit.checkpoint.validate import ShardFile
 from llamakit.errors import Problem
 from llamakit.fit import FitOption
+from llamakit.gpus import GpuInfo
 
 SCHEMA = "llamakit.inspect/1"
 Finding = Problem  # one problem of the report: level 'error' (exit non-zero) or 'warning', a stable code, what + fix
 
 __all__ = ["SCHEMA", "Finding", "ModelInfo", "ShardFile", "ShardsInfo", "TokenizerInfo", "FileCheck", "ChecklistInfo",
-           "GpuView", "MemoryInfo", "InspectReport"]
+           "MemoryInfo", "InspectReport"]
 
 
 @dataclass
@@ -84,14 +85,6 @@ class ChecklistInfo:
 
 
 @dataclass
-class GpuView:
-    index: int
-    name: str
-    total_bytes: int
-    free_bytes: int
-
-
-@dataclass
 class MemoryInfo:
     """The per-GPU plan at the checkpoint's MP, whether it fits this machine, and what would."""
 
@@ -103,7 +96,7 @@ class MemoryInfo:
     kv_cache_bytes: int
     overhead_bytes: int
     total_bytes: int
-    gpus: list[GpuView]
+    gpus: list[GpuInfo]
     fits_here: bool | None  # None: no GPU detected
     max_batch_here: int | None
     options: list[FitOption]
@@ -160,6 +153,8 @@ def _build(tp: Any, value: Any) -> Any:
         return _build(args[0], value) if len(args) == 1 else value
     if origin is list:
         return [_build(get_args(tp)[0], v) for v in value]
+    if origin is tuple:  # JSON has lists; (major, minor) compute capabilities are tuples
+        return tuple(value)
     if origin is dict:
         return dict(value)
     if is_dataclass(tp):

@@ -294,3 +294,23 @@ def describe_sampling(sampling: dict[str, Any]) -> str:
     rest = [f"{k} {s[k]}" for k in SAMPLING_KEYS if k not in ("temperature", "top_p", "seed")
             and s[k] != DEFAULT_SAMPLING[k]]
     return ", ".join([head, f"seed {s['seed']}", *rest])
+
+
+def parse_sampling(items: list[str]) -> dict:
+    """`llamakit bench --set key=value` pairs of decoding keys, checked as the recipe checks them (one line on a bad
+    one)."""
+    from pydantic import ValidationError
+
+    from llamakit.run.recipe import parse_override
+
+    out = dict(parse_override(item) for item in items)
+    try:
+        DecodingKeys(**out)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        if err["type"] == "extra_forbidden":
+            raise LlamakitError(f"--set {key}: not a decoding key", "use one of: " + ", ".join(
+                DecodingKeys.model_fields)) from None
+        raise LlamakitError(f"--set {key}: {problem(err)}", "see `llamakit explain " + key + "`") from None
+    return out

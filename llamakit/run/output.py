@@ -167,33 +167,37 @@ class OutputState:
 
 def scan_output(path: Path, prompts: list[Prompt],
                 expect: Callable[[Prompt], tuple[int, dict[str, Any]]] | None = None) -> OutputState:
-    """(id, sample) keys already in `path`; rows for ids that are not in the prompt file, or made from another text
-    for their id, are an error (another dataset, or an edited prompt file). `expect(prompt)` gives the prompt's
-    samples (n) and the settings its rows record (those differing from the recipe): a row made with others is an
-    error too (the prompt file's per-row settings changed)."""
+    """Ids and (id, sample) keys already in `path` and its part files (a multi-node run's rows); rows for ids that
+    are not in the prompt file, or made from another text for their id, are an error (another dataset, or an
+    edited prompt file). `expect(prompt)` gives the prompt's samples (n) and the settings its rows record (those
+    differing from the recipe): a row made with others is an error too (the prompt file's per-row settings
+    changed)."""
+    from llamakit.run.parts import output_files  # parts builds on this module's row format
+
     wanted = {id_key(p.id): p for p in prompts}
     done: set[str] = set()
     rows: set[str] = set()
     dups = 0
-    for line, row in read_rows(path):
-        k = id_key(row["id"])
-        if k not in wanted:
-            raise LlamakitError(f"output already holds id {row['id']!r}, which is not in the prompt file",
-                                "it was written from other prompts: choose a new out_path, or move this file away",
-                                path, line)
-        p = wanted[k]
-        if "prompt" not in p.extra and isinstance(row.get("prompt"), str) and row["prompt"] != p.text:
-            raise LlamakitError(f"the row for id {row['id']!r} was generated from another text than the prompt file "
-                                f"now holds for that id (line {p.line})", "the prompt file changed since: give a "
-                                "new output file (--out NEW.jsonl), or restore the old prompts", path, line)
-        sample = row.get("sample", 0)
-        if expect is not None:
-            _check_row_settings(row, sample, p, *expect(p), path, line)
-        rk = row_key(row["id"], sample)
-        if rk in rows:
-            dups += 1
-        rows.add(rk)
-        done.add(k)
+    for file in output_files(path):
+        for line, row in read_rows(file):
+            k = id_key(row["id"])
+            if k not in wanted:
+                raise LlamakitError(f"output already holds id {row['id']!r}, which is not in the prompt file",
+                                    "it was written from other prompts: choose a new out_path, or move this file "
+                                    "away", file, line)
+            p = wanted[k]
+            if "prompt" not in p.extra and isinstance(row.get("prompt"), str) and row["prompt"] != p.text:
+                raise LlamakitError(f"the row for id {row['id']!r} was generated from another text than the prompt "
+                                    f"file now holds for that id (line {p.line})", "the prompt file changed since: "
+                                    "give a new output file (--out NEW.jsonl), or restore the old prompts", file, line)
+            sample = row.get("sample", 0)
+            if expect is not None:
+                _check_row_settings(row, sample, p, *expect(p), file, line)
+            rk = row_key(row["id"], sample)
+            if rk in rows:
+                dups += 1
+            rows.add(rk)
+            done.add(k)
     return OutputState(done, torn_tail(path), dups, rows)
 
 
@@ -212,26 +216,11 @@ def _check_row_settings(row: dict[str, Any], sample: Any, p: Prompt, n: int, rec
 
 
 def finalize_output(path: Path, prompts: list[Prompt]) -> int:
-    """Rewrite the output in input order, each id once, atomically (temp file + rename); returns rows written."""
-    order = {id_key(p.id): i for i, p in enumerate(prompts)}
-    best: dict[str, tuple[tuple[int, Any], dict[str, Any]]] = {}
-    for _, row in read_rows(path):  # the first row of an (id, sample) wins
-        sample = row.get("sample", 0)
-        best.setdefault(row_key(row["id"], sample), ((order.get(id_key(row["id"]), len(order)), sample), row))
-    rows = sorted(best.values(), key=lambda kv: (kv[0][0], kv[0][1] if isinstance(kv[0][1], int) else 0))
-    tmp = path.with_name(f".{path.name}.sorting")
-    with open(tmp, "wb") as f:
-        for _, row in rows:
-            f.write(encode_row(row))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # a kill before this line leaves the old (complete, unordered) file in place
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return len(rows)
+    """Rewrite the output (with the rows of any part files) in input order, each (id, sample) once, atomically
+    (temp file + rename); returns rows written."""
+    from llamakit.run.parts import merge_parts
+
+    return merge_parts(path, [p.id for p in prompts], require_complete=False)
 
 
 # ---------------------------------------------------------------- finishing a run (under the run's lock)
@@ -251,8 +240,13 @@ class Summary:
     tokens: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    merged_elsewhere: bool = False  # a node of a multi-node run (or a share) whose rows another process merges
 
     def lines(self) -> list[str]:
+        if self.merged_elsewhere:
+            return [f"{self.total} prompts: {self.generated} to generate in this run over all nodes, "
+                    f"{self.already_done} were already done (resumed)", f"output: {self.out_path}",
+                    f"log: {self.log_path}"] + self.notes
         rate = f", {self.tokens / self.seconds:.1f} tok/s overall" if self.seconds > 0 and self.tokens else ""
         out = [f"{self.total} prompts: {self.generated} generated now, {self.already_done} were already in the "
                f"output (resumed), {self.skipped} skipped as too long, {self.truncated} truncated",
@@ -264,7 +258,7 @@ def clean_run_dir(run_dir: Path) -> None:
     """After success, under the lock: keep only `lock` (removing it under a waiting run would let two in) and
     plan.json (the settings this output was made with, so a re-run with other settings is told so)."""
     for entry in run_dir.iterdir():
-        if entry.name in ("lock", "plan.json"):
+        if entry.name in ("lock", "plan.json") or entry.name.startswith("lock."):  # lock.nodeR: multi-node runs
             continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -273,10 +267,15 @@ def clean_run_dir(run_dir: Path) -> None:
 
 
 def prepare_output(setup: Setup) -> int:
-    """Clear leftovers of a killed run, cut a torn last row, write the rows of skipped prompts; returns them."""
+    """Clear leftovers of a killed run, cut a torn last row, write the rows of skipped prompts; returns them.
+    With part files (several nodes, or a share) out_path is left alone: its replicas write the skipped rows, and the
+    merge drops a torn last line."""
     out_path, run_dir = Path(setup.plan.out_path), Path(setup.plan.run_dir)
-    for stale in [*run_dir.glob("error.rank*.json"), out_path.with_name(f".{out_path.name}.sorting")]:
+    for stale in run_dir.glob("error.rank*.json"):
         stale.unlink(missing_ok=True)
+    if setup.plan.nodes:
+        return sum(1 for t in setup.todo if t.skipped)
+    out_path.with_name(f".{out_path.name}.sorting").unlink(missing_ok=True)
     cut = repair_tail(out_path)
     if cut:
         log.info("repaired the output: cut a torn last line of %d bytes (its prompt is generated again)", cut)
@@ -311,6 +310,29 @@ def finish(setup: Setup, n_skipped: int, t0: float) -> Summary:
     for line in summary.lines():
         log.info("summary: %s", line)
     return summary
+
+def finish_elsewhere(setup: Setup, nodes: Any, t0: float) -> Summary:
+    """This node's part is done and another process orders out_path (the merging node, or `llamakit merge` after
+    every share of an array): check this node's prompts have rows, and say who merges."""
+    plan, out_path = setup.plan, Path(setup.plan.out_path)
+    if nodes.share is not None:
+        state = scan_output(out_path, setup.prompts)
+        missing = [p for p in setup.prompts if id_key(p.id) not in state.done]
+        if missing:
+            raise LlamakitError(f"the workers finished but {len(missing)} prompts of this share have no row "
+                                f"(first: id {missing[0].id!r})", "re-run the same command to complete them",
+                                out_path)
+        note = (f"note: {nodes.label()} is complete; when every share is, merge them: llamakit merge {out_path}")
+    else:
+        note = f"note: {nodes.label()} is done; the node that ran rank 0 merged the rows into {out_path}"
+    generated = [t for t in setup.todo if not t.skipped]
+    summary = Summary(str(out_path), plan.log_path, plan.total, plan.already_done, len(generated),
+                      sum(1 for t in setup.todo if t.skipped), sum(1 for t in generated if t.truncated), 0,
+                      time.monotonic() - t0, [f"note: {n}" for n in plan.notes] + [note], merged_elsewhere=True)
+    for line in summary.lines():
+        log.info("summary: %s", line)
+    return summary
+
 
 def _tokens_of(path: Path, keys: set[str]) -> int:
     total = 0

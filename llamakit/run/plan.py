@@ -12,12 +12,15 @@ from typing import Any
 
 from llamakit.checkpoint.shards import Checkpoint, open_checkpoint
 from llamakit.engine.api import EngineConfig
+from llamakit.distributed import free_port
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
 from llamakit.fit import mp_within, reshard_command, reshard_destination, resolve_dtype, verdict
 from llamakit.memory import fmt_gib, plan_memory, weight_dtype
 from llamakit.run.decoding import describe_sampling, plan_rows, recipe_sampling, versions
 from llamakit.run.output import scan_output
+from llamakit.run.nodes import (Nodes, check_layout, check_rendezvous_host, in_share, local_processes,
+                                torchrun_node_args)
 from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
 from llamakit.run.resume import RunLock, check_same_settings, fingerprints
@@ -128,13 +131,6 @@ def cuda_facts() -> tuple[list[GpuInfo], bool]:
     return gpus, ok
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (for torchrun's rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def omp_threads(nproc: int, cpus: int | None = None) -> int:
     """Threads per process so the ranks share the cores instead of oversubscribing them."""
     if cpus is None:
@@ -172,6 +168,13 @@ class Plan:
     # what the text depends on, by content rather than path (a moved project folder is the same run):
     # "checkpoint" (params.json + shard names and sizes) and "tokenizer" (the file), as short sha256 digests
     fingerprints: dict[str, str] = field(default_factory=dict)
+    # runs over several nodes, or one share of an array (llamakit.run.nodes.Nodes as a dict); {} on one machine.
+    # Then every replica writes its own part file and this node starts nproc_per_node of the nproc processes.
+    nodes: dict[str, Any] = field(default_factory=dict)
+    nproc_per_node: int = 0
+    launcher: str = ""  # host-pid of the launcher that wrote this plan (names its node's files)
+    prompt_field: str = "prompt"  # with prompt_path: what `llamakit merge` needs to restore the input order
+    id_field: str = "id"
     sampling: dict[str, Any] = field(default_factory=dict)  # the recipe's decoding keys (run.decoding), for resume
     versions: dict[str, Any] = field(default_factory=dict)  # llamakit, torch, CUDA, driver, GPUs: to describe a dataset
 
@@ -179,9 +182,14 @@ class Plan:
     def nproc(self) -> int:
         return self.mp * self.dp
 
+    @property
+    def local_nproc(self) -> int:
+        return self.nproc_per_node or self.nproc
+
     def save(self, path: Path) -> None:
-        """Atomically (temp file + rename): a kill mid-write never leaves a torn plan behind."""
-        tmp = path.with_name(path.name + ".tmp")
+        """Atomically (temp file + rename): a kill mid-write never leaves a torn plan behind. The temp name is this
+        process's own, since every node of a multi-node run records the same plan.json on a shared file system."""
+        tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
         tmp.write_text(json.dumps(asdict(self), ensure_ascii=False, indent=1), encoding="utf-8")
         os.replace(tmp, path)
 
@@ -223,11 +231,11 @@ def memory_line(config: Any, vocab: int, dev: Devices, quantize: str, batch: int
 
 
 def torchrun_argv(plan: Plan, plan_file: Path, module: str = "llamakit.run.worker") -> list[str]:
-    """The exact torchrun command (argv list, never a shell string) that starts every rank of this plan
-    (`module`: the worker, llamakit.score.worker for `llamakit score`)."""
+    """The exact torchrun command (argv list, never a shell string) that starts every rank of this plan (of this
+    node's ranks, in a run over several nodes; `module`: the worker, llamakit.score.worker for `llamakit score`)."""
     return [sys.executable, "-m", "torch.distributed.run",
-            "--nnodes", "1", "--nproc_per_node", str(plan.nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(plan.master_port),
+            *torchrun_node_args(Nodes.from_dict(getattr(plan, "nodes", None)),  # score's plan: one node
+                                getattr(plan, "nproc_per_node", 0) or plan.nproc, plan.master_port),
             "--max_restarts", "0", "--monitor_interval", "0.5",
             "-m", module, str(plan_file)]
 
@@ -293,7 +301,9 @@ class Setup:
 
     @property
     def plan_file(self) -> Path:
-        return Path(self.plan.run_dir) / "plan.json"
+        """The plan this node's workers read; plan.json also records the settings the output is made with."""
+        name = f"plan.{self.plan.launcher}.json" if Nodes.from_dict(self.plan.nodes).multi else "plan.json"
+        return Path(self.plan.run_dir) / name
 
 
 def check_tokenizer(ckpt: Checkpoint, tok: Tokenizer) -> None:
@@ -306,8 +316,11 @@ def check_tokenizer(ckpt: Checkpoint, tok: Tokenizer) -> None:
 
 
 def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict[str, Any] | None = None,
-             gpu_facts: tuple[list, bool] | None = None) -> Setup:
-    """Validate recipe, checkpoint, tokenizer, prompts and output; decide MP x DP; write nothing."""
+             gpu_facts: tuple[list, bool] | None = None, nodes: Nodes | None = None) -> Setup:
+    """Validate recipe, checkpoint, tokenizer, prompts and output; decide MP x DP; write nothing. Over several nodes
+    every node makes the same checks from the same files, so each refuses a bad plan before anything starts."""
+    nodes = nodes or Nodes()
+    check_rendezvous_host(nodes)
     lr = load_recipe(recipe, overrides, flags)
     r = lr.recipe
     paths = resolve_paths(lr)
@@ -315,7 +328,8 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     tok_path = paths.tokenizer_path or find_tokenizer(paths.ckpt_dir)
     tok = Tokenizer(tok_path)
     check_tokenizer(ckpt, tok)
-    prompts = read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.params_field)
+    prompts = [p for i, p in enumerate(read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.params_field))
+               if in_share(i, nodes.share)]
     rows = plan_rows(lr, prompts, tok.n_words, paths.prompt_path)
     state = scan_output(paths.out_path, prompts, rows.expect)
     pending = [p for p in prompts if rows.missing(p, state.rows)]
@@ -324,9 +338,17 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                    rows.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
     rows.fill(todo, state.rows)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
-    dev: Devices = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
-                                  paths.ckpt_dir, (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len,
-                                                   r.quantize))
+    shape = (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len, r.quantize)
+    if nodes.multi:  # this node's processes; MP x DP over all nodes, the same answer on each
+        local = local_processes(r.device, r.nproc, ckpt.mp, gpus, cuda_ok, nodes)
+        dp = check_layout(ckpt.mp, local, nodes, lr.describe("nproc"))
+        dev = choose_devices(r.device, r.dtype, local, ckpt.mp if local % ckpt.mp == 0 else 1, gpus, cuda_ok,
+                             lr.describe("device"), paths.ckpt_dir, shape)
+        dev = Devices(dev.device, ckpt.mp, dp, dev.dtype, dev.backend, dev.gpus)
+    else:
+        local = 0
+        dev = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
+                             paths.ckpt_dir, shape)
     engine = EngineConfig(max_seq_len=r.max_seq_len, max_batch_size=r.max_batch_size, dtype=dev.dtype,  # type: ignore[arg-type]
                           device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
                           quantize=r.quantize, fast=r.fast, eos_id=tok.eos_id, graph_modes=rows.graph_modes(todo))
@@ -336,19 +358,24 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     if state.torn_bytes:
         notes.append(f"the output's last line is torn ({state.torn_bytes} bytes, a killed run): it is cut off "
                      "and that prompt generated again")
-    run_dir = paths.run_dir
+    run_dir = paths.run_dir / (f"share-{nodes.share[0]:02d}of{nodes.share[1]:02d}" if nodes.share else "")
+    launcher = f"{socket.gethostname()}-{os.getpid()}"
+    work = f"work.{launcher}.jsonl" if nodes.multi else "work.jsonl"
     plan = Plan(mp=dev.mp, dp=dev.dp, device=dev.device, dtype=dev.dtype, backend=dev.backend,
                 gpus=[describe_gpu(g) for g in dev.gpus], engine=asdict(engine), max_gen_len=r.max_gen_len,
                 ckpt_dir=str(paths.ckpt_dir), tokenizer_path=str(Path(tok_path).resolve()),
-                prompt_path=str(paths.prompt_path), out_path=str(paths.out_path), log_path=str(paths.log_path),
-                run_dir=str(run_dir), work_path=str(run_dir / "work.jsonl"), total=rows.total,
+                prompt_path=str(paths.prompt_path), out_path=str(paths.out_path),
+                log_path=str(nodes.log_path(paths.log_path)),
+                run_dir=str(run_dir), work_path=str(run_dir / work), total=rows.total,
                 pending=sum(len(t.samples) for t in todo if not t.skipped), already_done=len(state.rows),
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
-                omp_threads=omp_threads(dev.nproc), master_port=free_port(), memory=mem, notes=notes,
-                fingerprints=fingerprints(ckpt, Path(tok_path)), sampling=recipe_sampling(r),
+                omp_threads=omp_threads(local or dev.nproc), master_port=free_port(), memory=mem, notes=notes,
+                fingerprints=fingerprints(ckpt, Path(tok_path)), nodes=nodes.to_dict(), nproc_per_node=local,
+                launcher=launcher, prompt_field=r.prompt_field, id_field=r.id_field, sampling=recipe_sampling(r),
                 versions=versions(list(dev.gpus)))
-    RunLock.check_free(run_dir, paths.out_path)  # a live run's own error comes first, not a settings mismatch
+    RunLock.check_free(run_dir, paths.out_path, nodes.lock_name)  # a live run's error first, not a settings mismatch
     check_same_settings(plan, run_dir / "plan.json", len(state.done))
-    argv = torchrun_argv(plan, run_dir / "plan.json")
-    return Setup(lr, paths, ckpt, prompts, todo, plan, argv, state.torn_bytes)
+    setup = Setup(lr, paths, ckpt, prompts, todo, plan, [], state.torn_bytes)
+    setup.argv = torchrun_argv(plan, setup.plan_file)
+    return setup
 

@@ -147,14 +147,20 @@ def prepare(prompts: list[Prompt], encode: Any, max_prompt_len: int | Callable[[
     return out
 
 
-def write_work(todo: list[Prepared], path: Path) -> None:
-    """The workers' input: one line per prompt to generate (key, tokens, what the output row needs)."""
+def write_work(todo: list[Prepared], path: Path, with_skipped: bool = False) -> None:
+    """The workers' input: one line per prompt to generate (key, tokens, what the output row needs); with_skipped
+    (part files) also lists the prompts on_long_prompt skips, whose row the replica writes without generating."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for t in todo:
-            if t.skipped:
-                continue
             p = t.prompt
+            if t.skipped:
+                if with_skipped:
+                    for sample in t.samples:
+                        f.write(json.dumps({"key": p.index, "skipped": True, "n_tokens": t.n_tokens, "id": p.id,
+                                            "prompt": p.text, "extra": p.extra, "sample": sample,
+                                            "recorded": t.recorded}, ensure_ascii=False) + "\n")
+                continue
             for sample in t.samples:  # one request per sample still missing from the output
                 f.write(json.dumps({"key": p.index, "tokens": t.tokens, "id": p.id, "prompt": p.text,
                                     "extra": p.extra, "truncated": t.truncated, "sample": sample,

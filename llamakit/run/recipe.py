@@ -404,3 +404,10 @@ def resolve_paths(lr: LoadedRecipe) -> RunPaths:
         log_path=log,
         run_dir=out.parent / f".{out.name}.llamakit",
     )
+
+
+def check_recipe_text(text: str, where: Path) -> None:
+    """Validate a recipe's text as load_recipe would (file:line in every message), without reading a file:
+    new-recipe checks what it wrote before saving it."""
+    lines = _key_lines(text, where)
+    validate_recipe(yaml.safe_load(text), where, {k: (str(where), ln) for k, ln in lines.items()})

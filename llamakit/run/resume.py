@@ -91,14 +91,14 @@ def check_same_settings(plan: Plan, previous_plan: Path, rows_in_output: int) ->
 class RunLock:
     """One `llamakit run` per output file; also refuses to start while workers of a killed run still write."""
 
-    def __init__(self, run_dir: Path, out_path: Path):
-        self.run_dir, self.out_path = run_dir, out_path
+    def __init__(self, run_dir: Path, out_path: Path, name: str = "lock"):
+        self.run_dir, self.out_path, self.name = run_dir, out_path, name  # name: lock.nodeR over several nodes
         self.fd = -1
 
     @staticmethod
-    def check_free(run_dir: Path, out_path: Path) -> None:
+    def check_free(run_dir: Path, out_path: Path, name: str = "lock") -> None:
         """Raise the 'another run is writing' error now if a run holds the lock; creates nothing."""
-        lock = run_dir / "lock"
+        lock = run_dir / name
         if not lock.is_file():
             return
         fd = os.open(lock, os.O_RDONLY)
@@ -118,7 +118,7 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.run_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(self.run_dir / self.name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -127,6 +127,8 @@ class RunLock:
             raise err from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        if self.name != "lock":  # over several nodes: the workers' lock would be one more lock between hosts
+            return self
         wfd = os.open(self.run_dir / "writers.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(wfd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # workers hold it shared while they write

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llamakit.errors import LlamakitError
-from llamakit.run.output import Summary, clean_run_dir, finish, prepare_output
+from llamakit.run.nodes import Nodes
+from llamakit.run.output import Summary, clean_run_dir, finish, finish_elsewhere, prepare_output
+from llamakit.run.parts import part_files
 from llamakit.run.plan import Plan, Setup, describe, free_port, torchrun_argv, worker_env
 from llamakit.run.prompts import write_work
 from llamakit.run.resume import RunLock
@@ -54,7 +56,7 @@ def _collect_error(run_dir: Path) -> dict[str, Any] | None:
 
 
 class _Follower:
-    """Counts rows appended to the output file since the run started (all replicas write there)."""
+    """Counts rows appended to one output file since the run started (all replicas write there on one machine)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -80,6 +82,30 @@ class _Follower:
                 continue
             self.rows += 1
             self.tokens += int(row.get("completion_tokens", row.get("n_tokens", 0)) or 0)  # score rows: n_tokens
+
+
+class _PartsFollower:
+    """The same count over every part file of out_path (one per replica, over all nodes), new ones included."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.each = {p: _Follower(p) for p in part_files(out)}
+
+    def poll(self) -> None:
+        for p in part_files(self.out):
+            if p not in self.each:
+                self.each[p] = _Follower(p)
+                self.each[p].offset = 0  # created by this run: every row counts
+        for f in self.each.values():
+            f.poll()
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.each.values())
+
+    @property
+    def tokens(self) -> int:
+        return sum(f.tokens for f in self.each.values())
 
 
 # ---------------------------------------------------------------- the run
@@ -114,7 +140,8 @@ def _stop(proc: subprocess.Popen, plan: Plan, why: str) -> LlamakitError:
 def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0.5) -> int:
     """Start torchrun for the plan, follow the output until it exits; returns torchrun's exit code."""
     plan = setup.plan
-    follower = _Follower(Path(plan.out_path))
+    nodes = Nodes.from_dict(getattr(plan, "nodes", None))  # score's plans run on one node
+    follower = _PartsFollower(Path(plan.out_path)) if nodes.parts else _Follower(Path(plan.out_path))
     env = worker_env(plan)
     start = time.monotonic()
     last_log = start
@@ -172,30 +199,56 @@ def _worker_error(rc: int, plan: Plan) -> LlamakitError:
         fix += "; then re-run to resume"
     return LlamakitError(f"rank {err.get('rank')}: {what}", fix, err.get("where"), err.get("line"))
 
+def merges_here(plan: Plan, nodes: Nodes, started: bool) -> bool:
+    """Whether this launcher checks and orders out_path at the end: always on one machine; over several nodes the
+    one whose workers merged the parts (they leave merged.json), or node 0 when nothing was started; never for a
+    share of an array (the other shares may still be writing: `llamakit merge` does it)."""
+    if nodes.share is not None:
+        return False
+    if not nodes.multi:
+        return True
+    if not started:
+        return bool(nodes.is_merger)
+    try:
+        marker = json.loads((Path(plan.run_dir) / "merged.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return marker.get("launcher") == plan.launcher
+
+
 def execute(setup: Setup, on_progress: ProgressFn | None = None) -> Summary:
     """Write the run folder, spawn the ranks, then check and reorder the output; raises the first rank's error."""
     plan = setup.plan
     handler = _log_to(Path(plan.log_path))
     t0 = time.monotonic()
     try:
-        with RunLock(Path(plan.run_dir), Path(plan.out_path)):
-            log.info("llamakit run %s", setup.loaded.path)
+        nodes = Nodes.from_dict(plan.nodes)
+        with RunLock(Path(plan.run_dir), Path(plan.out_path), nodes.lock_name):
+            log.info("llamakit run %s%s", setup.loaded.path, f" ({nodes.label()})" if nodes.parts else "")
             for line in describe(plan, setup.argv):
                 log.info("plan: %s", line)
-            if plan.pending or any(t.skipped for t in setup.todo):
+            skipped = any(t.skipped for t in setup.todo)
+            start = plan.pending > 0 or (nodes.parts and skipped)  # with part files the replicas write skipped rows
+            if plan.pending or skipped:
                 # this run writes rows: record its settings before the first row (a resume compares them)
                 plan.master_port = free_port()  # fresh: the one picked while planning may be taken by now
                 setup.argv = torchrun_argv(plan, setup.plan_file)
                 plan.save(setup.plan_file)
+                if setup.plan_file.name != "plan.json":  # over several nodes: this node's own, and the record
+                    plan.save(Path(plan.run_dir) / "plan.json")
             n_skipped = prepare_output(setup)
-            if plan.pending:
-                write_work(setup.todo, Path(plan.work_path))
-                log.info("starting %d processes: %s", plan.nproc, " ".join(setup.argv))
+            if start:
+                write_work(setup.todo, Path(plan.work_path), with_skipped=nodes.parts)
+                (Path(plan.run_dir) / "merged.json").unlink(missing_ok=True)
+                log.info("starting %d of %d processes: %s", plan.local_nproc, plan.nproc, " ".join(setup.argv))
                 rc = spawn(setup, on_progress)
                 if rc != 0:
                     raise _worker_error(rc, plan)
-            summary = finish(setup, n_skipped, t0)
-            clean_run_dir(Path(plan.run_dir))
+            if merges_here(plan, nodes, start):
+                summary = finish(setup, n_skipped, t0)
+                clean_run_dir(Path(plan.run_dir))
+            else:
+                summary = finish_elsewhere(setup, nodes, t0)
         return summary
     except LlamakitError as e:
         log.error("error: %s", e.one_line())

@@ -46,7 +46,9 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     from llamakit.run.decoding import decoding_fields, work_request
     from llamakit.distributed import init_model_parallel
     from llamakit.engine.engine import build_engine
+    from llamakit.run.nodes import Nodes
     from llamakit.run.output import RowWriter, output_row
+    from llamakit.run.parts import PartWriter, part_path
     from llamakit.run.prompts import iter_work
     from llamakit.tokenizer import Tokenizer
 
@@ -58,8 +60,16 @@ def run_rank(plan: Plan, local_rank: int) -> int:
         mpu.get_data_parallel_world_size()
     log.info("model-parallel rank %d of %d, data-parallel replica %d of %d, %s %s", mp_rank, plan.mp, dp_rank, dp,
              plan.device, plan.dtype)
+    nodes = Nodes.from_dict(plan.nodes)
+    watch = None
+    if nodes.multi:  # all nodes agree on the plan; a lost node stops this one within a heartbeat
+        from llamakit.run.nodewatch import NodeWatch
+
+        watch = NodeWatch()
+        watch.check_same_plan(plan)
+        watch.start(lambda err: _lost_node(plan, err))
     writer_lock = None
-    if mp_rank == 0:  # tells a later launcher that this output is still being written
+    if mp_rank == 0 and not nodes.multi:  # tells a later launcher on this host that the output is being written
         writer_lock = os.open(Path(plan.run_dir) / "writers.lock", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(writer_lock, fcntl.LOCK_SH)
     torch.manual_seed(plan.engine["seed"])
@@ -71,11 +81,19 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     log.info("engine ready in %.1f s", time.monotonic() - t0)
     # Replica dp_rank takes every dp-th prompt of the work list; all ranks of a model-parallel group read the
     # same list, so they feed the engine the same requests in the same order.
+    mine = [w for i, w in enumerate(iter_work(Path(plan.work_path))) if i % dp == dp_rank]
     interned: dict = {}
-    requests = [work_request(w, plan.max_gen_len, interned)
-                for i, w in enumerate(iter_work(Path(plan.work_path))) if i % dp == dp_rank]
+    requests = [work_request(w, plan.max_gen_len, interned) for w in mine if not w.get("skipped")]
     log.info("%d prompts for this replica", len(requests))
-    writer = RowWriter(Path(plan.out_path)) if mp_rank == 0 else None
+    writer: RowWriter | PartWriter | None = None
+    if mp_rank == 0:  # over several nodes (or a share) each replica appends to its own part file: no shared lock
+        writer = PartWriter(part_path(plan.out_path, dp_rank, nodes.share)) if nodes.parts else \
+            RowWriter(Path(plan.out_path))
+        for w in mine:  # prompts on_long_prompt skips: a row without generation (parts mode only lists them)
+            if w.get("skipped"):
+                recorded = {"params": w["recorded"]} if w.get("recorded") else {}
+                writer.write(output_row(w["id"], w["prompt"], w["extra"], "", w["n_tokens"], 0, "skipped",
+                                        decoding={"sample": w.get("sample", 0), **recorded}))
     n = 0
     try:
         for c in engine.generate(requests):
@@ -94,7 +112,22 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     log.info("done: %d rows in %.1f s", n, time.monotonic() - t0)
     if writer_lock is not None:
         os.close(writer_lock)
+    if watch is not None:
+        watch.finish()  # every replica on every node has closed its part file
+        if dist.get_rank() == 0:
+            from llamakit.run.nodewatch import merge_at_end
+
+            merge_at_end(plan)
+        watch.barrier()  # no node's launcher reads the output before the merge is done
     return 0
+
+
+def _lost_node(plan: Plan, err: LlamakitError) -> None:
+    """The heartbeat broke: report the one clear line and leave now (the main thread may wait in a collective
+    that would never return)."""
+    report_error(plan, int(os.environ.get("RANK", "0")), err)
+    logging.shutdown()
+    os._exit(1)
 
 
 def report_error(plan: Plan, rank: int, exc: BaseException) -> None:
@@ -105,6 +138,12 @@ def report_error(plan: Plan, rank: int, exc: BaseException) -> None:
         entry.update(what=what, fix="re-run the same command to resume", where=None, line=None, message=what)
         log.warning("%s", what)
     else:
+        if not isinstance(exc, LlamakitError) and plan.nodes.get("nnodes", 1) > 1:
+            from llamakit.run.nodewatch import is_lost_peer, lost_node_error
+
+            if is_lost_peer(exc):  # a model-parallel all-reduce with a rank on the node that went away
+                log.error("collective failed: %s", exc)
+                exc = lost_node_error(exc)
         if isinstance(exc, LlamakitError):
             entry.update(what=exc.what, fix=exc.fix, where=exc.where, line=exc.line, message=exc.one_line())
         else:

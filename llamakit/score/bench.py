@@ -104,7 +104,7 @@ def score_bench(preset: str = "7b", device: str = "auto", dtype: str = "auto", t
                             tokens_per_s=round(n_tok / seconds, 1),
                             peak_gpu_mem_gib=round(peak, 2) if peak else None, build_s=round(build_s, 1),
                             date=_dt.date.today().isoformat(),
-                            tflop_per_s=round(2 * n_params * n_tok / seconds / 1e12, 1))
+                            tflop_per_s=round(2 * n_params * n_tok / seconds / 1e12, 4))
 
 
 def _sync(dev: torch.device) -> None:

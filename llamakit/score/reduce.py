@@ -11,8 +11,8 @@ with a = l_q - max_q, e_q = exp(a), e_p = exp(l_p - max_p). From these (S_q = su
   entropy  = log S_q - sum e_q a / S_q                  (= -sum q log q)
   mu       = sum e_p a / S_p - log S_q                  (= sum_v p(v) log q(v); xent = -mu)
   s2       = sum e_p a^2 / S_p - (sum e_p a / S_p)^2     (= Var_p(log q), shift-invariant)
-p is the reference model's distribution; without one p = q. Sums run in fp64, so the variance's subtraction
-keeps its digits.
+p is the reference model's distribution; without one p = q. The vocabulary sums accumulate in fp64, so the
+variance's subtraction keeps its digits (fp32 sums were off by ~1e-4 in s2, tests/test_score_stats.py).
 """
 
 from __future__ import annotations
@@ -81,12 +81,12 @@ def reduce_shard(q_logits: torch.Tensor, targets: torch.Tensor, vocab_start: int
     a = q - m_q.unsqueeze(1)
     e_q = a.exp()
     e_p = e_q if p is None else (p - m_p.unsqueeze(1)).exp()
-    f64 = torch.float64
     ea_p = e_p * a
-    sums = torch.stack([
+    f64 = torch.float64
+    sums = torch.stack([  # fp64 accumulation: in fp32 the variance s2 lost ~1e-4 to the subtraction below
         e_q.sum(1, dtype=f64),
         (e_q * a).sum(1, dtype=f64) if p is not None else ea_p.sum(1, dtype=f64),
-        (q > t_q.unsqueeze(1)).sum(1, dtype=f64),
+        (q > t_q.unsqueeze(1)).sum(1, dtype=torch.int32).double(),
         e_p.sum(1, dtype=f64),
         ea_p.sum(1, dtype=f64),
         (ea_p * a).sum(1, dtype=f64),

@@ -20,7 +20,7 @@ def run_under_torchrun(ckpt: Path, nproc: int, workdir: Path, config: dict, prom
                        max_gen_len: int, params: list[dict] | None = None) -> dict[int, list]:
     """Start this module under torchrun (gloo, `nproc` ranks) from a test; {request key: [tokens, finish_reason,
     token_logprobs or None]}. `params`: per prompt, SamplingParams fields (and "sample") of its request."""
-    from llamakit.run.plan import free_port
+    from llamakit.distributed import free_port
 
     spec, out = workdir / "spec.json", workdir / "out.json"
     spec.write_text(json.dumps({"config": config, "max_gen_len": max_gen_len, "prompts": prompts,

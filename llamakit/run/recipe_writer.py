@@ -399,10 +399,9 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
 
 def check_text(text: str, where: Path) -> None:
     """Validate the written text with the run's own loader, so the recipe is known good before it is saved."""
-    from llamakit.run.recipe import _key_lines, validate_recipe
+    from llamakit.run.recipe import check_recipe_text
 
-    lines = _key_lines(text, where)
-    validate_recipe(yaml.safe_load(text), where, {k: (str(where), ln) for k, ln in lines.items()})
+    check_recipe_text(text, where)
 
 
 def write_new_recipe(recipe_path: str | Path, ckpt: str, prompts: str, **kw: Any) -> tuple[Path, RecipePlan, str]:
