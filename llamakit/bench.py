@@ -30,9 +30,20 @@ from llamakit.model.llama import Transformer
 BENCH_PRESETS: dict[str, ModelConfig] = {
     "7b": PRESETS["llama-7b"], "13b": PRESETS["llama-13b"], "30b": PRESETS["llama-30b"],
     "65b": PRESETS["llama-65b"], "70b": PRESETS["llama2-70b"],
+    # Llama 3 8B: 128256-token vocabulary (the output layer and sampling over 4x the rows of LLaMA's), 8 kv heads
+    "llama3-8b": PRESETS["llama3-8b"],
     "tiny": ModelConfig(dim=256, n_layers=4, n_heads=8, multiple_of=64, norm_eps=1e-6),
+    # the CPU stand-in for llama3-8b: a tiny body with Llama 3's real vocabulary, scaled rope, GQA
+    "tiny-llama3": ModelConfig(dim=256, n_layers=2, n_heads=8, n_kv_heads=4, multiple_of=64, norm_eps=1e-5,
+                               rope_theta=500000.0, use_scaled_rope=True, vocab_size=128256),
 }
-VOCAB = 32000
+VOCAB = 32000  # LLaMA-1/2; a preset that names its vocabulary (Llama 3: 128256) uses its own
+CPU_STAND_INS = {"7b": "tiny", "llama3-8b": "tiny-llama3"}  # a full shape on CPU would take hours
+
+
+def bench_vocab(cfg: ModelConfig) -> int:
+    """Rows of the embedding and output layer for a bench shape."""
+    return cfg.vocab_size if cfg.vocab_size > 0 else VOCAB
 
 
 @dataclass
@@ -110,7 +121,7 @@ def random_shard(cfg: ModelConfig, vocab: int, mp: int, dtype: torch.dtype, devi
 
 
 def _engine(model: Transformer, ecfg: EngineConfig, n_slots: int) -> BatchEngine:
-    return engine_for_model(model, ecfg, n_slots, eos_id=-1)  # the benchmark ignores EOS
+    return engine_for_model(model, ecfg, n_slots, eos_ids=())  # the benchmark ignores EOS
 
 
 def sampling_params(opts: BenchOptions) -> tuple[SamplingParams, int]:
@@ -134,8 +145,9 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
 
     device = torch.device("cuda", torch.cuda.current_device()) if opts.device == "cuda" else torch.device("cpu")
     cfg = (load_params(Path(opts.params_json).parent) if opts.params_json else BENCH_PRESETS[opts.preset])
-    cfg = cfg.with_vocab(VOCAB)
-    prompts = standard_prompts(opts.prompts, opts.max_prompt_len)
+    vocab = bench_vocab(cfg)
+    cfg = cfg.with_vocab(vocab)
+    prompts = standard_prompts(opts.prompts, opts.max_prompt_len)  # ids < 32000 for every preset: the same prompts
     max_seq_len = max(len(p) for p in prompts) + opts.gen_len
     dtype = DTYPES[opts.dtype]
     params, n = sampling_params(opts)
@@ -148,8 +160,8 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     if opts.quantize == "int8":
         quality = int8_quality(cfg, opts.mp, dtype, device, seed, prompts[:4])
     t0 = time.perf_counter()
-    model = Transformer.from_shard(cfg, random_shard(cfg, VOCAB, opts.mp, dtype, device, seed),
-                                   max_seq_len, dtype, device, opts.quantize)
+    model = Transformer.from_shard(cfg, random_shard(cfg, vocab, opts.mp, dtype, device, seed),
+                                   max_seq_len, dtype, device, opts.quantize, vocab_parallel=cfg.llama3_family)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     engine = _engine(model, ecfg, min(opts.batch, opts.prompts * n))
@@ -244,8 +256,8 @@ def int8_quality(cfg: ModelConfig, mp: int, dtype: torch.dtype, device: torch.de
     """Logits of the same random weights in fp32 (reference), in `dtype`, and in int8 (compute in `dtype`)."""
     def logits(compute: torch.dtype, quantize: str) -> torch.Tensor:
         # weights drawn in `dtype` for all three, so only the arithmetic differs
-        shard = {k: v.to(compute) for k, v in random_shard(cfg, VOCAB, mp, dtype, device, seed).items()}
-        model = Transformer.from_shard(cfg, shard, 1024, compute, device, quantize)
+        shard = {k: v.to(compute) for k, v in random_shard(cfg, cfg.vocab_size, mp, dtype, device, seed).items()}
+        model = Transformer.from_shard(cfg, shard, 1024, compute, device, quantize, vocab_parallel=cfg.llama3_family)
         del shard
         out = _logits_all_positions(model, prompts).float()
         del model
@@ -287,13 +299,14 @@ def resolve(opts: BenchOptions) -> BenchOptions:
                             f"{torch.cuda.device_count()} visible",
                             "lower --mp or make more GPUs visible (CUDA_VISIBLE_DEVICES)")
     cfg = BENCH_PRESETS.get(opts.preset) if not opts.params_json else load_params(Path(opts.params_json).parent)
-    if cfg is not None and opts.mp not in cfg.allowed_mp(VOCAB):
-        raise LlamakitError(f"--mp {opts.mp} does not divide this shape", f"use one of {cfg.allowed_mp(VOCAB)[:8]}")
+    if cfg is not None and opts.mp not in cfg.allowed_mp(bench_vocab(cfg)):
+        raise LlamakitError(f"--mp {opts.mp} does not divide this shape",
+                            f"use one of {cfg.allowed_mp(bench_vocab(cfg))[:8]}")
     new = BenchOptions(**{**asdict(opts), "device": device, "dtype": dtype})
-    if device == "cpu" and opts.preset == "7b" and not opts.params_json:
-        # a 7B shape on CPU would take hours: the CPU bench is a smoke test of the same code path
+    if device == "cpu" and opts.preset in CPU_STAND_INS and not opts.params_json:
+        # a 7B / 8B shape on CPU would take hours: the CPU bench is a smoke test of the same code path
         new.preset, new.prompts, new.gen_len, new.max_prompt_len, new.batch, new.batch1_prompts = \
-            "tiny", 8, 16, 64, 8, 2
+            CPU_STAND_INS[opts.preset], 8, 16, 64, 8, 2
     return new
 
 

@@ -38,6 +38,17 @@ def test_cpu_runs_a_tiny_shape_and_counts_every_token(mp1_group):
     assert result.tokens_per_s > 0 and result.batch1_tokens_per_s > 0 and result.ttft_ms > 0
 
 
+def test_llama3_8b_preset_runs_its_cpu_stand_in_with_the_128k_vocabulary(mp1_group):
+    from llamakit.bench import BENCH_PRESETS, resolve
+
+    assert BENCH_PRESETS["llama3-8b"].param_count() == 8_030_261_248
+    opts = resolve(BenchOptions(device="cpu", preset="llama3-8b"))
+    assert opts.preset == "tiny-llama3" and BENCH_PRESETS["tiny-llama3"].vocab_size == 128256
+    result = bench(BenchOptions(device="cpu", prompts=2, gen_len=3, batch=2, batch1_prompts=1, preset="tiny-llama3",
+                                max_prompt_len=16))
+    assert result.generated_tokens == 2 * 3 and result.tokens_per_s > 0
+
+
 def test_bad_options_are_one_line_errors():
     with pytest.raises(LlamakitError, match="unknown preset"):
         resolve(BenchOptions(preset="3b", device="cpu"))

@@ -1,5 +1,5 @@
 """The model equals an independent implementation (HF LlamaForCausalLM, same weights) greedily, token for token,
-in fp32 on CPU, for LLaMA-1, Llama-2 and Llama-2-70B-style GQA checkpoints, at MP 1, 2 and 4."""
+in fp32 on CPU, for LLaMA-1, Llama-2, Llama-2-70B-style GQA and Llama 3 / 3.1 checkpoints, at MP 1, 2, 4 and 8."""
 
 from __future__ import annotations
 
@@ -23,12 +23,17 @@ PROMPTS = [
     "Scientists found that the river is cleaner today than it was thirty years ago. The report",
 ]
 GEN = 24
-STYLES = ["llama1", "llama2", "llama2-gqa", "llama2-kv8"]
+STYLES = ["llama1", "llama2", "llama2-gqa", "llama2-kv8", "llama3", "llama3.1"]
 
 
 def _prompts(ckpt: Path) -> list[list[int]]:
     tok = Tokenizer(ckpt / "tokenizer.model")
     return [tok.encode(p) for p in PROMPTS]
+
+
+def _stop_ids(ckpt: Path) -> frozenset[int]:
+    """The reference stops where Meta's generator does: eos; for Llama 3 also eom and eot."""
+    return Tokenizer(ckpt / "tokenizer.model").stop_ids
 
 
 def _engine_outputs(ckpt: Path, batch: int, temperature: float = 0.0) -> dict[int, tuple[list[int], str]]:
@@ -53,7 +58,7 @@ def hf_expected(tiny_factory):
     for style in STYLES:
         ckpt = tiny_factory(style, 1)
         model = build_hf_model(ckpt)
-        expected[style] = {i: hf_greedy(model, p, GEN) for i, p in enumerate(_prompts(ckpt))}
+        expected[style] = {i: hf_greedy(model, p, GEN, _stop_ids(ckpt)) for i, p in enumerate(_prompts(ckpt))}
     return expected
 
 
@@ -66,7 +71,8 @@ def test_mp1_batched_greedy_equals_hf_reference(style, tiny_factory, hf_expected
 
 
 @pytest.mark.parametrize("style,mp", [("llama1", 2), ("llama2", 2), ("llama2-gqa", 2), ("llama2-gqa", 4),
-                                      ("llama2-kv8", 8)])  # 70B's own split: one kv head per rank
+                                      ("llama2-kv8", 8),  # 70B's own split: one kv head per rank
+                                      ("llama3", 2), ("llama3.1", 8)])  # vocab-parallel embedding
 def test_model_parallel_greedy_equals_hf_reference(style, mp, tiny_factory, hf_expected, tmp_path):
     got = _torchrun_outputs(tiny_factory(style, mp), mp, tmp_path)
     assert got == hf_expected[style]

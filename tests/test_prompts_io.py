@@ -88,8 +88,8 @@ def test_missing_and_empty_and_unknown_files(tmp_path):
 # ---------------------------------------------------------------- long prompts
 
 
-def fake_encode(texts):
-    return [[1] + [ord(c) for c in t] for t in texts]
+def fake_encode(prompts):
+    return [[1] + [ord(c) for c in p.text] for p in prompts]
 
 
 def test_long_prompt_policies(tmp_path):
@@ -104,7 +104,7 @@ def test_long_prompt_policies(tmp_path):
     assert [t.truncated for t in cut] == [False, True, True]
     assert cut[1].tokens == [1] + [ord("x")] * 9 and cut[1].n_tokens == 21  # beginning kept, bos first
     skip = prepare(prompts, fake_encode, 10, "skip", p)
-    assert [t.skipped for t in skip] == [False, True, True] and skip[0].tokens == fake_encode(["short"])[0]
+    assert [t.skipped for t in skip] == [False, True, True] and skip[0].tokens == fake_encode(prompts[:1])[0]
 
 
 # ---------------------------------------------------------------- output

@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
     after_weights = torch.cuda.memory_allocated()
     ecfg = EngineConfig(max_seq_len=seq, max_batch_size=batch, dtype="bf16", device="cuda", temperature=0.8,
                         top_p=0.95, quantize=quantize, fast=True)
-    engine = engine_for_model(model, ecfg, batch, eos_id=-1)
+    engine = engine_for_model(model, ecfg, batch, eos_ids=())
     gen = 256
     prompt_len = seq - gen - 48
     g = torch.Generator().manual_seed(0)

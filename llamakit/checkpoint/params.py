@@ -9,7 +9,7 @@ from typing import Any
 
 from llamakit.errors import LlamakitError
 
-# Every key Meta has shipped in a LLaMA-1 / Llama-2 / Code Llama params.json, with its type.
+# Every key Meta has shipped in a LLaMA-1 / Llama-2 / Code Llama / Llama 3 / 3.1 params.json, with its type.
 KNOWN_KEYS: dict[str, tuple[type, ...]] = {
     "dim": (int,),
     "n_layers": (int,),
@@ -20,6 +20,7 @@ KNOWN_KEYS: dict[str, tuple[type, ...]] = {
     "ffn_dim_multiplier": (float, int, type(None)),
     "norm_eps": (float, int),
     "rope_theta": (float, int),
+    "use_scaled_rope": (bool,),  # Llama 3.1: Meta's apply_scaling on the rotary frequencies
     "max_seq_len": (int,),
     "max_batch_size": (int,),
 }
@@ -39,12 +40,19 @@ class ModelConfig:
     ffn_dim_multiplier: float | None = None
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    use_scaled_rope: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # max_seq_len etc., kept for display
 
     @property
     def kv_heads(self) -> int:
         """Number of key/value heads (= n_heads unless the model uses grouped-query attention)."""
         return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def llama3_family(self) -> bool:
+        """Meta's Llama 3 code (rope_theta 500000 in every Llama 3 / 3.1 params.json): a vocab-parallel embedding
+        and, at MP 1, the layout a reshard writes."""
+        return self.rope_theta == 500000.0 or self.use_scaled_rope
 
     @property
     def head_dim(self) -> int:
@@ -102,6 +110,8 @@ class ModelConfig:
             d["ffn_dim_multiplier"] = self.ffn_dim_multiplier
         if self.rope_theta != 10000.0:
             d["rope_theta"] = self.rope_theta
+        if self.use_scaled_rope:
+            d["use_scaled_rope"] = True
         d.update(self.extra)
         return d
 
@@ -116,10 +126,22 @@ PRESETS: dict[str, ModelConfig] = {
     "llama2-13b": ModelConfig(dim=5120, n_layers=40, n_heads=40, multiple_of=256, norm_eps=1e-5, vocab_size=32000),
     "llama2-70b": ModelConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096,
                               ffn_dim_multiplier=1.3, norm_eps=1e-5, vocab_size=32000),
+    # Llama 3 / 3.1 (Meta's "original" params.json): 128256-token tiktoken vocabulary, 8 kv heads.
+    "llama3-8b": ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, multiple_of=1024,
+                             ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, vocab_size=128256),
+    "llama3-70b": ModelConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096,
+                              ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, vocab_size=128256),
+    "llama3.1-8b": ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, multiple_of=1024,
+                               ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, use_scaled_rope=True,
+                               vocab_size=128256),
+    "llama3.1-70b": ModelConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096,
+                                ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, use_scaled_rope=True,
+                                vocab_size=128256),
 }
 # Meta's shard counts for the published models.
 PRESET_MP = {"llama-7b": 1, "llama-13b": 2, "llama-30b": 4, "llama-65b": 8,
-             "llama2-7b": 1, "llama2-13b": 2, "llama2-70b": 8}
+             "llama2-7b": 1, "llama2-13b": 2, "llama2-70b": 8,
+             "llama3-8b": 1, "llama3-70b": 8, "llama3.1-8b": 1, "llama3.1-70b": 8}
 
 
 def config_from_dict(raw: Any, where: str | Path = "params.json") -> ModelConfig:
@@ -132,14 +154,14 @@ def config_from_dict(raw: Any, where: str | Path = "params.json") -> ModelConfig
         raise LlamakitError(f"unknown key(s) {', '.join(map(repr, unknown))} in params.json "
                             f"(known: {', '.join(KNOWN_KEYS)})",
                             "remove them or restore params.json from the original download; "
-                            "this may be a newer (Llama-3) format llamakit does not support", where)
+                            "this may be a newer Meta format (e.g. Llama 3.2 vision) llamakit does not support", where)
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         raise LlamakitError(f"params.json lacks required key(s) {', '.join(missing)}",
                             "restore params.json from the original download", where)
     for key, value in raw.items():
         types = KNOWN_KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise LlamakitError(f"params.json key {key!r} is {value!r}, expected {names}",
                                 "restore params.json from the original download", where)
@@ -182,13 +204,18 @@ def load_params(ckpt_dir: str | Path) -> ModelConfig:
     return config_from_dict(raw, path)
 
 
+NAMES = {"llama-7b": "LLaMA-1 7B", "llama-13b": "LLaMA-1 13B", "llama-30b": "LLaMA-1 30B",
+         "llama-65b": "LLaMA-1 65B", "llama2-7b": "Llama-2 7B", "llama2-13b": "Llama-2 13B",
+         "llama2-70b": "Llama-2 70B", "llama3-8b": "Llama 3 8B", "llama3-70b": "Llama 3 70B",
+         "llama3.1-8b": "Llama 3.1 8B", "llama3.1-70b": "Llama 3.1 70B"}
+
+
 def identify(config: ModelConfig) -> str:
-    """Name the published model with this shape (e.g. 'LLaMA-1 13B', 'Llama-2 70B'), else 'custom'."""
-    names = {"llama-7b": "LLaMA-1 7B", "llama-13b": "LLaMA-1 13B", "llama-30b": "LLaMA-1 30B",
-             "llama-65b": "LLaMA-1 65B", "llama2-7b": "Llama-2 7B", "llama2-13b": "Llama-2 13B",
-             "llama2-70b": "Llama-2 70B"}
-    shape = (config.dim, config.n_layers, config.n_heads, config.kv_heads, config.ffn_hidden)
-    matches = [k for k, p in PRESETS.items() if (p.dim, p.n_layers, p.n_heads, p.kv_heads, p.ffn_hidden) == shape]
+    """Name the published model with this shape (e.g. 'LLaMA-1 13B', 'Llama 3.1 8B'), else 'custom'."""
+    shape = (config.dim, config.n_layers, config.n_heads, config.kv_heads, config.ffn_hidden, config.llama3_family,
+             config.use_scaled_rope)
+    matches = [k for k, p in PRESETS.items()
+               if (p.dim, p.n_layers, p.n_heads, p.kv_heads, p.ffn_hidden, p.llama3_family, p.use_scaled_rope) == shape]
     if not matches:
         return "custom"
     # LLaMA-1 and Llama-2 7B/13B share shapes; Meta's LLaMA-1 files say vocab_size -1, Llama-2 32000.
@@ -196,4 +223,4 @@ def identify(config: ModelConfig) -> str:
         pick = [m for m in matches if m.startswith("llama2")] if config.vocab_size > 0 else \
                [m for m in matches if not m.startswith("llama2")]
         matches = pick or matches
-    return names[matches[0]]
+    return NAMES[matches[0]]

@@ -55,7 +55,7 @@ class ReshardResult:
 def out_shape(ckpt: Checkpoint, key: str, mp: int) -> tuple[int, ...]:
     """Shape of `key` in one shard of the output at model-parallel size `mp`."""
     shape = list(ckpt.full_shape(key))
-    dim = split_dim(key)
+    dim = split_dim(key, ckpt.vocab_parallel)
     if dim is not None:
         shape[dim] //= mp
     return tuple(shape)
@@ -91,8 +91,9 @@ def allowed_mp(ckpt: Checkpoint) -> list[int]:
     """MP sizes that split every sharded tensor evenly and keep whole (kv) heads per shard."""
     from_config = ckpt.config.allowed_mp(ckpt.vocab_rows)
     ok = []
+    dims = {k: split_dim(k, ckpt.vocab_parallel) for k in ckpt.shapes[0]}
     for mp in from_config:
-        if all(split_dim(k) is None or ckpt.full_shape(k)[split_dim(k)] % mp == 0 for k in ckpt.shapes[0]):
+        if all(d is None or ckpt.full_shape(k)[d] % mp == 0 for k, d in dims.items()):
             ok.append(mp)
     return ok
 
@@ -162,7 +163,7 @@ def _check_disk(dst: Path, need: int) -> None:
 
 def overlaps(ckpt: Checkpoint, key: str, mp: int, index: int) -> list[tuple[int, int, int]]:
     """(input shard, start, length) along the split dim that make up `key` in output shard `index` of `mp`."""
-    dim = split_dim(key)
+    dim = split_dim(key, ckpt.vocab_parallel)
     if dim is None:
         return [(0, 0, 0)]  # replicated: shard 0's full copy
     size_in = ckpt.shapes[0][key][dim]
@@ -185,7 +186,7 @@ def tensors_for_shard(ckpt: Checkpoint, mp: int, index: int,
     for key in keys:
         shape, dt = out_shape(ckpt, key, mp), out_dtype(ckpt, key, dtype)
         out = buffer[: _numel(shape) * dt.itemsize].view(dt).view(shape)
-        dim = split_dim(key)
+        dim = split_dim(key, ckpt.vocab_parallel)
         at = 0
         for i, start, length in overlaps(ckpt, key, mp, index):
             if i not in maps:

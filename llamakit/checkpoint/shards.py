@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from llamakit.checkpoint import validate
-from llamakit.checkpoint.layout import split_dim
+from llamakit.checkpoint.layout import EMBEDDING, embedding_split, split_dim
 from llamakit.checkpoint.params import ModelConfig, load_params
 from llamakit.checkpoint.validate import SHARD_RE, load_shard  # noqa: F401 (their home is validate; callers import here)
 from llamakit.errors import LlamakitError, Problem, raise_first
@@ -42,6 +42,11 @@ class Checkpoint:
     dtypes: list[dict[str, torch.dtype]]
 
     @property
+    def vocab_parallel(self) -> bool:
+        """The embedding is split on the vocabulary (Llama 3's VocabParallelEmbedding), not on the embedding dim."""
+        return embedding_split(self.config, self.shapes[0].get(EMBEDDING), self.mp)
+
+    @property
     def mp(self) -> int:
         return len(self.shards)
 
@@ -52,12 +57,12 @@ class Checkpoint:
     @property
     def vocab_rows(self) -> int:
         """Rows of the embedding table = the vocabulary size the weights were trained with."""
-        return self.shapes[0]["tok_embeddings.weight"][0]
+        return self.full_shape(EMBEDDING)[0]
 
     def full_shape(self, key: str) -> tuple[int, ...]:
         """Shape of `key` once all shards are merged."""
         shape = list(self.shapes[0][key])
-        dim = split_dim(key)
+        dim = split_dim(key, self.vocab_parallel)
         if dim is not None:
             shape[dim] *= self.mp
         return tuple(shape)

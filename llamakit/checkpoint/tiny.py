@@ -11,11 +11,15 @@ import torch
 from llamakit.checkpoint.checklist import write_checklist
 from llamakit.checkpoint.layout import expected_shapes, split_tensor
 from llamakit.checkpoint.params import ModelConfig
+from llamakit.checkpoint.tiny_bpe import write_tiny_tiktoken
 from llamakit.data import asset_path
 from llamakit.checkpoint.shards import new_checkpoint_dir
 from llamakit.errors import LlamakitError
 
 TINY_VOCAB = 512
+TINY_LLAMA3_VOCAB = 640  # tiny tiktoken tokenizer: 384 base tokens + Meta's 256 specials
+_LLAMA3 = dict(dim=128, n_layers=2, n_heads=16, n_kv_heads=8, multiple_of=64, ffn_dim_multiplier=1.3, norm_eps=1e-5,
+               rope_theta=500000.0, vocab_size=TINY_LLAMA3_VOCAB)
 STYLES: dict[str, ModelConfig] = {
     # LLaMA-1: vocab_size -1 in params.json, rope.freqs stored in every shard, fp16 on disk.
     "llama1": ModelConfig(dim=64, n_layers=2, n_heads=4, multiple_of=32, norm_eps=1e-6, vocab_size=-1),
@@ -27,7 +31,16 @@ STYLES: dict[str, ModelConfig] = {
     # Llama-2 70B as Meta ships it (MP 8): 8 kv heads, so each of 8 ranks holds exactly one kv head.
     "llama2-kv8": ModelConfig(dim=128, n_layers=2, n_heads=16, n_kv_heads=8, multiple_of=64,
                               ffn_dim_multiplier=1.3, norm_eps=1e-5, vocab_size=TINY_VOCAB),
+    # Llama 3 (8B/70B shape family): tiktoken tokenizer, rope_theta 500000, 8 kv heads, vocab-parallel embedding.
+    "llama3": ModelConfig(**_LLAMA3),
+    # Llama 3.1: the same plus use_scaled_rope (Meta's apply_scaling of the rotary frequencies).
+    "llama3.1": ModelConfig(**_LLAMA3, use_scaled_rope=True),
 }
+
+
+def style_vocab(style: str) -> int:
+    """Vocabulary size of a tiny style's tokenizer (= its embedding rows)."""
+    return TINY_LLAMA3_VOCAB if STYLES[style].llama3_family else TINY_VOCAB
 
 
 def train_tokenizer(out_path: Path, vocab_size: int = TINY_VOCAB, corpus: Path | None = None) -> None:
@@ -65,18 +78,22 @@ def make_tiny(out_dir: str | Path, mp: int = 1, style: str = "llama2", seed: int
     """Write a tiny checkpoint (params.json, consolidated.NN.pth x mp, tokenizer.model, checklist.chk)."""
     if style not in STYLES:
         raise LlamakitError(f"unknown style {style!r}", f"use one of: {', '.join(STYLES)}")
-    config = STYLES[style]
-    if mp not in config.allowed_mp(TINY_VOCAB) or mp > 8:
-        allowed = [m for m in config.allowed_mp(TINY_VOCAB) if m <= 8]
+    config, vocab = STYLES[style], style_vocab(style)
+    if mp not in config.allowed_mp(vocab) or mp > 8:
+        allowed = [m for m in config.allowed_mp(vocab) if m <= 8]
         raise LlamakitError(f"--mp {mp} does not divide the {style} tiny shape", f"use one of {allowed}")
     out = new_checkpoint_dir(out_dir)
-    train_tokenizer(out / "tokenizer.model")
+    if config.llama3_family:
+        written = write_tiny_tiktoken(out / "tokenizer.model")
+        assert written == vocab, (written, vocab)  # the bundled corpus fixes the merges
+    else:
+        train_tokenizer(out / "tokenizer.model")
     llama1 = style == "llama1"
-    full = random_state_dict(config, TINY_VOCAB, seed, with_rope_freqs=llama1)
+    full = random_state_dict(config, vocab, seed, with_rope_freqs=llama1)
     dtype = torch.float16 if llama1 else torch.bfloat16
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(mp)]
-    for key, tensor in full.items():
-        for i, part in enumerate(split_tensor(key, tensor, mp)):
+    for key, tensor in full.items():  # Llama 3 as Meta: the embedding split by vocabulary
+        for i, part in enumerate(split_tensor(key, tensor, mp, vocab_parallel=config.llama3_family)):
             shards[i][key] = part.clone() if key == "rope.freqs" else part.to(dtype).clone()
     for i, sd in enumerate(shards):
         torch.save(sd, out / f"consolidated.{i:02d}.pth")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from llamakit.checkpoint.layout import expected_shapes, is_known
+from llamakit.checkpoint.layout import EMBEDDING, embedding_split, expected_shapes, is_known
 from llamakit.checkpoint.params import ModelConfig
 from llamakit.errors import LlamakitError, Problem
 
@@ -164,7 +164,8 @@ def check_against_params(config: ModelConfig | None, shapes: dict[str, tuple[int
         return False, None
     if config is None:  # no readable params.json: nothing to compare with (that is its own problem)
         return None, n_files
-    vocab = shapes["tok_embeddings.weight"][0]
+    vp = embedding_split(config, shapes[EMBEDDING], n_files)  # Llama 3: split by vocabulary
+    vocab = shapes[EMBEDDING][0] * (n_files if vp else 1)
     ok = True
     if config.vocab_size > 0 and config.vocab_size != vocab:
         ok = False
@@ -172,11 +173,12 @@ def check_against_params(config: ModelConfig | None, shapes: dict[str, tuple[int
              f"params.json says vocab_size {config.vocab_size} but the embedding has {vocab} rows",
              "params.json does not belong to these shards: restore it from the original download",
              where.parent / "params.json")
-    diffs = shape_diffs(expected_shapes(config, vocab, n_files, rope), shapes)
+    diffs = shape_diffs(expected_shapes(config, vocab, n_files, rope, vp), shapes)
     if not diffs:
         return ok, n_files
     for mp in config.allowed_mp(vocab):
-        if mp != n_files and not shape_diffs(expected_shapes(config, vocab, mp, rope), shapes):
+        rows = shapes[EMBEDDING][0] * (mp if vp else 1)  # the vocabulary if the shards were cut for `mp`
+        if mp != n_files and not shape_diffs(expected_shapes(config, rows, mp, rope, vp), shapes):
             missing = [f"consolidated.{i:02d}.pth" for i in range(mp)
                        if not (where.parent / f"consolidated.{i:02d}.pth").exists()]
             _add(probs, "error", "shard-count",

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from llamakit.cli.app import app, console
 
-PRESET_NAMES = "7b, 13b, 30b, 65b, 70b, tiny"  # llamakit.bench.BENCH_PRESETS, without importing torch for --help
+PRESET_NAMES = "7b, 13b, 30b, 65b, 70b, llama3-8b, tiny, tiny-llama3"  # llamakit.bench.BENCH_PRESETS, without importing torch for --help
 
 
 @app.command("bench")

@@ -79,6 +79,8 @@ def render(report: InspectReport, explain: bool = False) -> None:
         if m.allowed_mp:
             t.add_row("possible MP", ", ".join(map(str, m.allowed_mp)), "splits every sharded dimension evenly")
         console.print(t)
+        if m.chat:
+            _out(f"chat: {escape(m.chat)}")
     s = report.shards
     if s is not None:
         mp = s.expected_mp or s.mp
@@ -104,8 +106,9 @@ def render(report: InspectReport, explain: bool = False) -> None:
     if tok is not None:
         match = "" if tok.matches_embedding is None else \
             " = embedding rows" if tok.matches_embedding else " [red]!= embedding rows[/red]"
-        _out(f"tokenizer {escape(tok.path)}: {tok.n_words} tokens{match}; bos {tok.bos_id}, eos {tok.eos_id}, "
-             f"pad {tok.pad_id}")
+        kind = "tiktoken BPE (Llama 3)" if tok.kind == "tiktoken" else "SentencePiece"
+        _out(f"tokenizer {escape(tok.path)} ({kind}): {tok.n_words} tokens{match}; bos {tok.bos_id}, "
+             f"eos {tok.eos_id}, pad {tok.pad_id}; generation stops on {', '.join(map(str, tok.stop_ids))}")
     c = report.checklist
     if c is not None:
         line = f"checklist.chk lists {len(c.listed)} file(s)"

@@ -8,15 +8,15 @@ import typer
 
 from llamakit.cli.app import app, console
 
-STYLES = ("llama1", "llama2", "llama2-gqa", "llama2-kv8")  # kept here so `--help` does not import torch (a test
-# keeps it equal to llamakit.checkpoint.tiny.STYLES)
+# kept here so `--help` does not import torch (a test keeps it equal to llamakit.checkpoint.tiny.STYLES)
+STYLES = ("llama1", "llama2", "llama2-gqa", "llama2-kv8", "llama3", "llama3.1")
 
 
 @app.command("make-tiny")
 def make_tiny_cmd(
     out_dir: Path = typer.Argument(..., help="Folder to create (must be new or empty)."),
     mp: int = typer.Option(1, "--mp", help="Number of shards (model-parallel size): 1, 2 or 4; "
-                           "8 with --style llama2-kv8 (70B's split)."),
+                           "8 with --style llama2-kv8, llama3 or llama3.1 (70B's split)."),
     style: str = typer.Option("llama2", "--style", help=f"Checkpoint style: {', '.join(STYLES)}."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
 ) -> None:

@@ -25,7 +25,7 @@ class Check:
 
 CHECKS: tuple[Check, ...] = (
     Check("python", "Python version, OS, active venv or conda env", R.rule_python),
-    Check("packages", "llamakit, torch, fairscale, sentencepiece, pydantic, nvidia-ml-py installed", R.rule_packages),
+    Check("packages", "llamakit, torch, fairscale, sentencepiece, tiktoken, pydantic, nvidia-ml-py installed", R.rule_packages),
     Check("torch-build", "torch built for CUDA, ROCm or CPU only (and the right install command)", R.rule_torch_build),
     Check("driver", "NVIDIA driver and the highest CUDA it supports vs torch's CUDA", R.rule_driver),
     Check("gpus", "each GPU's name, memory, compute capability vs torch's compiled kernels", R.rule_gpus),

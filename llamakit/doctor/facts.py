@@ -19,7 +19,7 @@ from llamakit.gpus import GpuInfo, apply_visible_devices, read_gpu
 # Environment variables a finished or crashed torchrun leaves behind; they change what a new launch does.
 DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
              "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
-PACKAGES = ("llamakit", "torch", "fairscale", "sentencepiece", "pydantic", "nvidia-ml-py")
+PACKAGES = ("llamakit", "torch", "fairscale", "sentencepiece", "tiktoken", "pydantic", "nvidia-ml-py")
 IMPORT_NAMES = {"nvidia-ml-py": "pynvml"}
 DEFAULT_PORT = 29500
 

@@ -9,7 +9,8 @@ from typing import Any, Iterable, Iterator, Literal, Protocol
 from llamakit import defaults
 
 MAX_LOGPROBS = 20  # top_logprobs per position at most (vLLM's default cap): the graph computes this many
-MAX_STOP_IDS = 15  # stop_token_ids per request at most: with eos they fit the graph's fixed ban list of 16
+MAX_STOP_IDS = 15  # stop_token_ids per request at most: with the tokenizer's stop ids they fit the graph's ban list
+MAX_EOS_IDS = 3  # the tokenizer's own stop ids at most (Llama 3: end_of_text, eom, eot; LLaMA-1/2: eos)
 
 
 @dataclass(frozen=True)

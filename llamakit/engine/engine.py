@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -23,20 +23,21 @@ log = logging.getLogger("llamakit.engine")
 
 class BatchEngine:
     """Continuous batching over a fixed set of KV-cache slots (see Scheduler), one model step at a time.
-    `eos_id` is the tokenizer's (-1: never stop at eos); `decode` (ids -> text) is needed for stop strings."""
+    `eos_ids` are the tokenizer's stop ids (eos; Llama 3: end_of_text, eom, eot; empty: never stop at eos);
+    `decode` (ids -> text) is needed for stop strings."""
 
-    def __init__(self, runner: ModelRunner, cfg: EngineConfig, eos_id: int,
+    def __init__(self, runner: ModelRunner, cfg: EngineConfig, eos_ids: Sequence[int],
                  decode: Callable[[list[int]], str] | None = None):
         self.runner = runner
         self.cfg = cfg
-        self.eos_id = eos_id
-        self.stopping = Stopping(eos_id, cfg.default_params(), decode)
+        self.eos_ids = tuple(eos_ids)
+        self.stopping = Stopping(self.eos_ids, cfg.default_params(), decode)
         self.n_slots = runner.cache.n_slots
         prefill_tokens = PREFILL_TOKENS if runner.device.type == "cuda" else 2048
         self.prefill_tokens = max(prefill_tokens, cfg.max_seq_len)
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
-        sched = Scheduler(self.n_slots, self.cfg.max_seq_len, self.eos_id, self.prefill_tokens, self.stopping)
+        sched = Scheduler(self.n_slots, self.cfg.max_seq_len, self.eos_ids, self.prefill_tokens, self.stopping)
         sched.add(requests)
         while sched.has_work():
             for group in sched.admit():
@@ -70,11 +71,11 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None,
     """Build the engine on this rank (after torch.distributed and fairscale model parallel are initialised).
 
     `rank` is the model-parallel rank (defaults to fairscale's); it picks shard consolidated.<rank>.pth.
-    `tokenizer` (default: the one next to the checkpoint) gives eos (unless cfg.eos_id is set) and the text that
-    stop strings are looked for in.
+    `tokenizer` (default: the one next to the checkpoint) gives the stop ids (Tokenizer.stop_ids: eos, for Llama 3
+    also eom and eot; cfg.eos_id replaces them when set) and the text that stop strings are looked for in.
     """
     tok = tokenizer or Tokenizer(find_tokenizer(ckpt.path))
-    eos_id = tok.eos_id if cfg.eos_id is None else cfg.eos_id
+    eos_ids = eos_ids_for(tok, cfg.eos_id)
     mp_rank, mp_size = model_parallel_info()
     rank = mp_rank if rank is None else rank
     if mp_size != ckpt.mp:
@@ -83,17 +84,28 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None,
     dtype = DTYPES[cfg.dtype]
     model_cfg = ckpt.config.with_vocab(ckpt.vocab_rows)
     shard = ckpt.load(rank)
-    model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize)
+    model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize,
+                                   vocab_parallel=ckpt.vocab_parallel)
     del shard
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the loading temporaries (fused qkv/w13, casts) go back: free memory is real
-    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device), eos_id, tok.decode)
+    def decode(ids: list[int]) -> str:  # stop-string text: a chat prompt's tail holds <|eot_id|> of its last turn
+        return tok.decode(ids, cut_at_stop=False)
+
+    return engine_for_model(model, cfg, _kv_slots(cfg, model_cfg, mp_size, dtype, device), eos_ids, decode)
 
 
-def engine_for_model(model: Transformer, cfg: EngineConfig, n_slots: int, eos_id: int,
+def eos_ids_for(tok: Tokenizer, eos_id: int | None) -> tuple[int, ...]:
+    """The ids that end a sequence like eos: the tokenizer's stop ids, or the one `eos_id` set (-1: none)."""
+    if eos_id is None:
+        return tuple(sorted(tok.stop_ids))
+    return (eos_id,) if eos_id >= 0 else ()
+
+
+def engine_for_model(model: Transformer, cfg: EngineConfig, n_slots: int, eos_ids: Sequence[int],
                      decode: Callable[[list[int]], str] | None = None) -> BatchEngine:
     """An engine around an already built model: a KV cache of `n_slots` sequences, its runner, the scheduler."""
     mc = model.cfg
     n_kv_local = mc.kv_heads // model_parallel_info()[1]
     cache = KVCache(mc.n_layers, n_slots, n_kv_local, cfg.max_seq_len, mc.head_dim, model.dtype, model.device)
-    return BatchEngine(ModelRunner(model, cache, cfg, eos_id=eos_id), cfg, eos_id, decode)
+    return BatchEngine(ModelRunner(model, cache, cfg, eos_ids=eos_ids), cfg, eos_ids, decode)

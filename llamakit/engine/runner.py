@@ -17,13 +17,14 @@ Step = tuple[list[int], list | None]  # sampled tokens, and per row (logprob, ra
 class ModelRunner:
     """Owns the model and its KV cache on one rank; every rank of a model-parallel group runs the same steps."""
 
-    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, pad_id: int = 0, eos_id: int = -1):
+    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, pad_id: int = 0,
+                 eos_ids: tuple[int, ...] = ()):
         self.model = model
         self.cache = cache
         self.cfg = cfg
         self.device = model.device
         self.pad_id = pad_id
-        self.eos_id = eos_id
+        self.eos_ids = tuple(eos_ids)
         self.default = cfg.default_params()
         self.history = TokenHistory(cache.n_slots, cache.max_seq_len, self.device)
         self.rows = SamplingBuffers(cache.n_slots, self.device)  # per-row settings of decode steps
@@ -35,7 +36,7 @@ class ModelRunner:
             self.graphs = GraphDecoder(model, cache, cfg, self.history.tokens, self.rows)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence], hist: torch.Tensor | None) -> Step:
-        return sample_rows(logits, seqs, self.default, self.eos_id, hist)
+        return sample_rows(logits, seqs, self.default, self.eos_ids, hist)
 
     def prefill(self, seqs: list[Sequence]) -> Step:
         """Run whole prompts into their slots; return the first generated token of each."""
@@ -54,7 +55,7 @@ class ModelRunner:
     def decode(self, seqs: list[Sequence]) -> Step:
         """One decode step for the running sequences, which occupy slots 0..len(seqs)-1 in order."""
         assert all(s.slot == i for i, s in enumerate(seqs)), "running sequences must be compacted"
-        mode = self.rows.stage(seqs, self.default, self.eos_id)
+        mode = self.rows.stage(seqs, self.default, self.eos_ids)
         if mode == "full":
             self.history.sync(seqs, self.default)
         if self.graphs is not None and mode in self.graphs.modes:

@@ -8,10 +8,11 @@ from typing import Any, Sequence
 
 import torch
 
-from llamakit.engine.api import MAX_LOGPROBS, MAX_STOP_IDS, SamplingParams, TokenLogprobs
+from llamakit.engine.api import MAX_EOS_IDS, MAX_LOGPROBS, MAX_STOP_IDS, SamplingParams, TokenLogprobs
 
 _M32 = 0xFFFFFFFF
-BAN = MAX_STOP_IDS + 1  # ids banned while min_tokens is not reached: eos + stop_token_ids, fixed width for graphs
+BAN = MAX_STOP_IDS + MAX_EOS_IDS  # ids banned while min_tokens is not reached: the tokenizer's stop ids +
+# stop_token_ids, a fixed width for graphs
 
 # rows of the per-step integer and float inputs (each [rows, batch]); the ban ids follow INT_ROWS
 INT_ROWS = ("key", "sample", "step", "seed", "top_k", "prompt_len", "seen_len", "banned")
@@ -76,8 +77,8 @@ def choose_mode(params: Sequence[SamplingParams], banning: bool) -> str:
     return "sample" if any(p.temperature > 0 for p in params) else "greedy"
 
 
-def step_rows(seqs: Sequence[Any], default: SamplingParams, eos_id: int) -> tuple[list[list[int]], list[list[float]],
-                                                                               str]:
+def step_rows(seqs: Sequence[Any], default: SamplingParams,
+              eos_ids: Sequence[int]) -> tuple[list[list[int]], list[list[float]], str]:
     """Per-step inputs of the running sequences (scheduler Sequences: request, generated, prompt_len), as
     [N_INT][B] ints and [N_FLOAT][B] floats, and the mode this step needs. Rows a mode does not read are left
     constant (zeros), which keeps the host work of plain steps to a few list comprehensions."""
@@ -105,7 +106,7 @@ def step_rows(seqs: Sequence[Any], default: SamplingParams, eos_id: int) -> tupl
     if banning:
         flags, cols = [], [[] for _ in range(BAN)]
         for s, p in zip(seqs, params):
-            ban = [t for t in (eos_id, *p.stop_token_ids) if t >= 0] if len(s.generated) < p.min_tokens else []
+            ban = [t for t in (*eos_ids, *p.stop_token_ids) if t >= 0] if len(s.generated) < p.min_tokens else []
             flags.append(1 if ban else 0)
             for c, v in zip(cols, ban + [ban[0]] * (BAN - len(ban)) if ban else [0] * BAN):
                 c.append(v)
@@ -137,7 +138,7 @@ class SamplingBuffers:
         self.min_tokens = [0] * n
         self.params: list[SamplingParams | None] = [None] * n
 
-    def stage(self, seqs: Sequence[Any], default: SamplingParams, eos_id: int) -> str:
+    def stage(self, seqs: Sequence[Any], default: SamplingParams, eos_ids: Sequence[int]) -> str:
         """Write rows 0..len(seqs)-1 for this step (sequence i in row i); returns the mode the step needs."""
         ni, nf = self.np_i, self.np_f
         for i, s in enumerate(seqs):
@@ -166,7 +167,7 @@ class SamplingBuffers:
             for i in (i for i in range(n) if steps[i] < self.min_tokens[i]):
                 p = self.params[i]
                 assert p is not None
-                ban = [t for t in (eos_id, *p.stop_token_ids) if t >= 0]
+                ban = [t for t in (*eos_ids, *p.stop_token_ids) if t >= 0]
                 if ban:
                     ni[_I["banned"], i] = 1
                     ni[len(INT_ROWS):, i] = ban + [ban[0]] * (BAN - len(ban))
@@ -318,11 +319,11 @@ def sample_step(logits: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor, 
                       top_i.double(), top_v.double()], dim=1)
 
 
-def sample_rows(logits: torch.Tensor, seqs: Sequence[Any], default: SamplingParams, eos_id: int,
+def sample_rows(logits: torch.Tensor, seqs: Sequence[Any], default: SamplingParams, eos_ids: Sequence[int],
                 hist: torch.Tensor | None = None, rows: tuple | None = None) -> tuple[list[int], list | None]:
     """Eager step (prefill, and decode without graphs): host rows (`step_rows`, or given) -> device tensors ->
     tokens (+ logprobs infos). `hist` [B, L]: the tokens seen by each row (read when a row has penalties)."""
-    ints, floats, mode = rows if rows is not None else step_rows(seqs, default, eos_id)
+    ints, floats, mode = rows if rows is not None else step_rows(seqs, default, eos_ids)
     dev = logits.device
     it = torch.tensor(ints, dtype=torch.int64, device=dev)
     ft = torch.tensor(floats, dtype=torch.float32, device=dev)

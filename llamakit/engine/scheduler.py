@@ -32,12 +32,12 @@ class Scheduler:
     """Keeps running sequences in slots 0..n_active-1: a finished slot is refilled from the queue at once, or
     filled by moving the last running sequence down (so decode reads one contiguous block of the cache)."""
 
-    def __init__(self, n_slots: int, max_seq_len: int, eos_id: int, prefill_tokens: int,
+    def __init__(self, n_slots: int, max_seq_len: int, eos_ids: Iterable[int], prefill_tokens: int,
                  stopping: Stopping | None = None):
         self.n_slots = n_slots
         self.max_seq_len = max_seq_len
-        self.eos_id = eos_id
-        self.stopping = stopping or Stopping(eos_id, SamplingParams())
+        self.eos_ids = tuple(eos_ids)  # the tokenizer's stop ids (eos; Llama 3: end_of_text, eom, eot)
+        self.stopping = stopping or Stopping(self.eos_ids, SamplingParams())
         self.prefill_tokens = prefill_tokens
         self.queue: deque[Request] = deque()
         self.slots: list[Sequence | None] = [None] * n_slots

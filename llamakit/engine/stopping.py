@@ -40,11 +40,11 @@ class IncrementalText:
 class Tracker:
     """One sequence's stop rules and collected logprobs."""
 
-    def __init__(self, request: Request, params: SamplingParams, eos_id: int, decode: Decode | None):
+    def __init__(self, request: Request, params: SamplingParams, eos_ids: tuple[int, ...], decode: Decode | None):
         self.request, self.params = request, params
         self.serial = next(_serial)  # tells sequences apart for long-lived per-row state (sampler.TokenHistory)
-        self.eos_id = eos_id
-        self.stop_ids = {t for t in (eos_id, *params.stop_token_ids) if t >= 0}
+        self.eos_ids = eos_ids  # the tokenizer's own stop ids: a natural end (stop_reason None), like eos
+        self.stop_ids = {t for t in (*eos_ids, *params.stop_token_ids) if t >= 0}
         self.logprobs = TokenLogprobs() if params.logprobs is not None else None
         self.text: IncrementalText | None = None
         if params.stop:
@@ -58,7 +58,7 @@ class Tracker:
         """Record a sampled token in `generated`; the Completion when the sequence ends with it, else None."""
         p = self.params
         if token in self.stop_ids and len(generated) >= p.min_tokens:
-            reason = None if token == self.eos_id else token
+            reason = None if token in self.eos_ids else token
             return Completion(self.request, generated, "stop", reason, None, self.logprobs)
         generated.append(token)
         if self.logprobs is not None and info is not None:
@@ -92,11 +92,11 @@ class Tracker:
 class Stopping:
     """Starts a Tracker per request with the engine's eos, default settings and detokenizer."""
 
-    def __init__(self, eos_id: int, default: SamplingParams, decode: Decode | None = None):
-        self.eos_id, self.default, self.decode = eos_id, default, decode
+    def __init__(self, eos_ids: tuple[int, ...], default: SamplingParams, decode: Decode | None = None):
+        self.eos_ids, self.default, self.decode = tuple(eos_ids), default, decode
 
     def start(self, request: Request) -> Tracker:
-        return Tracker(request, request.params or self.default, self.eos_id, self.decode)
+        return Tracker(request, request.params or self.default, self.eos_ids, self.decode)
 
 
 def attach(seq: Any, stopping: Stopping) -> Any:

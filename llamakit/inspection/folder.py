@@ -18,7 +18,7 @@ import torch
 from llamakit import defaults
 from llamakit.checkpoint import validate
 from llamakit.checkpoint.checklist import md5_file, read_checklist
-from llamakit.checkpoint.layout import DTYPES, is_known, split_dim
+from llamakit.checkpoint.layout import DTYPES, EMBEDDING, embedding_split, is_known, split_dim
 from llamakit.checkpoint.params import ModelConfig, identify, load_params
 from llamakit.checkpoint.validate import SHARD_RE
 from llamakit.errors import LlamakitError, Problem
@@ -59,16 +59,24 @@ def _read_params(path: Path, probs: list[Finding]) -> tuple[dict[str, Any] | Non
     return raw, config
 
 
-def _split_patterns(shapes: dict[str, tuple[int, ...]]) -> dict[str, int | None]:
+def _vocab_parallel(config: ModelConfig | None, shapes: dict[str, tuple[int, ...]], mp: int) -> bool:
+    """Whether the embedding is split by vocabulary (Llama 3) in these shards (see layout.embedding_split)."""
+    emb, norm = shapes.get(EMBEDDING), shapes.get("norm.weight")
+    if config is None:
+        return bool(mp > 1 and emb and norm and emb[1] == norm[0])
+    return embedding_split(config, emb, mp)
+
+
+def _split_patterns(shapes: dict[str, tuple[int, ...]], vocab_parallel: bool) -> dict[str, int | None]:
     """Split dimension per key pattern (layers.N collapsed to layers.*), in the shard's order."""
     out: dict[str, int | None] = {}
     for k in shapes:
         if is_known(k):
-            out.setdefault(re.sub(r"^layers\.\d+\.", "layers.*.", k), split_dim(k))
+            out.setdefault(re.sub(r"^layers\.\d+\.", "layers.*.", k), split_dim(k, vocab_parallel))
     return out
 
 
-def _count_params(shapes: dict[str, tuple[int, ...]], mp: int) -> int:
+def _count_params(shapes: dict[str, tuple[int, ...]], mp: int, vocab_parallel: bool) -> int:
     """Exact parameter count of the merged model from one shard's shapes (split keys times MP)."""
     total = 0
     for k, s in shapes.items():
@@ -77,7 +85,7 @@ def _count_params(shapes: dict[str, tuple[int, ...]], mp: int) -> int:
         n = 1
         for d in s:
             n *= d
-        total += n * (mp if split_dim(k) is not None else 1)
+        total += n * (mp if split_dim(k, vocab_parallel) is not None else 1)
     return total
 
 
@@ -90,10 +98,11 @@ def _model_info(config: ModelConfig | None, shapes: dict[str, tuple[int, ...]] |
                 dtypes: dict[str, torch.dtype] | None, mp: int) -> ModelInfo | None:
     if config is None and shapes is None:
         return None
-    vocab = shapes["tok_embeddings.weight"][0] if shapes and "tok_embeddings.weight" in shapes else None
+    vp = _vocab_parallel(config, shapes, mp) if shapes else False
+    vocab = shapes[EMBEDDING][0] * (mp if vp else 1) if shapes and EMBEDDING in shapes else None
     if vocab is None and config is not None and config.vocab_size > 0:
         vocab = config.vocab_size
-    count = _count_params(shapes, mp) if shapes else 0
+    count = _count_params(shapes, mp, vp) if shapes else 0
     if config is None:  # what the shapes alone tell
         assert shapes is not None
         dim = shapes["norm.weight"][0] if "norm.weight" in shapes else None
@@ -124,8 +133,24 @@ def _tokenizer_info(path: Path, explicit: str | Path | None, vocab: int | None,
     if matches is False:
         _problem(probs, "error", "tokenizer-vocab-mismatch",
                  f"tokenizer has {tok.n_words} tokens but the embedding has {vocab} rows",
-                 "use the tokenizer.model that came with this model (Meta's has 32000)", tok_path)
-    return TokenizerInfo(str(tok_path), tok.n_words, tok.bos_id, tok.eos_id, tok.pad_id, matches)
+                 "use the tokenizer.model that came with this model (Meta's LLaMA-1/2 has 32000, Llama 3 128256)",
+                 tok_path)
+    return TokenizerInfo(str(tok_path), tok.n_words, tok.bos_id, tok.eos_id, tok.pad_id, matches, tok.kind,
+                         sorted(tok.stop_ids))
+
+
+def chat_verdict(path: Path, llama3: bool) -> str:
+    """Whether the folder looks like a chat / instruct model. Base and chat weights have the same shapes, params.json
+    and tokenizer, so only Meta's folder names (Llama-2-7b-chat, Meta-Llama-3-8B-Instruct) tell; say so."""
+    fmt = "llama3-instruct" if llama3 else "llama2-chat"
+    names = [p.name for p in (path.resolve(), path.resolve().parent)]
+    hit = next((n for n in names if re.search(r"chat|instruct", n, re.IGNORECASE)), None)
+    if hit:
+        return (f"looks like a chat model (folder name {hit!r}; the files themselves cannot tell): "
+                f"use chat_format: {fmt}")
+    return ("cannot tell whether this is a base or a chat model: their files have the same shapes, params.json and "
+            f"tokenizer (Meta's folder names say it, e.g. ...-chat, ...-Instruct); for a chat model use chat_format: "
+            f"{fmt}")
 
 
 def _checklist(path: Path, verify: bool, progress: ProgressFn | None, probs: list[Finding]) -> ChecklistInfo | None:
@@ -208,13 +233,17 @@ def inspect_checkpoint(ckpt_dir: str | Path, tokenizer: str | Path | None = None
                                                              "rope.freqs" in shapes0, scan.readable[0], probs)
         mp = expected_mp or len(shard_paths)
         report.shards = ShardsInfo(len(shard_paths), expected_mp, scan.files, sum(f.bytes for f in scan.files),
-                                   "rope.freqs" in shapes0, consistent, matches, _split_patterns(shapes0))
+                                   "rope.freqs" in shapes0, consistent, matches,
+                                   _split_patterns(shapes0, _vocab_parallel(config, shapes0, len(shard_paths))))
     elif shard_paths:
         report.shards = ShardsInfo(len(shard_paths), None, scan.files, sum(f.bytes for f in scan.files),
                                    False, False, None, {})
     report.model = _model_info(config, shapes0, scan.dtypes[0] if scan.dtypes else None, mp or 1)
     vocab = report.model.vocab_size if report.model else None
     report.tokenizer = _tokenizer_info(path, tokenizer, vocab, probs)
+    if report.model is not None:
+        llama3 = report.tokenizer.kind == "tiktoken" if report.tokenizer else bool(config and config.llama3_family)
+        report.model.chat = chat_verdict(path, llama3)
     if vocab is None and report.tokenizer is not None:
         vocab = report.tokenizer.n_words
     report.checklist = _checklist(path, verify, progress, probs)

@@ -37,6 +37,7 @@ class ModelInfo:
     vocab_size: int | None  # rows of tok_embeddings.weight
     dtype: str | None  # on disk: bf16 / fp16 / fp32 / "mixed (...)"
     allowed_mp: list[int] = field(default_factory=list)
+    chat: str = ""  # whether it looks like a chat / instruct model, and how sure that is (a sentence)
 
 
 @dataclass
@@ -61,6 +62,8 @@ class TokenizerInfo:
     eos_id: int
     pad_id: int
     matches_embedding: bool | None
+    kind: str = "sentencepiece"  # or "tiktoken" (Llama 3), told from the file's content
+    stop_ids: list[int] = field(default_factory=list)  # generation ends on any of these
 
 
 @dataclass

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from fairscale.nn.model_parallel import layers as fs_layers
 from fairscale.nn.model_parallel.initialize import get_model_parallel_rank, get_model_parallel_world_size
-from fairscale.nn.model_parallel.layers import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
+from fairscale.nn.model_parallel.layers import (ColumnParallelLinear, ParallelEmbedding, RowParallelLinear,
+                                                VocabParallelEmbedding)
 from torch import nn
 
 from llamakit.checkpoint.params import ModelConfig
@@ -61,9 +62,27 @@ class RMSNorm(nn.Module):
         return out * self.weight
 
 
-def rope_tables(head_dim: int, max_pos: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of Meta's rotary frequencies, [max_pos, head_dim // 2], fp32."""
+# Llama 3.1's frequency scaling (Meta's apply_scaling; HF rope_type "llama3"): factor 8, low/high frequency
+# factors 1 and 4, original context 8192. Meta fixes them in code; params.json only says use_scaled_rope.
+SCALED_ROPE = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_context": 8192}
+
+
+def scale_rope_freqs(freqs: torch.Tensor) -> torch.Tensor:
+    """Llama 3.1: keep wavelengths under original/high_factor, divide those over original/low_factor by the factor,
+    and blend linearly (in original/wavelength) in between."""
+    f, lo, hi, ctx = (SCALED_ROPE[k] for k in ("factor", "low_freq_factor", "high_freq_factor", "original_context"))
+    wavelen = 2 * torch.pi / freqs
+    smooth = (ctx / wavelen - lo) / (hi - lo)
+    blended = (1 - smooth) * freqs / f + smooth * freqs
+    out = torch.where(wavelen > ctx / lo, freqs / f, blended)
+    return torch.where(wavelen < ctx / hi, freqs, out)
+
+
+def rope_tables(head_dim: int, max_pos: int, theta: float, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of Meta's rotary frequencies, [max_pos, head_dim // 2], fp32 (`scaled`: Llama 3.1's scaling)."""
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    if scaled:
+        freqs = scale_rope_freqs(freqs)
     angles = torch.outer(torch.arange(max_pos, dtype=torch.float32), freqs)
     return torch.cos(angles), torch.sin(angles)
 
@@ -195,28 +214,32 @@ def add_norm_fused(h: torch.Tensor, delta: Optional[torch.Tensor], norm: RMSNorm
 class Transformer(nn.Module):
     """LLaMA on fairscale layers; build with `Transformer.from_shard` (weights of this rank only)."""
 
-    def __init__(self, cfg: ModelConfig, max_seq_len: int):
+    def __init__(self, cfg: ModelConfig, max_seq_len: int, vocab_parallel: bool = False):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ValueError("vocab_size must be known (fill it from the tokenizer / embedding rows)")
         self.cfg = cfg
         self.max_seq_len = max_seq_len
         with _skip_fairscale_init():
-            self.tok_embeddings = ParallelEmbedding(cfg.vocab_size, cfg.dim, init_method=lambda w: w)
+            # Llama 3 splits the embedding by vocabulary (VocabParallelEmbedding), LLaMA-1/2 by embedding dim.
+            emb = VocabParallelEmbedding if vocab_parallel else ParallelEmbedding
+            self.tok_embeddings = emb(cfg.vocab_size, cfg.dim, init_method=lambda w: w)
             self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
             self.output = ColumnLinear(cfg.dim, cfg.vocab_size, bias=False, init_method=lambda w: w)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        cos, sin = rope_tables(cfg.head_dim, max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.head_dim, max_seq_len, cfg.rope_theta, cfg.use_scaled_rope)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
     @classmethod
     def from_shard(cls, cfg: ModelConfig, shard: dict[str, torch.Tensor], max_seq_len: int,
-                   dtype: torch.dtype, device: torch.device | str, quantize: str = "none") -> "Transformer":
+                   dtype: torch.dtype, device: torch.device | str, quantize: str = "none",
+                   vocab_parallel: bool = False) -> "Transformer":
         """Build this rank's model from its Meta shard (mmap'd): fuse qkv and w1/w3, cast, move to device.
         With quantize="int8" each linear layer is quantized as soon as it is on the device, so the peak is the
-        int8 model plus one layer in 16 bit (65B on two 48 GB GPUs)."""
-        model = cls(cfg, max_seq_len)
+        int8 model plus one layer in 16 bit (65B on two 48 GB GPUs). `vocab_parallel`: the shard's embedding is
+        split by vocabulary (Llama 3; Checkpoint.vocab_parallel)."""
+        model = cls(cfg, max_seq_len, vocab_parallel)
         model.load_meta_shard(shard, dtype, device, quantize)
         model.rope_cos = model.rope_cos.to(device)
         model.rope_sin = model.rope_sin.to(device)

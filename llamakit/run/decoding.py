@@ -123,7 +123,7 @@ def check_combination(s: dict[str, Any], max_gen_len: int, vocab: int, where: st
 
 
 def row_settings(raw: Any, field: str, base: dict[str, Any], base_gen: int, vocab: int, max_seq_len: int,
-                 path: Path, line: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                 path: Path, line: int, recipe_chat: str = "none") -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate one row's `field` object; returns (its effective settings incl. max_gen_len, the keys that differ
     from the recipe: what the row records)."""
     if raw is None:
@@ -131,14 +131,16 @@ def row_settings(raw: Any, field: str, base: dict[str, Any], base_gen: int, voca
     if not isinstance(raw, dict):
         raise LlamakitError(f"field '{field}' is {type(raw).__name__}, not an object",
                             f"write it like \"{field}\": {{\"temperature\": 0.7, \"top_k\": 50}}", path, line)
+    chat = raw.get("chat_format")  # checked with the prompt (run.prompts); recorded like the decoding keys
+    raw = {k: v for k, v in raw.items() if k != "chat_format"}
     unknown = [k for k in raw if k not in ROW_KEYS]
     if unknown:
         import difflib
 
         close = difflib.get_close_matches(unknown[0], ROW_KEYS, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise LlamakitError(f"field '{field}': unknown key '{unknown[0]}'", f"{hint}known keys: {', '.join(ROW_KEYS)}",
-                            path, line)
+        raise LlamakitError(f"field '{field}': unknown key '{unknown[0]}'", f"{hint}known keys: "
+                            f"{', '.join(ROW_KEYS)}, chat_format", path, line)
     try:
         RowKeys(**raw)
     except ValidationError as e:
@@ -154,6 +156,8 @@ def row_settings(raw: Any, field: str, base: dict[str, Any], base_gen: int, voca
                             f"in max_seq_len {max_seq_len}", "make it smaller than max_seq_len", path, line)
     check_combination(eff, eff["max_gen_len"], vocab, str(path), line, f"field '{field}': ")
     recorded = {k: eff[k] for k in ROW_KEYS if eff[k] != ({**base, "max_gen_len": base_gen})[k]}
+    if chat is not None and chat != recipe_chat:
+        recorded["chat_format"] = chat
     return eff, recorded
 
 
@@ -268,7 +272,8 @@ def plan_rows(lr: Any, prompts: list[Any], vocab: int, prompt_path: Path) -> Row
     by_id = {}
     for p in prompts:
         by_id[json.dumps(p.id, ensure_ascii=False)] = row_settings(p.params, r.params_field, base, r.max_gen_len,
-                                                                    vocab, r.max_seq_len, prompt_path, p.line)
+                                                                    vocab, r.max_seq_len, prompt_path, p.line,
+                                                                    getattr(r, "chat_format", "none"))
     return RowPlan(r, by_id)
 
 

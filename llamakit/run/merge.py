@@ -19,6 +19,7 @@ class PromptSource:
     path: Path
     prompt_field: str = "prompt"
     id_field: str = "id"
+    chat_format: str = "none"  # with a chat format, prompts may be message lists
 
 
 def run_dir_of(out_path: Path) -> Path:
@@ -35,7 +36,8 @@ def recorded_prompts(out_path: Path) -> PromptSource:
             plan = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        return PromptSource(Path(plan["prompt_path"]), plan.get("prompt_field", "prompt"), plan.get("id_field", "id"))
+        return PromptSource(Path(plan["prompt_path"]), plan.get("prompt_field", "prompt"), plan.get("id_field", "id"),
+                            plan.get("chat_format", "none"))
     raise LlamakitError(f"no run of llamakit recorded its prompt file for this output (no plan.json in {run_dir})",
                         "name the prompt file: llamakit merge OUT --prompts PROMPTS.jsonl", out_path)
 
@@ -53,7 +55,7 @@ def merge_output(out_path: str | Path, prompts: str | Path | None = None, prompt
     if not out.is_file() and not part_files(out):
         raise LlamakitError("neither this output nor any part file of it (OUT.part-*) exists",
                             "check the path: it is the recipe's out_path", out)
-    order = [p.id for p in read_prompts(src.path, src.prompt_field, src.id_field)]
+    order = [p.id for p in read_prompts(src.path, src.prompt_field, src.id_field, src.chat_format)]
     report = check_parts(out, order)
     if report.unknown:
         raise LlamakitError(f"{len(report.unknown)} rows have ids that are not in {src.path} (first: "

@@ -115,7 +115,7 @@ def merge_at_end(plan: Any) -> int:
     from llamakit.run.parts import merge_parts
     from llamakit.run.prompts import read_prompts
 
-    order = [p.id for p in read_prompts(Path(plan.prompt_path), plan.prompt_field, plan.id_field)]
+    order = [p.id for p in read_prompts(Path(plan.prompt_path), plan.prompt_field, plan.id_field, plan.chat_format)]
     rows = merge_parts(plan.out_path, order, require_complete=True)
     marker = Path(plan.run_dir) / "merged.json"
     tmp = marker.with_name(f"merged.{plan.launcher}.tmp")

@@ -21,7 +21,7 @@ from llamakit.run.decoding import describe_sampling, plan_rows, recipe_sampling,
 from llamakit.run.output import scan_output
 from llamakit.run.nodes import (Nodes, check_layout, check_rendezvous_host, in_share, local_processes,
                                 torchrun_node_args)
-from llamakit.run.prompts import Prepared, Prompt, prepare, read_prompts
+from llamakit.run.prompts import Prepared, Prompt, prepare, prompt_encoder, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
 from llamakit.run.resume import RunLock, check_same_settings, fingerprints
 from llamakit.tokenizer import Tokenizer, find_tokenizer
@@ -164,6 +164,7 @@ class Plan:
     omp_threads: int
     master_port: int
     memory: str = ""  # per-GPU memory estimate, for display
+    chat_format: str = "none"  # the recipe's (rows may set their own in their params object)
     notes: list[str] = field(default_factory=list)
     # what the text depends on, by content rather than path (a moved project folder is the same run):
     # "checkpoint" (params.json + shard names and sizes) and "tokenizer" (the file), as short sha256 digests
@@ -328,14 +329,15 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     tok_path = paths.tokenizer_path or find_tokenizer(paths.ckpt_dir)
     tok = Tokenizer(tok_path)
     check_tokenizer(ckpt, tok)
-    prompts = [p for i, p in enumerate(read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.params_field))
+    prompts = [p for i, p in enumerate(read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.chat_format,
+                                                    r.params_field)) if in_share(i, nodes.share)]
                if in_share(i, nodes.share)]
     rows = plan_rows(lr, prompts, tok.n_words, paths.prompt_path)
     state = scan_output(paths.out_path, prompts, rows.expect)
     pending = [p for p in prompts if rows.missing(p, state.rows)]
     hint = f" (recipe {lr.describe('max_seq_len')})"
-    todo = prepare(pending, lambda texts: [[tok.bos_id] + ids for ids in tok.sp.encode(texts)],
-                   rows.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint)
+    todo = prepare(pending, prompt_encoder(tok, r.chat_format, paths.prompt_path, lr.describe("chat_format")),
+                   rows.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint, r.chat_format)
     rows.fill(todo, state.rows)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
     shape = (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len, r.quantize)
@@ -351,7 +353,7 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                              paths.ckpt_dir, shape)
     engine = EngineConfig(max_seq_len=r.max_seq_len, max_batch_size=r.max_batch_size, dtype=dev.dtype,  # type: ignore[arg-type]
                           device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
-                          quantize=r.quantize, fast=r.fast, eos_id=tok.eos_id, graph_modes=rows.graph_modes(todo))
+                          quantize=r.quantize, fast=r.fast, graph_modes=rows.graph_modes(todo))
     mem, warn = memory_line(ckpt.config, ckpt.vocab_rows, dev, r.quantize, r.max_batch_size, r.max_seq_len,
                             paths.ckpt_dir)
     notes = [warn] if warn else []
@@ -371,8 +373,8 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
                 omp_threads=omp_threads(local or dev.nproc), master_port=free_port(), memory=mem, notes=notes,
                 fingerprints=fingerprints(ckpt, Path(tok_path)), nodes=nodes.to_dict(), nproc_per_node=local,
-                launcher=launcher, prompt_field=r.prompt_field, id_field=r.id_field, sampling=recipe_sampling(r),
-                versions=versions(list(dev.gpus)))
+                launcher=launcher, prompt_field=r.prompt_field, id_field=r.id_field, chat_format=r.chat_format,
+                sampling=recipe_sampling(r), versions=versions(list(dev.gpus)))
     RunLock.check_free(run_dir, paths.out_path, nodes.lock_name)  # a live run's error first, not a settings mismatch
     check_same_settings(plan, run_dir / "plan.json", len(state.done))
     setup = Setup(lr, paths, ckpt, prompts, todo, plan, [], state.torn_bytes)

@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
+from llamakit.chat import CHAT_FORMATS, check_tokenizer, encode_prompt, messages_of
 from llamakit.errors import LlamakitError
 from llamakit.run.output import RESERVED, id_key
+from llamakit.tokenizer import Tokenizer
+
+PARAMS_FIELD = "params"  # a row's own settings (an object); its chat_format overrides the recipe's
 
 
 @dataclass
@@ -19,9 +23,10 @@ class Prompt:
     index: int  # 0-based line index in the file: the engine's Request.key (stable across resumes)
     line: int  # 1-based line number, for messages
     id: str | int  # the id field, or the line number when the line has none
-    text: str
+    text: str | list[dict[str, str]]  # plain text, or chat messages [{role, content}] (chat formats only)
     extra: dict[str, Any] = field(default_factory=dict)  # every other field, passed through to the output
     params: Any = None  # the params_field's value: this prompt's own decoding settings (run.decoding checks it)
+    chat_format: str | None = None  # the row's own (params.chat_format); None: the recipe's
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -44,9 +49,22 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield i, text.rstrip("\r\n")
 
 
+def _row_chat_format(obj: dict[str, Any], path: Path, line: int, params_field: str = PARAMS_FIELD) -> str | None:
+    """A row's own chat_format from its params object, checked; None when it has none."""
+    params = obj.get(params_field)
+    if not isinstance(params, dict) or "chat_format" not in params:
+        return None
+    fmt = params["chat_format"]
+    if fmt not in CHAT_FORMATS:
+        raise LlamakitError(f"{params_field}.chat_format is {fmt!r}", f"use one of: {', '.join(CHAT_FORMATS)}",
+                            path, line)
+    return fmt
+
+
 def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id",
-                 params_field: str = "params") -> list[Prompt]:
-    """Read every prompt; blank lines are ignored, anything else that is not a usable prompt is an error."""
+                 chat_format: str = "none", params_field: str = PARAMS_FIELD) -> list[Prompt]:
+    """Read every prompt; blank lines are ignored, anything else that is not a usable prompt is an error. With a
+    chat format (the recipe's or the row's) a prompt may be a list of {role, content} messages, checked here."""
     path = Path(path)
     is_txt = path.suffix.lower() == ".txt"
     if not is_txt and path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
@@ -76,10 +94,15 @@ def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id",
                                 "add it, or set prompt_field in the recipe to the field holding the prompt",
                                 path, line)
         value = obj[prompt_field]
-        if not isinstance(value, str):
-            raise LlamakitError(f"field '{prompt_field}' is {type(value).__name__}, not text",
+        row_format = _row_chat_format(obj, path, line, params_field)
+        if (row_format or chat_format) != "none" and not isinstance(value, str):
+            messages_of(value, path, line)  # roles, alternation, types: file:line before anything starts
+        elif not isinstance(value, str):
+            hint = " (a list of messages needs chat_format: llama2-chat or llama3-instruct)" \
+                if isinstance(value, list) else ""
+            raise LlamakitError(f"field '{prompt_field}' is {type(value).__name__}, not text{hint}",
                                 "make the prompt a JSON string", path, line)
-        if not value.strip():
+        if isinstance(value, str) and not value.strip():
             raise LlamakitError(f"field '{prompt_field}' is empty", "remove the line or give it a prompt",
                                 path, line)
         pid = obj.get(id_field, line)
@@ -96,7 +119,7 @@ def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id",
             raise LlamakitError(f"duplicate id {pid!r} (also on line {seen[k]})",
                                 "give every line a unique id (resume finds finished prompts by id)", path, line)
         seen[k] = line
-        prompts.append(Prompt(index, line, pid, value, extra, obj.get(params_field)))
+        prompts.append(Prompt(index, line, pid, value, extra, obj.get(params_field), row_format))
     if not prompts:
         raise LlamakitError("prompt file has no prompts",
                             "add one prompt per line" if is_txt else "add one JSON object per line", path)
@@ -120,17 +143,49 @@ class Prepared:
     recorded: dict[str, Any] = field(default_factory=dict)  # the ones that differ from the recipe (in its rows)
 
 
-def prepare(prompts: list[Prompt], encode: Any, max_prompt_len: int | Callable[[Prompt], int],
-            policy: Literal["error", "truncate", "skip"], path: Path, hint: str = "") -> list[Prepared]:
+def prompt_encoder(tok: Tokenizer, chat_format: str, path: Path,
+                   recipe_where: str | None = None) -> Callable[[list[Prompt]], list[list[int]]]:
+    """prompts -> token ids (bos included): plain text in one batch call, chat prompts in their format (the row's,
+    else the recipe's), each format checked against the tokenizer's kind."""
+
+    def encode(prompts: list[Prompt]) -> list[list[int]]:
+        if chat_format != "none":
+            check_tokenizer(chat_format, tok, recipe_where)
+        fmts = [p.chat_format or chat_format for p in prompts]
+        plain = [p.text for p, f in zip(prompts, fmts) if f == "none"]
+        plain_ids = iter([tok.bos_id] + ids for ids in tok.encode_batch(plain))  # type: ignore[arg-type]
+        out = []
+        for p, f in zip(prompts, fmts):
+            if f == "none":
+                out.append(next(plain_ids))
+                continue
+            if p.chat_format:
+                check_tokenizer(f, tok, f"{path}:{p.line}")
+            out.append(encode_prompt(tok, f, p.text, path, p.line))
+        return out
+
+    return encode
+
+
+def prepare(prompts: list[Prompt], encode: Callable[[list[Prompt]], list[list[int]]],
+            max_prompt_len: int | Callable[[Prompt], int],
+            policy: Literal["error", "truncate", "skip"], path: Path, hint: str = "",
+            chat_format: str = "none") -> list[Prepared]:
     """Tokenize (with bos) and apply the long-prompt policy; `error` stops at the first long prompt with file:line.
+    A chat prompt is never truncated (that would cut the open assistant header the model answers after).
     `max_prompt_len` may depend on the prompt (its own max_gen_len)."""
     out: list[Prepared] = []
     too_long: list[Prepared] = []
-    for p, toks in zip(prompts, encode([p.text for p in prompts])):
+    for p, toks in zip(prompts, encode(prompts)):
         item = Prepared(p, toks, len(toks))
         limit = max_prompt_len(p) if callable(max_prompt_len) else max_prompt_len
         if len(toks) > limit:
             too_long.append(item)
+            if policy == "truncate" and (p.chat_format or chat_format) != "none":
+                raise LlamakitError(f"chat prompt has {len(toks)} tokens, more than max_seq_len - max_gen_len = "
+                                    f"{limit}; truncating would cut the conversation's end",
+                                    f"raise max_seq_len, lower max_gen_len, shorten it, or set on_long_prompt: "
+                                    f"skip{hint}", path, p.line)
             if policy == "truncate":
                 item.tokens, item.truncated = toks[:limit], True
             elif policy == "skip":

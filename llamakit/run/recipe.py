@@ -53,6 +53,10 @@ KEYS: dict[str, KeyInfo] = {
     **{k: KeyInfo(*v) for k, v in KEY_HELP.items() if k != "params_field"},
     "prompt_field": KeyInfo("JSONL field holding the prompt text", "a field name (default: prompt)"),
     "params_field": KeyInfo(*KEY_HELP["params_field"]),
+    "chat_format": KeyInfo("how prompts are turned into tokens: none = plain text; llama2-chat / llama3-instruct = "
+                           "Meta's chat format (a prompt is then a string or a list of {role, content} messages); "
+                           "a row's params object may set its own",
+                           "one of none, llama2-chat, llama3-instruct"),
     "id_field": KeyInfo("JSONL field holding the prompt's id; a line without it gets its line number",
                         "a field name (default: id)"),
     "on_long_prompt": KeyInfo("what to do with a prompt longer than max_seq_len - max_gen_len tokens",
@@ -95,6 +99,7 @@ class Recipe(BaseModel):
     logprobs: int | None = DecodingKeys.model_fields["logprobs"]
     prompt_field: str = Field("prompt", min_length=1)
     params_field: str = Field("params", min_length=1)
+    chat_format: Literal["none", "llama2-chat", "llama3-instruct"] = "none"
     id_field: str = Field("id", min_length=1)
     on_long_prompt: Literal["error", "truncate", "skip"] = "error"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"

@@ -122,6 +122,8 @@ class RecipePlan:
     fits_batch: int  # the largest batch the memory plan allows (0 on the CPU)
     per_gpu: str  # memory estimate per GPU at the chosen values ("" on the CPU)
     notes: list[str] = field(default_factory=list)  # warnings for the terminal and the recipe's head
+    chat_format: str = "none"  # llama2-chat / llama3-instruct when the prompt file holds message lists
+    chat_format_for_tokenizer: str = "llama2-chat"  # the chat format this checkpoint's tokenizer belongs to
 
 
 def round_up(n: int, step: int = SEQ_STEP) -> int:
@@ -232,7 +234,7 @@ def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | Non
     """Read the checkpoint (shapes only), the prompts (tokenized) and the GPUs, and choose every recipe value."""
     from llamakit.checkpoint.params import identify
     from llamakit.checkpoint.shards import open_checkpoint
-    from llamakit.run.prompts import read_prompts
+    from llamakit.run.prompts import prompt_encoder, read_prompts
     from llamakit.run.recipe import resolve_builtin
     from llamakit.tokenizer import Tokenizer, find_tokenizer
 
@@ -258,8 +260,12 @@ def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | Non
                             "rows", "use the tokenizer.model that came with this checkpoint (--tokenizer FILE)",
                             tok_path.resolve())
     prompt_path = resolve_builtin("prompt_path", prompts)
-    items = read_prompts(prompt_path, prompt_field, id_field)
-    lengths = [len(ids) + 1 for ids in tok.sp.encode([p.text for p in items])]  # + bos, as the run feeds them
+    # Base or chat weights cannot be told apart; message lists in the prompt file can: then the chat format is the
+    # one of this tokenizer's family.
+    tok_format = "llama3-instruct" if tok.kind == "tiktoken" else "llama2-chat"
+    items = read_prompts(prompt_path, prompt_field, id_field, tok_format)
+    chat_format = tok_format if any(not isinstance(p.text, str) for p in items) else "none"
+    lengths = [len(ids) for ids in prompt_encoder(tok, chat_format, prompt_path)(items)]  # bos included, as run
     longest = max(lengths)
     longest_line = items[lengths.index(longest)].line
 
@@ -277,7 +283,7 @@ def plan_recipe(ckpt: str, prompts: str, recipe_path: str | Path, out: str | Non
     return RecipePlan(ckpt, ckpt_path, model, c.mp, params, tok_value, tok_path.resolve(), prompts, prompt_path,
                       prompt_field, id_field, len(items), longest, longest_line, out_value, log_value, max_gen_len,
                       size.max_seq_len, size.on_long_prompt, size.n_long, size.max_batch_size, size.quantize,
-                      size.target, size.dp, size.device, size.fits_batch, size.per_gpu, notes)
+                      size.target, size.dp, size.device, size.fits_batch, size.per_gpu, notes, chat_format, tok_format)
 
 
 # ---------------------------------------------------------------- rendering
@@ -338,6 +344,12 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
     key("prompt_path", p.prompt_value, f"Here: {p.n_prompts} prompts; the longest has {p.longest} tokens (line "
         f"{p.longest_line}).")
     key("prompt_field", p.prompt_field)
+    if p.chat_format != "none":
+        key("chat_format", p.chat_format, "The prompt file holds message lists, and this tokenizer belongs to this "
+            "format; a plain string prompt is one user turn.")
+    else:
+        key("chat_format", "none", f"Plain text. Whether the weights are a chat model the files cannot tell (Meta's "
+            f"folder names say it: ...-chat, ...-Instruct); for one, set {p.chat_format_for_tokenizer}.")
     key("id_field", p.id_field, "Ids must be unique: resume finds the finished prompts by them.")
     key("params_field", "params", "A prompt line may hold its own decoding settings there, e.g. "
         '{"params": {"temperature": 0, "n": 1}}; they override this recipe for that prompt.')

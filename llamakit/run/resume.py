@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # Settings that change the generated text: one output file must not mix them. The checkpoint and the tokenizer
 # are compared by content (Plan.fingerprints), so moving a project folder is no change; the prompts are checked
 # row by row against the prompt file (scan_output).
-TEXT_SETTINGS = ("max_gen_len",)
+TEXT_SETTINGS = ("max_gen_len", "chat_format")
 TEXT_ENGINE_SETTINGS = ("max_seq_len", "temperature", "top_p", "seed", "quantize")
 CONTENT_SETTINGS = (("checkpoint", "ckpt_dir"), ("tokenizer", "tokenizer_path"))
 

@@ -30,8 +30,8 @@ def _setup_logging(rank: int) -> None:
 
 def completion_text(tok: Any, prompt_tokens: list[int], tokens: list[int]) -> str:
     """The generated text such that prompt + completion reads as the model's text (keeps the leading space)."""
-    head = tok.decode(prompt_tokens)
-    full = tok.decode(prompt_tokens + tokens)
+    head = tok.decode(prompt_tokens, cut_at_stop=False)  # a chat prompt holds the stop ids of earlier turns
+    full = tok.decode(prompt_tokens + tokens, cut_at_stop=False)
     return full[len(head):] if full.startswith(head) else tok.decode(tokens)
 
 

@@ -94,7 +94,7 @@ def load_model(ckpt_dir: str, max_seq_len: int, dtype: str, device: str, quantiz
     dev = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
     shard = ckpt.load(rank)
     model = Transformer.from_shard(ckpt.config.with_vocab(ckpt.vocab_rows), shard, max_seq_len, DTYPES[dtype], dev,
-                                   quantize)
+                                   quantize, vocab_parallel=ckpt.vocab_parallel)
     del shard
     if dev.type == "cuda":
         torch.cuda.empty_cache()

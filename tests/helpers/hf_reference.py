@@ -22,13 +22,16 @@ def build_hf_model(ckpt_dir: Path):
 
     ck = open_checkpoint(ckpt_dir)
     shards = [ck.load(i) for i in range(ck.mp)]
-    full = {k: merge_tensors(k, [s[k] for s in shards]).float() for k in shards[0]}
+    full = {k: merge_tensors(k, [s[k] for s in shards], ck.vocab_parallel).float() for k in shards[0]}
     c = ck.config
     vocab = ck.vocab_rows
+    # Llama 3.1: HF's own implementation of Meta's scaling (rope_type "llama3"), not llamakit's
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192} if c.use_scaled_rope else None
     hf_cfg = LlamaConfig(
         vocab_size=vocab, hidden_size=c.dim, intermediate_size=c.ffn_hidden, num_hidden_layers=c.n_layers,
         num_attention_heads=c.n_heads, num_key_value_heads=c.kv_heads, rms_norm_eps=c.norm_eps,
-        max_position_embeddings=4096, rope_theta=c.rope_theta, tie_word_embeddings=False,
+        max_position_embeddings=4096, rope_theta=c.rope_theta, rope_scaling=scaling, tie_word_embeddings=False,
         attention_bias=False, mlp_bias=False, hidden_act="silu", bos_token_id=1, eos_token_id=2,
     )
     hf_cfg._attn_implementation = "eager"
@@ -52,14 +55,14 @@ def build_hf_model(ckpt_dir: Path):
 
 
 @torch.no_grad()
-def hf_greedy(model, prompt: list[int], max_gen_len: int, eos_id: int = 2) -> tuple[list[int], str]:
+def hf_greedy(model, prompt: list[int], max_gen_len: int, stop_ids=frozenset({2})) -> tuple[list[int], str]:
     """Greedy decoding by full recomputation each step (no cache): slow, but nothing shared with llamakit."""
     ids = list(prompt)
     out: list[int] = []
     for _ in range(max_gen_len):
         logits = model(torch.tensor([ids])).logits[0, -1]
         tok = int(torch.argmax(logits))
-        if tok == eos_id:
+        if tok in stop_ids:
             return out, "stop"
         out.append(tok)
         ids.append(tok)

@@ -153,7 +153,8 @@ def rule_packages(f: Facts) -> CheckResult:
         return CheckResult("packages", FAIL, f"torch is installed but does not import: {f.errors['torch']}",
                            "reinstall it: " + install_command("12.6") + " (or the build `llamakit doctor torch-build` "
                            "names)")
-    missing = [k for k in ("torch", "fairscale", "sentencepiece", "pydantic") if k in f.versions and not f.versions[k]]
+    missing = [k for k in ("torch", "fairscale", "sentencepiece", "tiktoken", "pydantic")
+               if k in f.versions and not f.versions[k]]
     if missing:
         fixes = [install_command("12.6").replace(" --force-reinstall", "")] if "torch" in missing else []
         rest = [m for m in missing if m != "torch"]
