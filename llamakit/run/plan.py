@@ -331,7 +331,6 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     check_tokenizer(ckpt, tok)
     prompts = [p for i, p in enumerate(read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.chat_format,
                                                     r.params_field)) if in_share(i, nodes.share)]
-               if in_share(i, nodes.share)]
     rows = plan_rows(lr, prompts, tok.n_words, paths.prompt_path)
     state = scan_output(paths.out_path, prompts, rows.expect)
     pending = [p for p in prompts if rows.missing(p, state.rows)]
