@@ -54,6 +54,15 @@ def evidence(*paths: Path) -> None:
                 shutil.copy(p, Path(dst) / p.name)
 
 
+@pytest.fixture
+def big_dir(tmp_path):
+    """A folder for a full-size checkpoint, removed after the test (the GPU machine's disk holds only a few)."""
+    d = tmp_path / "big"
+    d.mkdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def tiny_tok(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiny") / "tiny"
@@ -126,8 +135,8 @@ def resume_completes(rec: Path, out: Path, n: int) -> None:
 # ---------------------------------------------------------------- one GPU (was tools/gpu_evidence.sh)
 
 
-def test_7b_shape_run_killed_with_sigkill_resumes_without_loss_or_repeat(tiny_tok, tmp_path):
-    ck = write_ckpt(tmp_path / "ck7b", tiny_tok, "llama-7b", mp=1)
+def test_7b_shape_run_killed_with_sigkill_resumes_without_loss_or_repeat(tiny_tok, tmp_path, big_dir):
+    ck = write_ckpt(big_dir / "ck7b", tiny_tok, "llama-7b", mp=1)
     res = llamakit("inspect", str(ck), "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["model"]["param_count"] > 6e9
     out = tmp_path / "out7b.jsonl"
@@ -166,9 +175,9 @@ def test_triton_kernels_fit_every_gpu_generations_shared_memory():
 
 
 @pytest.mark.skipif(gpu_gib() < 40, reason="a 13B share needs a GPU of 40 GiB or more")
-def test_a_run_at_the_max_batch_inspect_promises_fits(tiny_tok, tmp_path):
+def test_a_run_at_the_max_batch_inspect_promises_fits(tiny_tok, tmp_path, big_dir):
     """KV cache filled to 2,000 of 2,048 tokens in every slot, at the batch inspect says fits this GPU."""
-    ck = write_ckpt(tmp_path / "ck13", tiny_tok, "llama-13b", mp=1)
+    ck = write_ckpt(big_dir / "ck13", tiny_tok, "llama-13b", mp=1)
     res = llamakit("inspect", str(ck), "--batch", "1", "--seq", "2048", "--json")
     best = json.loads(res.stdout)["memory"]["max_batch_here"]
     assert best >= 1
@@ -221,8 +230,8 @@ def test_dp2_writes_every_prompt_once(tiny_tok, tmp_path):
 
 
 @two_gpus
-def test_13b_shape_at_mp2_killed_with_sigkill_resumes_without_loss_or_repeat(tiny_tok, tmp_path):
-    ck = write_ckpt(tmp_path / "ck13", tiny_tok, "llama-13b", mp=2)
+def test_13b_shape_at_mp2_killed_with_sigkill_resumes_without_loss_or_repeat(tiny_tok, tmp_path, big_dir):
+    ck = write_ckpt(big_dir / "ck13", tiny_tok, "llama-13b", mp=2)
     out = tmp_path / "out13.jsonl"
     rec = recipe(tmp_path / "r13.yaml", ck, prompts(600, tmp_path / "p.jsonl"), out, batch=64, gen=128, seq=384)
     killed = kill_after(rec, out, 150)
@@ -234,14 +243,14 @@ def test_13b_shape_at_mp2_killed_with_sigkill_resumes_without_loss_or_repeat(tin
 # ---------------------------------------------------------------- CPU, big RAM (was tools/reshard_30b_cpu.sh)
 
 
-def test_30b_width_resharded_4_to_2_and_1_gives_the_same_greedy_text(tiny_tok, tmp_path):
+def test_30b_width_resharded_4_to_2_and_1_gives_the_same_greedy_text(tiny_tok, tmp_path, big_dir):
     """LLaMA-30B's width (2 of its 60 layers) as Meta ships it (MP=4), resharded, run on the CPU with gloo."""
-    ck = write_ckpt(tmp_path / "ck30", tiny_tok, "llama-30b", mp=4, layers=2, device="cpu")
+    ck = write_ckpt(big_dir / "ck30", tiny_tok, "llama-30b", mp=4, layers=2, device="cpu")
     src = (REPO / "llamakit/assets/demo-prompts.jsonl").read_text(encoding="utf-8").splitlines()[:6]
     (tmp_path / "p.jsonl").write_text("\n".join(src) + "\n", encoding="utf-8")
     texts = {}
     for mp in (4, 2, 1):
-        d = ck if mp == 4 else tmp_path / f"ck30-mp{mp}"
+        d = ck if mp == 4 else big_dir / f"ck30-mp{mp}"
         if mp != 4:
             assert llamakit("reshard", str(ck), str(d), "--mp", str(mp)).returncode == 0
         out = tmp_path / f"out-mp{mp}.jsonl"

@@ -44,7 +44,7 @@ def world(tiny_factory, tmp_path_factory):
         model = build_hf_model(ckpt)
         out = {}
         for i, t in enumerate(texts):
-            ids = [tok.bos_id] + tok.sp.encode(t)
+            ids = tok.encode(t)  # with bos, as the run encodes a plain prompt
             gen, _ = hf_greedy(model, ids, 8)
             out[f"p-{i:02d}"] = completion_text(tok, ids, gen)
         expected[mp] = out
@@ -143,15 +143,15 @@ def test_mp2_split_over_two_nodes_a_killed_node_stops_the_other_and_the_rerun_re
 
 
 def write_fake_slurm(bin_dir: Path) -> None:
-    """srun: start the command once per node with SLURM_NODEID set, like one task per node; scontrol: hostnames."""
+    """srun: start the command once per node with SLURM_NODEID set, like one task per node, ending all when one
+    fails (--kill-on-bad-exit); scontrol: the job's host names."""
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("""#!/bin/bash
 while [[ $# -gt 0 && $1 == -* ]]; do shift; done
-pids=()
-for ((i = 0; i < SLURM_NNODES; i++)); do SLURM_NODEID=$i SLURM_PROCID=$i "$@" & pids+=($!); done
-rc=0
-for p in "${pids[@]}"; do wait "$p" || rc=$?; done
-exit $rc
+for ((i = 0; i < SLURM_NNODES; i++)); do SLURM_NODEID=$i SLURM_PROCID=$i "$@" & done
+for ((i = 0; i < SLURM_NNODES; i++)); do  # --kill-on-bad-exit: the first task that fails ends the others
+  wait -n || { rc=$?; kill $(jobs -p) 2>/dev/null; wait; exit $rc; }
+done
 """)
     (bin_dir / "scontrol").write_text("""#!/bin/bash
 [[ $1 == show && $2 == hostnames ]] || exit 1
@@ -185,4 +185,21 @@ def test_dp_over_two_nodes_with_part_files_after_a_kill_resumes_by_resubmitting_
     job = subprocess.run(["bash", str(script)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert job.returncode == 0, job.stdout + job.stderr
     assert "MP=1 x DP=2" in job.stdout and "were already done (resumed)" in job.stdout
+    check_output(out, expected[1])
+
+
+def test_array_shares_run_alone_and_llamakit_merge_puts_them_in_input_order(world):
+    root, recipe, expected = world
+    r, out = recipe("shares", 1), root / "shares.jsonl"
+    cmd = [sys.executable, "-m", "llamakit", "run", str(r), "--share"]
+    tasks = [subprocess.Popen([*cmd, f"{k}/2"], cwd=root, env=env_for(root), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    res = [p.communicate(timeout=240) for p in tasks]
+    assert [p.returncode for p in tasks] == [0, 0], res
+    assert "share 1 of 2 is complete" in res[1][0] and f"llamakit merge {out}" in res[1][0]
+    assert not out.exists() and [p.name for p in part_files(out)] == ["shares.jsonl.part-s00of02-r000",
+                                                                      "shares.jsonl.part-s01of02-r000"]
+    merged = subprocess.run([sys.executable, "-m", "llamakit", "merge", str(out)], cwd=root, env=env_for(root),
+                            capture_output=True, text=True, timeout=60)
+    assert merged.returncode == 0, merged.stderr
     check_output(out, expected[1])

@@ -177,3 +177,30 @@ def test_node_0_must_be_the_rendezvous_host_and_its_port_free():
         with pytest.raises(LlamakitError, match=f"port {port} on 127.0.0.1 is in use") as e:
             check_rendezvous_host(make_nodes(2, 0, "127.0.0.1", port))
         assert e.value.where == "--master-port"
+
+
+def test_nodes_that_planned_differently_are_told_which_setting_differs():
+    from llamakit.run.nodewatch import differences, is_lost_peer
+
+    a = {"host": "n0", "mp": 2, "dp": 1, "pending": 30, "engine": {"temperature": 0.0}}
+    b = {**a, "host": "n1", "pending": 28, "engine": {"temperature": 0.7}}
+    assert differences(a, a | {"host": "n1"}) == []
+    assert differences(a, b) == ["pending 30 vs 28", "engine {'temperature': 0.0} vs {'temperature': 0.7}"]
+    assert is_lost_peer(RuntimeError("[pair.cc:537] Read error [127.0.0.1]:2785: Connection reset by peer"))
+    assert not is_lost_peer(RuntimeError("CUDA out of memory"))
+
+
+def test_a_node_whose_workers_never_join_the_others_is_told_why_after_a_while(tmp_path):
+    from types import SimpleNamespace
+
+    from llamakit.run.supervise import _ConnectWatch
+
+    log = tmp_path / "run.log"
+    log.write_text("earlier run: model-parallel rank 0 of 1\n", encoding="utf-8")  # before this run: not counted
+    plan = SimpleNamespace(log_path=str(log), nodes={"master_addr": "node01"})
+    w = _ConnectWatch(plan, hint_after_s=5)
+    assert w.phase(1.0) == "loading"
+    assert w.phase(6.0) == "waiting for the other nodes (see the log)" and w.warned
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("rank 1    model-parallel rank 0 of 2, data-parallel replica 0 of 1\n")
+    assert w.phase(7.0) == "loading" and w.joined

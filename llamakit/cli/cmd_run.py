@@ -90,7 +90,8 @@ def run_cmd(
     task = bar.add_task("loading model", total=max(setup.plan.pending, 1), rate="")
 
     def show(p: RunProgress) -> None:
-        bar.update(task, completed=p.done, description="generating" if p.done else "loading model",
+        bar.update(task, completed=p.done, description="generating" if p.done else
+                   ("loading model" if p.phase == "loading" else p.phase),
                    rate=f"{p.tok_per_s:.1f} tok/s" if p.done else "")
 
     if setup.plan.pending:

@@ -111,6 +111,7 @@ def _connect(ip: str, port: int, timeout: float) -> str:
 def _port_busy(ip: str, port: int) -> bool:
     fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's TCPStore binds it
         try:
             s.bind((ip, port))
             return False
@@ -168,9 +169,10 @@ def rule_network(nf: NetFacts | None) -> CheckResult:
         "lo" if _is_loopback(nf.hostname_addr) else None)
     route = interface_of(nf.route_addr, nf.interfaces)
     shown = ", ".join(f"{n} {ips[0]}" for n, ips in sorted(nf.interfaces.items()))
+    gloo_why = f"GLOO_SOCKET_IFNAME={nf.gloo_ifname}" if nf.gloo_ifname else f"{nf.hostname} -> {nf.hostname_addr}"
     found = (f"NCCL would use {nccl or 'no interface'}"
              f"{' (NCCL_SOCKET_IFNAME=' + nf.nccl_ifname + ')' if nf.nccl_ifname else ''}; gloo would use "
-             f"{gloo or '?'} ({'GLOO_SOCKET_IFNAME=' + nf.gloo_ifname if nf.gloo_ifname else f'{nf.hostname} -> {nf.hostname_addr}'})"
+             f"{gloo or '?'} ({gloo_why})"
              f"; interfaces up: {shown}")
     if nf.nccl_ifname and nccl is None:
         return CheckResult("network", FAIL, f"NCCL_SOCKET_IFNAME={nf.nccl_ifname} matches no interface that is up; "

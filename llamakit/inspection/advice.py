@@ -7,7 +7,7 @@ from llamakit.checkpoint.params import ModelConfig
 from llamakit.fit import CARD_SIZES_GB, FitOption, Verdict, card_bytes, fit_options, reshard_command, verdict
 from llamakit.gpus import GpuInfo
 from llamakit.inspection.report import MemoryInfo
-from llamakit.memory import GiB, plan_memory
+from llamakit.memory import fmt_gib, plan_memory
 
 
 def fit_summary(options: list[FitOption], dtype: str) -> str:
@@ -18,12 +18,8 @@ def fit_summary(options: list[FitOption], dtype: str) -> str:
     first = opts[0]
     if first.gpus == 1 and first.per_gpu_bytes <= card_bytes(CARD_SIZES_GB[0]) // 2:
         # far below the smallest listed card: naming "16 GB" would mislead (the demo model needs 1.5 GiB)
-        return f"needs 1 GPU with {_gib(first.per_gpu_bytes)} free at {dtype}"
+        return f"needs 1 GPU with {fmt_gib(first.per_gpu_bytes)} free at {dtype}"
     return "needs " + " or ".join(f"{o.gpus}x {o.gpu_gb} GB" for o in opts) + f" at {dtype}"
-
-
-def _gib(n: int) -> str:
-    return f"{n / GiB:.1f} GiB"
 
 
 def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, seq: int,
@@ -38,12 +34,12 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
         advice.append("no NVIDIA GPU detected on this machine (NVML), so no verdict for here")
     else:
         n, smallest = len(gpus), min(g.total_bytes for g in gpus)
-        card = f"{gpus[0].name} ({_gib(smallest)})"
+        card = f"{gpus[0].name} ({fmt_gib(smallest)})"
         v = verdict(config, vocab, mp, dtype, batch, seq, smallest, n)
         fits_here = v.fits
         max_batch = v.max_batch if mp <= n else None
         if fits_here:
-            line = f"fits: {_gib(plan.total)} per GPU at MP {mp} on {card}; "
+            line = f"fits: {fmt_gib(plan.total)} per GPU at MP {mp} on {card}; "
             copies = n // mp
             if copies > 1:
                 line += (f"{copies} data-parallel copies use {copies * mp} GPUs "
@@ -55,7 +51,7 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
             if mp > n:
                 advice.append(f"this checkpoint has MP {mp}, so it needs {mp} GPUs; this machine has {n}")
             else:
-                advice.append(f"MP {mp} at {dtype} needs {_gib(plan.total)} per GPU; {card} is too small")
+                advice.append(f"MP {mp} at {dtype} needs {fmt_gib(plan.total)} per GPU; {card} is too small")
                 if max_batch:
                     advice.append(f"lower --batch to {max_batch} (or --seq) and it fits")
             advice.extend(_fix_words(v, config, vocab, dtype, batch, seq, ckpt))
@@ -69,12 +65,12 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
 def _fix_words(v: Verdict, config: ModelConfig, vocab: int, dtype: str, batch: int, seq: int, ckpt: str) -> list[str]:
     """The verdict's reshard and int8 changes (a lower batch alone is worded by the caller)."""
     if v.fix_plan is None:
-        return [f"no MP fits {v.n_gpus} GPU(s) of {_gib(v.gpu_bytes)}, not even at int8; "
+        return [f"no MP fits {v.n_gpus} GPU(s) of {fmt_gib(v.gpu_bytes)}, not even at int8; "
                 f"{fit_summary(fit_options(config, vocab, dtype, batch, seq), dtype)}"]
     out = []
     if v.mp_to:
         out.append(f"reshard to MP {v.mp_to}: `{reshard_command(ckpt, v.mp_to)}` "
-                   f"({_gib(v.fix_plan.total)} per GPU at {v.fix_plan.dtype})")
+                   f"({fmt_gib(v.fix_plan.total)} per GPU at {v.fix_plan.dtype})")
     if v.int8:
         out.append(f"it does not fit these GPUs at {dtype} but does at int8: set `quantize: int8` in the recipe")
     if v.batch_to and out:

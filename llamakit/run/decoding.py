@@ -242,6 +242,10 @@ class RowPlan:
         """Rows the finished output holds: n per prompt."""
         return sum(s["n"] for s, _ in self.by_id.values())
 
+    def count(self, prompts: list[Any]) -> int:
+        """Rows these prompts' finished output holds (n each)."""
+        return sum(self._of(p)[0]["n"] for p in prompts)
+
     def expect(self, p: Any) -> tuple[int, dict[str, Any]]:
         settings, recorded = self._of(p)
         return settings["n"], recorded

@@ -45,10 +45,13 @@ class Nodes:
     @property
     def lock_name(self) -> str:
         """The run folder's lock file for this launcher. flock between hosts is what NFS may not honour, so over
-        several nodes each node takes its own (two launchers for one node rank still exclude each other)."""
+        several nodes each node takes its own (two launchers for one node rank still exclude each other; with c10d
+        the rendezvous admits exactly nnodes, so each launcher's lock is its own)."""
         if not self.multi:
             return "lock"
-        return f"lock.node{self.node_rank}" if self.node_rank is not None else f"lock.{self.rdzv_id}"
+        if self.node_rank is not None:
+            return f"lock.node{self.node_rank}"
+        return f"lock.{socket.gethostname()}-{os.getpid()}"  # c10d: the rendezvous itself admits nnodes launchers
 
     def log_path(self, log: Path) -> Path:
         """Each node appends to its own log (appends of two hosts to one NFS file can interleave): node 0 keeps the
@@ -76,7 +79,9 @@ class Nodes:
             return f"share {self.share[0]} of {self.share[1]}"
         if not self.multi:
             return ""
-        return f"node {self.node_rank} of {self.nnodes}" if self.node_rank is not None else f"one of {self.nnodes} nodes"
+        if self.node_rank is None:
+            return f"one of {self.nnodes} nodes"
+        return f"node {self.node_rank} of {self.nnodes}"
 
 
 def parse_share(text: str) -> tuple[int, int]:
@@ -151,7 +156,7 @@ def check_layout(mp: int, nproc_per_node: int, nodes: Nodes, where: str = "--npr
     if nproc_per_node % mp and not nodes.mp_across_nodes:
         raise LlamakitError(f"the checkpoint's MP={mp} does not fit in {nproc_per_node} process(es) per node, so a "
                             "model-parallel group would span nodes: every layer of every token would then wait for "
-                            "the network (slow over Ethernet)", f"use {mp} GPUs per node (or reshard to MP="
+                            "the network (slow over Ethernet)", f"use {mp} processes (GPUs) per node (or reshard to MP="
                             f"{nproc_per_node}); if you mean it (fast interconnect), add --mp-across-nodes", where)
     return world // mp
 
@@ -216,6 +221,7 @@ def _bindable(ip: str, port: int) -> bool:
     """Whether this machine can listen on ip:port (the address is its own and the port is free)."""
     fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's TCPStore: a closed run's port is free
         try:
             s.bind((ip, port))
             return True

@@ -36,6 +36,17 @@ def lost_node_error(exc: BaseException | None = None) -> LlamakitError:
                          "`llamakit run` on every node again (or re-submit the job) to resume")
 
 
+def connect_error(exc: BaseException, plan: Any) -> LlamakitError:
+    """The process group of all nodes could not form: the nodes do not reach each other."""
+    log.error("joining the other nodes failed: %s", str(exc).strip()[:2000])
+    host = plan.nodes.get("master_addr") or plan.nodes.get("rdzv_endpoint") or "HOST"
+    return LlamakitError("this node's workers could not connect to the other nodes: usually the wrong network "
+                         "interface (NCCL and gloo pick one themselves), a firewall between the nodes, or a node "
+                         "that did not start", f"run `llamakit doctor --master-addr {host}` on each node; set "
+                         "NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME to the interface the nodes share; then start "
+                         "every node again")
+
+
 def is_lost_peer(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(w in text for w in LOST_PEER)

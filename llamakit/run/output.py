@@ -258,7 +258,7 @@ def clean_run_dir(run_dir: Path) -> None:
     """After success, under the lock: keep only `lock` (removing it under a waiting run would let two in) and
     plan.json (the settings this output was made with, so a re-run with other settings is told so)."""
     for entry in run_dir.iterdir():
-        if entry.name in ("lock", "plan.json") or entry.name.startswith("lock."):  # lock.nodeR: multi-node runs
+        if entry.name in ("lock", "plan.json") or entry.name.startswith("lock.node"):  # multi-node runs
             continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -317,7 +317,8 @@ def finish_elsewhere(setup: Setup, nodes: Any, t0: float) -> Summary:
     plan, out_path = setup.plan, Path(setup.plan.out_path)
     if nodes.share is not None:
         state = scan_output(out_path, setup.prompts)
-        missing = [p for p in setup.prompts if id_key(p.id) not in state.done]
+        k, n = nodes.share
+        missing = [p for i, p in enumerate(setup.prompts) if i % n == k and id_key(p.id) not in state.done]
         if missing:
             raise LlamakitError(f"the workers finished but {len(missing)} prompts of this share have no row "
                                 f"(first: id {missing[0].id!r})", "re-run the same command to complete them",

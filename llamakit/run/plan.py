@@ -254,6 +254,18 @@ def worker_env(plan: Plan, base: dict[str, str] | None = None) -> dict[str, str]
     return env
 
 
+def _nodes_text(plan: Plan) -> str:
+    """', over 2 nodes (this is node 1 of 2: 1 process), rendezvous node01:29400' for a run over several nodes."""
+    nodes = Nodes.from_dict(plan.nodes)
+    if nodes.share:
+        return f"; {nodes.label()} of the prompts, into part files (merge: llamakit merge OUT)"
+    if not nodes.multi:
+        return ""
+    where = nodes.rdzv_endpoint or f"{nodes.master_addr}:{nodes.master_port}"
+    return (f", over {nodes.nnodes} nodes (this is {nodes.label()}: {plan.local_nproc} process"
+            f"{'es' if plan.local_nproc > 1 else ''}), rendezvous {where}, one part file per replica")
+
+
 def describe(plan: Plan, argv: list[str]) -> list[str]:
     """Human lines for --dry-run and the log: the plan and the command."""
     import shlex
@@ -267,7 +279,7 @@ def describe(plan: Plan, argv: list[str]) -> list[str]:
         f"output       {plan.out_path}",
         f"log          {plan.log_path}",
         f"parallelism  MP={plan.mp} x DP={plan.dp} = {plan.nproc} process{'es' if plan.nproc > 1 else ''}, "
-        f"backend {plan.backend}",
+        f"backend {plan.backend}" + _nodes_text(plan),
         f"devices      {plan.device}" + (": " + "; ".join(plan.gpus) if plan.gpus else
                                          f" ({plan.omp_threads} threads per process)"),
         f"dtype        {plan.dtype}" + (f", quantize {plan.engine['quantize']}"
@@ -329,11 +341,11 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     tok_path = paths.tokenizer_path or find_tokenizer(paths.ckpt_dir)
     tok = Tokenizer(tok_path)
     check_tokenizer(ckpt, tok)
-    prompts = [p for i, p in enumerate(read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.chat_format,
-                                                    r.params_field)) if in_share(i, nodes.share)]
+    prompts = read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.chat_format, r.params_field)
     rows = plan_rows(lr, prompts, tok.n_words, paths.prompt_path)
-    state = scan_output(paths.out_path, prompts, rows.expect)
-    pending = [p for p in prompts if rows.missing(p, state.rows)]
+    state = scan_output(paths.out_path, prompts, rows.expect)  # every share's rows are checked against the file
+    mine = [p for i, p in enumerate(prompts) if in_share(i, nodes.share)]  # a share's prompts, or all
+    pending = [p for p in mine if rows.missing(p, state.rows)]
     hint = f" (recipe {lr.describe('max_seq_len')})"
     todo = prepare(pending, prompt_encoder(tok, r.chat_format, paths.prompt_path, lr.describe("chat_format")),
                    rows.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint, r.chat_format)
@@ -367,8 +379,9 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                 ckpt_dir=str(paths.ckpt_dir), tokenizer_path=str(Path(tok_path).resolve()),
                 prompt_path=str(paths.prompt_path), out_path=str(paths.out_path),
                 log_path=str(nodes.log_path(paths.log_path)),
-                run_dir=str(run_dir), work_path=str(run_dir / work), total=rows.total,
-                pending=sum(len(t.samples) for t in todo if not t.skipped), already_done=len(state.rows),
+                run_dir=str(run_dir), work_path=str(run_dir / work), total=rows.count(mine),
+                pending=sum(len(t.samples) for t in todo if not t.skipped),
+                already_done=rows.count(mine) - sum(len(rows.missing(p, state.rows)) for p in mine),
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
                 omp_threads=omp_threads(local or dev.nproc), master_port=free_port(), memory=mem, notes=notes,
                 fingerprints=fingerprints(ckpt, Path(tok_path)), nodes=nodes.to_dict(), nproc_per_node=local,

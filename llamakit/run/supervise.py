@@ -144,6 +144,7 @@ def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0
     follower = _PartsFollower(Path(plan.out_path)) if nodes.parts else _Follower(Path(plan.out_path))
     env = worker_env(plan)
     start = time.monotonic()
+    waiting = _ConnectWatch(plan) if nodes.multi else None
     last_log = start
     first: tuple[float, int] | None = None
     stopped: list[str] = []
@@ -168,7 +169,8 @@ def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0
                     first = (now, follower.tokens)
                 # the rate counts from the first finished row, so model loading does not dilute it
                 prog = Progress(follower.rows, plan.pending, follower.tokens - (first[1] if first else 0),
-                                now - first[0] if first else 0.0, "generating" if follower.rows else "loading",
+                                now - first[0] if first else 0.0, "generating" if follower.rows else
+                                (waiting.phase(now - start) if waiting else "loading"),
                                 follower.tokens, now - start)
                 if on_progress:
                     on_progress(prog)
@@ -184,6 +186,40 @@ def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+
+
+class _ConnectWatch:
+    """Over several nodes: when this node's workers have not joined the others' process group after hint_after_s
+    (no 'model-parallel rank' line in this node's log), say once what usually causes it: the start hangs when the
+    nodes cannot reach each other, and gloo and NCCL say nothing until their own timeout, minutes later."""
+
+    def __init__(self, plan: Plan, hint_after_s: float = 60.0):
+        self.hint_after_s = hint_after_s
+        self.log_path = Path(plan.log_path)
+        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.joined = False
+        self.warned = False
+        self.master = (plan.nodes.get("master_addr") or plan.nodes.get("rdzv_endpoint") or "HOST")
+
+    def phase(self, elapsed: float) -> str:
+        if self.joined or elapsed < self.hint_after_s:
+            return "loading"
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.offset)
+                self.joined = b"model-parallel rank" in f.read()
+        except OSError:
+            return "loading"
+        if self.joined:
+            return "loading"
+        if not self.warned:
+            self.warned = True
+            log.warning("after %.0f s this node's workers have not joined the other nodes: are all nodes started? If "
+                        "they are, the nodes cannot reach each other: wrong network interface (export "
+                        "NCCL_SOCKET_IFNAME=IFACE GLOO_SOCKET_IFNAME=IFACE), a firewall, or the wrong --master-addr; "
+                        "`llamakit doctor --master-addr %s` on each node shows which", elapsed, self.master)
+        return "waiting for the other nodes (see the log)"
+
 
 def _worker_error(rc: int, plan: Plan) -> LlamakitError:
     """The error to show when torchrun failed: the first failing rank's own line, once."""

@@ -54,13 +54,20 @@ def run_rank(plan: Plan, local_rank: int) -> int:
 
     if plan.device == "cuda":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(plan.backend)
-    init_model_parallel(plan.mp)  # fairscale's, without its stdout lines
+    nodes = Nodes.from_dict(plan.nodes)
+    try:
+        dist.init_process_group(plan.backend)
+        init_model_parallel(plan.mp)  # fairscale's, without its stdout lines
+    except Exception as e:
+        if not nodes.multi:
+            raise
+        from llamakit.run.nodewatch import connect_error
+
+        raise connect_error(e, plan) from e
     mp_rank, dp_rank, dp = mpu.get_model_parallel_rank(), mpu.get_data_parallel_rank(), \
         mpu.get_data_parallel_world_size()
     log.info("model-parallel rank %d of %d, data-parallel replica %d of %d, %s %s", mp_rank, plan.mp, dp_rank, dp,
              plan.device, plan.dtype)
-    nodes = Nodes.from_dict(plan.nodes)
     watch = None
     if nodes.multi:  # all nodes agree on the plan; a lost node stops this one within a heartbeat
         from llamakit.run.nodewatch import NodeWatch

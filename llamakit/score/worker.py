@@ -47,6 +47,8 @@ def run_rank(plan: ScorePlan, local_rank: int) -> int:
     reference = (load_model(plan.reference_ckpt_dir, e["max_seq_len"], plan.dtype, plan.device, e["quantize"])
                  if plan.reference_ckpt_dir else None)
     log.info("model%s ready in %.1f s", "s" if reference else "", time.monotonic() - t0)
+    if mp_rank == 0:  # the launcher's rate counts from the first replica ready (run's `ready.dp<R>` mark)
+        (Path(plan.run_dir) / f"ready.dp{dp_rank}").touch()
     # Replica dp_rank takes every dp-th text; all ranks of a model-parallel group read the same list.
     work = {}
     wins = []
