@@ -11,7 +11,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from llamakit.checkpoint.layout import expected_shapes
 from llamakit.checkpoint.params import PRESETS, ModelConfig, load_params
 from llamakit.distributed import finish_and_exit, free_port, init_model_parallel
 from llamakit.lifeline import child_env, die_with_parent, guarded
-from llamakit.engine.api import EngineConfig, Request
+from llamakit.engine.api import EngineConfig, Request, SamplingParams
 from llamakit.engine.engine import DTYPES, BatchEngine, engine_for_model
 from llamakit.errors import LlamakitError
 from llamakit.fit import resolve_dtype
@@ -64,6 +64,8 @@ class BenchOptions:
     top_p: float = 0.9
     quantize: str = "none"
     fast: bool = True
+    # decoding controls by their recipe names (`--set top_k=50 --set n=4 ...`); n multiplies the sequences
+    sampling: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +94,7 @@ class BenchResult:
     bf16_top1_agreement: float | None = None
     int8_top1_agreement: float | None = None
     dp: int = 1
+    sampling: dict = field(default_factory=dict)
 
 
 def standard_prompts(n: int, max_len: int = 480, vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
@@ -122,6 +125,16 @@ def _engine(model: Transformer, ecfg: EngineConfig, n_slots: int) -> BatchEngine
     return engine_for_model(model, ecfg, n_slots, eos_ids=())  # the benchmark ignores EOS
 
 
+def sampling_params(opts: BenchOptions) -> tuple[SamplingParams, int]:
+    """The workload's decoding settings (temperature/top_p from their options, the rest from `sampling`) and n."""
+    kw = {k: v for k, v in opts.sampling.items() if k != "n"}
+    for key in ("stop", "stop_token_ids"):
+        if key in kw:
+            kw[key] = tuple([kw[key]] if isinstance(kw[key], str) else kw[key])
+    return SamplingParams(**{"temperature": opts.temperature, "top_p": opts.top_p, **kw}), int(
+        opts.sampling.get("n", 1))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -138,9 +151,11 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     prompts = standard_prompts(opts.prompts, opts.max_prompt_len)  # ids < 32000 for every preset: the same prompts
     max_seq_len = max(len(p) for p in prompts) + opts.gen_len
     dtype = DTYPES[opts.dtype]
+    params, n = sampling_params(opts)
+    mode = "full" if params.needs_processors or params.min_tokens else "sample" if params.temperature > 0 else "greedy"
     ecfg = EngineConfig(max_seq_len=max_seq_len, max_batch_size=opts.batch, dtype=opts.dtype,  # type: ignore[arg-type]
                         device=device.type, temperature=opts.temperature, top_p=opts.top_p,  # type: ignore[arg-type]
-                        quantize=opts.quantize, fast=opts.fast)  # type: ignore[arg-type]
+                        quantize=opts.quantize, fast=opts.fast, graph_modes=(mode,))  # type: ignore[arg-type]
     seed = 1234 + get_model_parallel_rank()
     quality: tuple = (None, None, None, None)
     if opts.quantize == "int8":
@@ -150,16 +165,18 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
                                    max_seq_len, dtype, device, opts.quantize, vocab_parallel=cfg.llama3_family)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    engine = _engine(model, ecfg, min(opts.batch, opts.prompts))
+    engine = _engine(model, ecfg, min(opts.batch, opts.prompts * n))
     # warm-up (kernels compiled/autotuned, graphs captured at engine build) - excluded from the timing
-    list(engine.generate([Request(10_000 + i, p[:32], 8) for i, p in enumerate(prompts[: min(8, len(prompts))])]))
+    list(engine.generate([Request(10_000 + i, p[:32], 8, params=params)
+                          for i, p in enumerate(prompts[: min(8, len(prompts))])]))
     _sync(device)
     build_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     dp_rank, dp = _data_parallel()
-    reqs = [Request(i, p, opts.gen_len) for i, p in enumerate(prompts) if i % dp == dp_rank]
+    reqs = [Request(i, p, opts.gen_len, params=params, sample=s) for i, p in enumerate(prompts) if i % dp == dp_rank
+            for s in range(n)]
     _sync(device)
     _barrier(dp)
     t1 = time.perf_counter()
@@ -170,16 +187,16 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
 
     del engine
     single = _engine(model, ecfg, 1)
-    list(single.generate([Request(20_000, prompts[0][:16], 4)]))  # warm-up for the batch-1 graph
+    list(single.generate([Request(20_000, prompts[0][:16], 4, params=params)]))  # warm-up for the batch-1 graph
     b1_tokens, b1_time, ttft = 0, 0.0, []
     for i, p in enumerate(prompts[: opts.batch1_prompts]):
         _sync(device)
         t = time.perf_counter()
-        list(single.generate([Request(30_000 + i, p, 1)]))
+        list(single.generate([Request(30_000 + i, p, 1, params=params)]))
         _sync(device)
         ttft.append(time.perf_counter() - t)
         t = time.perf_counter()
-        b1_tokens += sum(len(c.tokens) for c in single.generate([Request(i, p, opts.gen_len)]))
+        b1_tokens += sum(len(c.tokens) for c in single.generate([Request(i, p, opts.gen_len, params=params)]))
         _sync(device)
         b1_time += time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
@@ -192,7 +209,7 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         ttft_ms=round(1000 * sum(ttft) / len(ttft), 1), peak_gpu_mem_gib=round(peak, 2) if peak else None,
         build_s=round(build_s, 1), date=_dt.date.today().isoformat(),
         bf16_logit_rel_err=quality[0], int8_logit_rel_err=quality[1], bf16_top1_agreement=quality[2],
-        int8_top1_agreement=quality[3], dp=dp)
+        int8_top1_agreement=quality[3], dp=dp, sampling=opts.sampling)
 
 
 def _data_parallel() -> tuple[int, int]:

@@ -65,3 +65,19 @@ def test_cli_json_with_two_processes_counts_every_prompt_once(flag, n, expected)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result[flag[2:]] == n and result["generated_tokens"] == expected  # 4 prompts x 4 tokens, once each
+
+
+def test_bench_runs_with_decoding_controls_on(mp1_group):
+    """The device measurement of issue 15 (top_k 50, repetition_penalty 1.2, n 4, logprobs 5) runs through the same
+    code on CPU: n multiplies the sequences, every token is counted."""
+    from llamakit.run.decoding import parse_sampling
+
+    sampling = parse_sampling(["top_k=50", "repetition_penalty=1.2", "n=4", "logprobs=5"])
+    assert sampling == {"top_k": 50, "repetition_penalty": 1.2, "n": 4, "logprobs": 5}
+    result = bench(BenchOptions(device="cpu", prompts=3, gen_len=4, batch=8, batch1_prompts=1, preset="tiny",
+                                max_prompt_len=40, sampling=sampling))
+    assert result.generated_tokens == 3 * 4 * 4 and result.sampling["n"] == 4
+    with pytest.raises(LlamakitError, match="not a decoding key"):
+        parse_sampling(["top_q=3"])
+    with pytest.raises(LlamakitError, match="top_k"):
+        parse_sampling(["top_k=-2"])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from llamakit.engine.api import EngineConfig
-from llamakit.engine.sampler import TokenHistory, record_history, sample_rows, step_rows, unpack
+from llamakit.engine.sampler import (SamplingBuffers, TokenHistory, record_history, sample_rows, sample_step,
+                                     unpack)
 from llamakit.engine.scheduler import Sequence
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer
@@ -26,16 +27,16 @@ class ModelRunner:
         self.eos_ids = tuple(eos_ids)
         self.default = cfg.default_params()
         self.history = TokenHistory(cache.n_slots, cache.max_seq_len, self.device)
+        self.rows = SamplingBuffers(cache.n_slots, self.device)  # per-row settings of decode steps
         self.kv_bucket = 64 if self.device.type == "cuda" else 1
         self.graphs = None
         if cfg.fast and self.device.type == "cuda":
             from llamakit.engine.graphs import GraphDecoder
 
-            self.graphs = GraphDecoder(model, cache, cfg, self.history.tokens)
+            self.graphs = GraphDecoder(model, cache, cfg, self.history.tokens, self.rows)
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence], hist: torch.Tensor | None,
-                rows: tuple | None = None) -> Step:
-        return sample_rows(logits, seqs, self.default, self.eos_ids, hist, rows)
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence], hist: torch.Tensor | None) -> Step:
+        return sample_rows(logits, seqs, self.default, self.eos_ids, hist)
 
     def prefill(self, seqs: list[Sequence]) -> Step:
         """Run whole prompts into their slots; return the first generated token of each."""
@@ -54,11 +55,11 @@ class ModelRunner:
     def decode(self, seqs: list[Sequence]) -> Step:
         """One decode step for the running sequences, which occupy slots 0..len(seqs)-1 in order."""
         assert all(s.slot == i for i, s in enumerate(seqs)), "running sequences must be compacted"
-        rows = ints, floats, mode = step_rows(seqs, self.default, self.eos_ids)
+        mode = self.rows.stage(seqs, self.default, self.eos_ids)
         if mode == "full":
             self.history.sync(seqs, self.default)
         if self.graphs is not None and mode in self.graphs.modes:
-            out = self.graphs([s.generated[-1] for s in seqs], [s.next_pos for s in seqs], ints, floats, mode)
+            out = self.graphs([s.generated[-1] for s in seqs], [s.next_pos for s in seqs], mode)
             return unpack(out, mode, seqs, self.default)
         tokens = torch.tensor([s.generated[-1] for s in seqs], dtype=torch.int64, device=self.device)
         positions = [s.next_pos for s in seqs]
@@ -68,11 +69,13 @@ class ModelRunner:
             record_history(self.history.tokens, tokens, pos)
             hist = self.history.tokens[: len(seqs)]
         if self.cfg.fast:  # fused kernels (their eager twins off GPU), no CUDA graph
-            return self._sample(self.model.decode_fast(tokens, pos, self.cache), seqs, hist, rows)
-        # plain path: SDPA over the first kv_len positions of every slot (the reference the fast path is tested on)
-        need = max(positions) + 1
-        kv_len = min(self.cache.max_seq_len, -(-need // self.kv_bucket) * self.kv_bucket)
-        return self._sample(self.model.decode(tokens, pos, self.cache, kv_len), seqs, hist, rows)
+            logits = self.model.decode_fast(tokens, pos, self.cache)
+        else:  # plain path: SDPA over the first kv_len positions of every slot (the reference of the fast path)
+            need = max(positions) + 1
+            kv_len = min(self.cache.max_seq_len, -(-need // self.kv_bucket) * self.kv_bucket)
+            logits = self.model.decode(tokens, pos, self.cache, kv_len)
+        ints, floats = self.rows.upload(len(seqs))
+        return unpack(sample_step(logits, ints, floats, hist, mode), mode, seqs, self.default)
 
     def move(self, src: int, dst: int, length: int) -> None:
         self.cache.move_slot(src, dst, length)

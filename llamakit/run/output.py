@@ -10,9 +10,10 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from llamakit.errors import LlamakitError
+from llamakit.run.decoding import ROW_FIELDS, row_key
 from llamakit.units import human_bytes
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ log = logging.getLogger("llamakit.run")
 
 # Fields every output row starts with, in this order; the input's other fields follow unchanged.
 OUTPUT_FIELDS = ("id", "prompt", "completion", "prompt_tokens", "completion_tokens", "finish_reason")
-RESERVED = set(OUTPUT_FIELDS) | {"truncated"}
+RESERVED = set(OUTPUT_FIELDS) | {"truncated"} | ROW_FIELDS
 
 
 def id_key(value: Any) -> str:
@@ -32,11 +33,14 @@ def id_key(value: Any) -> str:
 
 
 def output_row(prompt_id: Any, text: str, extra: dict[str, Any], completion: str, prompt_tokens: int,
-               completion_tokens: int, finish_reason: str, truncated: bool = False) -> dict[str, Any]:
-    """One output object: the fixed fields first, `truncated` only when true, then the input's other fields."""
+               completion_tokens: int, finish_reason: str, truncated: bool = False,
+               decoding: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One output object: the fixed fields first, the decoding fields (sample, stop_reason, params, logprobs: see
+    run.decoding), `truncated` only when true, then the input's other fields."""
     row: dict[str, Any] = {"id": prompt_id, "prompt": text, "completion": completion,
                            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                            "finish_reason": finish_reason}
+    row.update(decoding or {"sample": 0})
     if truncated:
         row["truncated"] = True
     row.update(extra)
@@ -158,18 +162,24 @@ def read_rows(path: Path, ignore_torn_tail: bool = True) -> list[tuple[int, dict
 class OutputState:
     """What an existing output file already holds, checked against the prompts."""
 
-    done: set[str]  # id keys already written
+    done: set[str]  # id keys with a row already written
     torn_bytes: int  # bytes of a torn last line (repaired at start)
-    duplicates: int  # rows whose id appeared before (kept once by finalize)
+    duplicates: int  # rows whose (id, sample) appeared before (kept once by finalize)
+    rows: set[str] = field(default_factory=set)  # (id, sample) keys already written (run.decoding.row_key)
 
 
-def scan_output(path: Path, prompts: list[Prompt]) -> OutputState:
-    """Ids already in `path` and its part files (a multi-node run's rows); rows for ids that are not in the prompt
-    file, or made from another text for their id, are an error (another dataset, or an edited prompt file)."""
+def scan_output(path: Path, prompts: list[Prompt],
+                expect: Callable[[Prompt], tuple[int, dict[str, Any]]] | None = None) -> OutputState:
+    """Ids and (id, sample) keys already in `path` and its part files (a multi-node run's rows); rows for ids that
+    are not in the prompt file, or made from another text for their id, are an error (another dataset, or an
+    edited prompt file). `expect(prompt)` gives the prompt's samples (n) and the settings its rows record (those
+    differing from the recipe): a row made with others is an error too (the prompt file's per-row settings
+    changed)."""
     from llamakit.run.parts import output_files  # parts builds on this module's row format
 
     wanted = {id_key(p.id): p for p in prompts}
     done: set[str] = set()
+    rows: set[str] = set()
     dups = 0
     for file in output_files(path):
         for line, row in read_rows(file):
@@ -183,15 +193,34 @@ def scan_output(path: Path, prompts: list[Prompt]) -> OutputState:
                 raise LlamakitError(f"the row for id {row['id']!r} was generated from another text than the prompt "
                                     f"file now holds for that id (line {p.line})", "the prompt file changed since: "
                                     "give a new output file (--out NEW.jsonl), or restore the old prompts", file, line)
-            if k in done:
+            sample = row.get("sample", 0)
+            if expect is not None:
+                _check_row_settings(row, sample, p, *expect(p), file, line)
+            rk = row_key(row["id"], sample)
+            if rk in rows:
                 dups += 1
+            rows.add(rk)
             done.add(k)
-    return OutputState(done, torn_tail(path), dups)
+    return OutputState(done, torn_tail(path), dups, rows)
+
+
+def _check_row_settings(row: dict[str, Any], sample: Any, p: Prompt, n: int, recorded: dict[str, Any], path: Path,
+                        line: int) -> None:
+    if not isinstance(sample, int) or not 0 <= sample < n:
+        raise LlamakitError(f"the row for id {row['id']!r} is sample {sample!r}, but the prompt now asks for n = {n} "
+                            f"samples (line {p.line})", "resume with the n it was started with, or give a new output "
+                            "file (--out NEW.jsonl)", path, line)
+    if row.get("params", {}) != recorded:
+        def show(d: dict[str, Any]) -> str:
+            return json.dumps(d, ensure_ascii=False) if d else "the recipe's"
+        raise LlamakitError(f"the row for id {row['id']!r} was made with settings {show(row.get('params', {}))}, the "
+                            f"prompt file now gives {show(recorded)} (line {p.line})", "resume with the settings it "
+                            "was started with, or give a new output file (--out NEW.jsonl)", path, line)
 
 
 def finalize_output(path: Path, prompts: list[Prompt]) -> int:
-    """Rewrite the output (with the rows of any part files) in input order, each id once, atomically (temp file +
-    rename); returns rows written."""
+    """Rewrite the output (with the rows of any part files) in input order, each (id, sample) once, atomically
+    (temp file + rename); returns rows written."""
     from llamakit.run.parts import merge_parts
 
     return merge_parts(path, [p.id for p in prompts], require_complete=False)
@@ -263,7 +292,9 @@ def prepare_output(setup: Setup) -> int:
         with RowWriter(out_path) as w:
             for t in skipped:
                 p = t.prompt
-                w.write(output_row(p.id, p.text, p.extra, "", t.n_tokens, 0, "skipped"))
+                for sample in t.samples:
+                    w.write(output_row(p.id, p.text, p.extra, "", t.n_tokens, 0, "skipped",
+                                       decoding={"sample": sample, **({"params": t.recorded} if t.recorded else {})}))
         log.info("wrote %d rows with finish_reason skipped (prompt too long, on_long_prompt: skip)", len(skipped))
     return len(skipped)
 
@@ -272,15 +303,17 @@ def finish(setup: Setup, n_skipped: int, t0: float, gen_seconds: float = 0.0) ->
     """Check every prompt has its row, rewrite the file in input order, and sum up."""
     plan, out_path = setup.plan, Path(setup.plan.out_path)
     state = scan_output(out_path, setup.prompts)
-    missing = [p for p in setup.prompts if id_key(p.id) not in state.done]
+    missing = [(t.prompt, s) for t in setup.todo for s in t.samples if row_key(t.prompt.id, s) not in state.rows]
     if missing:
-        raise LlamakitError(f"the workers finished but {len(missing)} prompts have no row "
-                            f"(first: id {missing[0].id!r})", "re-run the same command to complete them", out_path)
+        raise LlamakitError(f"the workers finished but {len(missing)} rows are missing (first: id "
+                            f"{missing[0][0].id!r}, sample {missing[0][1]})", "re-run the same command to complete "
+                            "them", out_path)
     rows = finalize_output(out_path, setup.prompts)
     log.info("wrote %d rows in input order", rows)
     generated = [t for t in setup.todo if not t.skipped]
-    tokens = _tokens_of(out_path, {id_key(t.prompt.id) for t in generated})
-    summary = Summary(str(out_path), plan.log_path, plan.total, plan.already_done, len(generated), n_skipped,
+    tokens = _tokens_of(out_path, {row_key(t.prompt.id, s) for t in generated for s in t.samples})
+    summary = Summary(str(out_path), plan.log_path, plan.total, plan.already_done,
+                      sum(len(t.samples) for t in generated), n_skipped,
                       sum(1 for t in generated if t.truncated), tokens, time.monotonic() - t0,
                       [f"note: {n}" for n in plan.notes], gen_seconds)
     for line in summary.lines():
@@ -317,7 +350,7 @@ def _tokens_of(path: Path, keys: set[str]) -> int:
     with open(path, encoding="utf-8") as f:
         for raw in f:
             row = json.loads(raw)
-            if id_key(row["id"]) in keys:
+            if row_key(row["id"], row.get("sample", 0)) in keys:
                 total += int(row.get("completion_tokens", 0))
     return total
 

@@ -17,7 +17,8 @@ from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
 from llamakit.fit import mp_within, reshard_command, reshard_destination, resolve_dtype, verdict
 from llamakit.memory import fmt_gib, plan_memory, weight_dtype
-from llamakit.run.output import id_key, scan_output, space_note
+from llamakit.run.decoding import describe_sampling, plan_rows, recipe_sampling, versions
+from llamakit.run.output import scan_output, space_note
 from llamakit.run.nodes import (Nodes, check_layout, check_rendezvous_host, in_share, local_processes,
                                 torchrun_node_args)
 from llamakit.run.prompts import Prepared, Prompt, prepare, prompt_encoder, read_prompts
@@ -182,6 +183,8 @@ class Plan:
     launcher: str = ""  # host-pid of the launcher that wrote this plan (names its node's files)
     prompt_field: str = "prompt"  # with prompt_path: what `llamakit merge` needs to restore the input order
     id_field: str = "id"
+    sampling: dict[str, Any] = field(default_factory=dict)  # the recipe's decoding keys (run.decoding), for resume
+    versions: dict[str, Any] = field(default_factory=dict)  # llamakit, torch, CUDA, driver, GPUs: to describe a dataset
 
     @property
     def nproc(self) -> int:
@@ -290,9 +293,8 @@ def describe(plan: Plan, argv: list[str]) -> list[str]:
                                         if plan.engine.get("quantize", "none") != "none" else ""),
         f"batch        max_batch_size {plan.engine['max_batch_size']} per replica, max_seq_len "
         f"{plan.engine['max_seq_len']}, max_gen_len {plan.max_gen_len}",
-        "sampling     " + ("greedy (temperature 0)" if plan.engine["temperature"] == 0 else
-                            f"temperature {plan.engine['temperature']}, top_p {plan.engine['top_p']}")
-        + f", seed {plan.engine['seed']}",
+        "sampling     " + describe_sampling(plan.sampling or {k: plan.engine[k] for k in ("temperature", "top_p",
+                                                                                         "seed")}),
     ]
     if plan.memory:
         lines.append(f"memory       {plan.memory}")
@@ -361,13 +363,16 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     tok = at_key(lr, "tokenizer_path", tok_path, lambda: Tokenizer(tok_path))
     at_key(lr, "tokenizer_path", tok.path.resolve(), lambda: check_tokenizer(ckpt, tok))
     prompts = at_key(lr, "prompt_path", paths.prompt_path,
-                     lambda: read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.chat_format))
-    state = scan_output(paths.out_path, prompts)  # every share's rows are checked against the whole file
+                     lambda: read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.chat_format,
+                                          r.params_field))
+    rows = plan_rows(lr, prompts, tok.n_words, paths.prompt_path)
+    state = scan_output(paths.out_path, prompts, rows.expect)  # every share's rows are checked against the file
     mine = [p for i, p in enumerate(prompts) if in_share(i, nodes.share)]  # a share's prompts, or all
-    pending = [p for p in mine if id_key(p.id) not in state.done]
+    pending = [p for p in mine if rows.missing(p, state.rows)]
     hint = f" (recipe {lr.describe('max_seq_len')})"
     todo = prepare(pending, prompt_encoder(tok, r.chat_format, paths.prompt_path, lr.describe("chat_format")),
-                   r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint, r.chat_format)
+                   rows.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint, r.chat_format)
+    rows.fill(todo, state.rows)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
     shape = (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len, r.quantize)
     if nodes.multi:  # this node's processes; MP x DP over all nodes, the same answer on each
@@ -382,7 +387,7 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                              paths.ckpt_dir, shape, lr.describe("nproc") if "nproc" in lr.sources else None)
     engine = EngineConfig(max_seq_len=r.max_seq_len, max_batch_size=r.max_batch_size, dtype=dev.dtype,  # type: ignore[arg-type]
                           device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
-                          quantize=r.quantize, fast=r.fast)
+                          quantize=r.quantize, fast=r.fast, graph_modes=rows.graph_modes(todo))
     mem, warn = memory_line(ckpt.config, ckpt.vocab_rows, dev, r.quantize, r.max_batch_size, r.max_seq_len,
                             paths.ckpt_dir)
     notes = [warn] if warn else []
@@ -400,12 +405,14 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                 ckpt_dir=str(paths.ckpt_dir), tokenizer_path=str(Path(tok_path).resolve()),
                 prompt_path=str(paths.prompt_path), out_path=str(paths.out_path),
                 log_path=str(nodes.log_path(paths.log_path)),
-                run_dir=str(run_dir), work_path=str(run_dir / work), total=len(mine),
-                pending=sum(1 for t in todo if not t.skipped), already_done=len(mine) - len(pending),
+                run_dir=str(run_dir), work_path=str(run_dir / work), total=rows.count(mine),
+                pending=sum(len(t.samples) for t in todo if not t.skipped),
+                already_done=rows.count(mine) - sum(len(rows.missing(p, state.rows)) for p in mine),
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
                 omp_threads=omp_threads(local or dev.nproc), master_port=free_port(), memory=mem, notes=notes,
                 fingerprints=fingerprints(ckpt, Path(tok_path)), nodes=nodes.to_dict(), nproc_per_node=local,
-                launcher=launcher, prompt_field=r.prompt_field, id_field=r.id_field, chat_format=r.chat_format)
+                launcher=launcher, prompt_field=r.prompt_field, id_field=r.id_field, chat_format=r.chat_format,
+                sampling=recipe_sampling(r), versions=versions(list(dev.gpus)))
     RunLock.check_free(run_dir, paths.out_path, nodes.lock_name)  # a live run's error first, not a settings mismatch
     check_same_settings(plan, run_dir / "plan.json", len(state.done))
     setup = Setup(lr, paths, ckpt, prompts, todo, plan, [], state.torn_bytes)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamakit.checkpoint.shards import Checkpoint
 from llamakit.errors import LlamakitError
+from llamakit.run.decoding import DEFAULT_SAMPLING
 
 if TYPE_CHECKING:
     from llamakit.run.plan import Plan
@@ -57,6 +58,10 @@ def changed_settings(old: dict[str, Any], plan: Plan) -> list[str]:
     out += [f"{k} {old[k]!r} -> {new[k]!r}" for k in TEXT_SETTINGS if k in old and old[k] != new[k]]
     out += [f"{k} {old['engine'][k]!r} -> {new['engine'][k]!r}" for k in TEXT_ENGINE_SETTINGS
             if k in old.get("engine", {}) and old["engine"][k] != new["engine"][k]]
+    # the other decoding keys (a plan from before they existed used their defaults); rows' own keys: scan_output
+    before = {**DEFAULT_SAMPLING, **old.get("sampling", {})}
+    out += [f"{k} {before[k]!r} -> {new['sampling'][k]!r}" for k in new.get("sampling", {})
+            if k not in TEXT_ENGINE_SETTINGS and before.get(k) != new["sampling"][k]]
     return out
 
 

@@ -46,7 +46,8 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     from fairscale.nn.model_parallel import initialize as mpu
 
     from llamakit.checkpoint.shards import open_checkpoint
-    from llamakit.engine.api import EngineConfig, Request
+    from llamakit.engine.api import EngineConfig
+    from llamakit.run.decoding import decoding_fields, work_request
     from llamakit.distributed import init_model_parallel
     from llamakit.engine.engine import build_engine
     from llamakit.run.nodes import Nodes
@@ -86,7 +87,8 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     t0 = time.monotonic()
     ckpt = open_checkpoint(plan.ckpt_dir)
     tok = Tokenizer(plan.tokenizer_path)
-    engine = build_engine(ckpt, EngineConfig(**plan.engine), mp_rank, tok)
+    engine = build_engine(ckpt, EngineConfig(**{**plan.engine, "graph_modes": tuple(plan.engine.get(
+        "graph_modes", ("greedy", "sample", "full")))}), mp_rank, tok)
     log.info("engine ready in %.1f s", time.monotonic() - t0)
     if mp_rank == 0:  # generation begins: the launcher's tok/s counts from the first of these marks
         try:
@@ -96,8 +98,8 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     # Replica dp_rank takes every dp-th prompt of the work list; all ranks of a model-parallel group read the
     # same list, so they feed the engine the same requests in the same order.
     mine = [w for i, w in enumerate(iter_work(Path(plan.work_path))) if i % dp == dp_rank]
-    requests = [Request(key=w["key"], prompt_tokens=w["tokens"], max_gen_len=plan.max_gen_len, payload=w)
-                for w in mine if not w.get("skipped")]
+    interned: dict = {}
+    requests = [work_request(w, plan.max_gen_len, interned) for w in mine if not w.get("skipped")]
     log.info("%d prompts for this replica", len(requests))
     writer: RowWriter | PartWriter | None = None
     if mp_rank == 0:  # over several nodes (or a share) each replica appends to its own part file: no shared lock
@@ -105,16 +107,19 @@ def run_rank(plan: Plan, local_rank: int) -> int:
             RowWriter(Path(plan.out_path))
         for w in mine:  # prompts on_long_prompt skips: a row without generation (parts mode only lists them)
             if w.get("skipped"):
-                writer.write(output_row(w["id"], w["prompt"], w["extra"], "", w["n_tokens"], 0, "skipped"))
+                recorded = {"params": w["recorded"]} if w.get("recorded") else {}
+                writer.write(output_row(w["id"], w["prompt"], w["extra"], "", w["n_tokens"], 0, "skipped",
+                                        decoding={"sample": w.get("sample", 0), **recorded}))
     n = 0
     try:
         for c in engine.generate(requests):
             n += 1
             if writer is not None:
                 w = c.request.payload
-                text = completion_text(tok, c.request.prompt_tokens, c.tokens)
+                text = c.text if c.text is not None else completion_text(tok, c.request.prompt_tokens, c.tokens)
                 writer.write(output_row(w["id"], w["prompt"], w["extra"], text, len(c.request.prompt_tokens),
-                                        len(c.tokens), c.finish_reason, bool(w.get("truncated"))))
+                                        len(c.tokens), c.finish_reason, bool(w.get("truncated")),
+                                        decoding_fields(c, c.request.sample, w.get("recorded") or {})))
     finally:
         if writer is not None:
             writer.close()
