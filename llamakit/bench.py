@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,7 +22,8 @@ import torch
 from llamakit.checkpoint.layout import expected_shapes
 from llamakit.checkpoint.params import PRESETS, ModelConfig, load_params
 from llamakit.distributed import finish_and_exit, free_port, init_model_parallel
-from llamakit.engine.api import EngineConfig, Request
+from llamakit.lifeline import child_env, die_with_parent, guarded
+from llamakit.engine.api import EngineConfig, Request, SamplingParams
 from llamakit.engine.engine import DTYPES, BatchEngine, engine_for_model
 from llamakit.errors import LlamakitError
 from llamakit.fit import resolve_dtype
@@ -67,6 +68,8 @@ class BenchOptions:
     top_p: float = 0.9
     quantize: str = "none"
     fast: bool = True
+    # decoding controls by their recipe names (`--set top_k=50 --set n=4 ...`); n multiplies the sequences
+    sampling: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class BenchResult:
     peak_kv_tokens: int | None = None  # tokens they held
     kv_cache_tokens: int | None = None  # what the paged cache holds in all
     preemptions: int | None = None  # sequences preempted (recomputed later) when the cache ran out of blocks
+    sampling: dict = field(default_factory=dict)
 
 
 def standard_prompts(n: int, max_len: int = 480, vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
@@ -150,6 +154,16 @@ def _engine(model: Transformer, ecfg: EngineConfig, rows: int) -> BatchEngine:
     return engine_for_model(model, ecfg, rows, eos_ids=())  # the benchmark ignores EOS
 
 
+def sampling_params(opts: BenchOptions) -> tuple[SamplingParams, int]:
+    """The workload's decoding settings (temperature/top_p from their options, the rest from `sampling`) and n."""
+    kw = {k: v for k, v in opts.sampling.items() if k != "n"}
+    for key in ("stop", "stop_token_ids"):
+        if key in kw:
+            kw[key] = tuple([kw[key]] if isinstance(kw[key], str) else kw[key])
+    return SamplingParams(**{"temperature": opts.temperature, "top_p": opts.top_p, **kw}), int(
+        opts.sampling.get("n", 1))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -166,10 +180,12 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     prompts, gen_lens = workload(opts)  # ids < 32000 for every preset: the same prompts
     max_seq_len = max(len(p) for p in prompts) + max(gen_lens)
     dtype = DTYPES[opts.dtype]
-    rows = min(opts.batch, len(prompts))
+    params, n = sampling_params(opts)
+    mode = "full" if params.needs_processors or params.min_tokens else "sample" if params.temperature > 0 else "greedy"
+    rows = min(opts.batch, len(prompts) * n)
     ecfg = EngineConfig(max_seq_len=max_seq_len, max_batch_size=rows, dtype=opts.dtype,  # type: ignore[arg-type]
                         device=device.type, temperature=opts.temperature, top_p=opts.top_p,  # type: ignore[arg-type]
-                        quantize=opts.quantize, fast=opts.fast)  # type: ignore[arg-type]
+                        quantize=opts.quantize, fast=opts.fast, graph_modes=(mode,))  # type: ignore[arg-type]
     seed = 1234 + get_model_parallel_rank()
     quality: tuple = (None, None, None, None)
     if opts.quantize == "int8":
@@ -181,14 +197,16 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         torch.cuda.empty_cache()
     engine = _engine(model, ecfg, rows)
     # warm-up (kernels compiled/autotuned, graphs captured at engine build) - excluded from the timing
-    list(engine.generate([Request(10_000 + i, p[:32], 8) for i, p in enumerate(prompts[: min(8, len(prompts))])]))
+    list(engine.generate([Request(10_000 + i, p[:32], 8, params=params)
+                          for i, p in enumerate(prompts[: min(8, len(prompts))])]))
     _sync(device)
     build_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     dp_rank, dp = _data_parallel()
-    reqs = [Request(i, p, g) for i, (p, g) in enumerate(zip(prompts, gen_lens)) if i % dp == dp_rank]
+    reqs = [Request(i, p, g, params=params, sample=s) for i, (p, g) in enumerate(zip(prompts, gen_lens))
+            if i % dp == dp_rank for s in range(n)]
     _sync(device)
     _barrier(dp)
     t1 = time.perf_counter()
@@ -205,16 +223,16 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     single = _engine(model, ecfg, 1)
-    list(single.generate([Request(20_000, prompts[0][:16], 4)]))  # warm-up for the batch-1 graph
+    list(single.generate([Request(20_000, prompts[0][:16], 4, params=params)]))  # warm-up for the batch-1 graph
     b1_tokens, b1_time, ttft = 0, 0.0, []
     for i, p in enumerate(prompts[: opts.batch1_prompts]):
         _sync(device)
         t = time.perf_counter()
-        list(single.generate([Request(30_000 + i, p, 1)]))
+        list(single.generate([Request(30_000 + i, p, 1, params=params)]))
         _sync(device)
         ttft.append(time.perf_counter() - t)
         t = time.perf_counter()
-        b1_tokens += sum(len(c.tokens) for c in single.generate([Request(i, p, opts.gen_len)]))
+        b1_tokens += sum(len(c.tokens) for c in single.generate([Request(i, p, opts.gen_len, params=params)]))
         _sync(device)
         b1_time += time.perf_counter() - t
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -228,7 +246,7 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         build_s=round(build_s, 1), date=_dt.date.today().isoformat(),
         bf16_logit_rel_err=quality[0], int8_logit_rel_err=quality[1], bf16_top1_agreement=quality[2],
         int8_top1_agreement=quality[3], dp=dp, workload=opts.workload, peak_sequences=held[0],
-        peak_kv_tokens=held[1], kv_cache_tokens=kv_tokens, preemptions=held[2])
+        peak_kv_tokens=held[1], kv_cache_tokens=kv_tokens, preemptions=held[2], sampling=opts.sampling)
 
 
 def _data_parallel() -> tuple[int, int]:
@@ -355,7 +373,7 @@ def bench(opts: BenchOptions) -> BenchResult:
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"llamakit-bench-{os.getpid()}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={opts.mp * opts.dp}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", "-m", "llamakit.bench", json.dumps(asdict(opts)), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(guarded(cmd), env=child_env(), capture_output=True, text=True)  # ends with bench
     if proc.returncode != 0 or not out.exists():
         raise worker_error(proc.stderr or proc.stdout)
     result = BenchResult(**json.loads(out.read_text()))
@@ -396,6 +414,8 @@ def worker_error(output: str) -> LlamakitError:
 def _worker_main() -> None:
     """torchrun entry for MP>1: every rank builds its part; rank 0 writes the result file."""
     import torch.distributed as dist
+
+    die_with_parent()  # a rank ends with torchrun, torchrun with bench
 
     opts = BenchOptions(**json.loads(sys.argv[1]))
     local = int(os.environ.get("LOCAL_RANK", 0))

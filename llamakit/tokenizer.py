@@ -63,6 +63,11 @@ class Tokenizer:
 
     def __init__(self, model_path: str | Path):
         path = Path(model_path)
+        if path.is_dir():
+            inside = path / "tokenizer.model"
+            hint = f"set tokenizer_path to {inside}" if inside.is_file() else \
+                "set tokenizer_path to the tokenizer.model file (e.g. /data/LLaMA/tokenizer.model)"
+            raise LlamakitError("tokenizer path is a folder, not a tokenizer file", hint, path.resolve())
         if not path.is_file():
             raise LlamakitError("tokenizer file does not exist",
                                 "set tokenizer_path to Meta's tokenizer.model (e.g. /data/LLaMA/tokenizer.model)",

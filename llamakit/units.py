@@ -13,3 +13,10 @@ def human_bytes(n: int | float) -> str:
     if n >= MiB:
         return f"{n / MiB:.1f} MiB"
     return f"{int(n):,} B"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 process', '2 processes', '1 thread', '0 threads'."""
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {many or (word + 'es' if word.endswith(('s', 'sh', 'ch', 'x')) else word + 's')}"

@@ -97,3 +97,19 @@ def test_failed_workers_report_the_real_error_not_torchruns_banner():
     assert "torch.OutOfMemoryError: CUDA out of memory" in worker_error(traceback_out).what
     own = worker_error(f"noise\n{WORKER_ERROR}out of GPU memory at --batch 512. Fix: use --batch 256\n" + "=" * 20)
     assert own.what == "out of GPU memory at --batch 512" and own.fix == "use --batch 256"
+
+
+def test_bench_runs_with_decoding_controls_on(mp1_group):
+    """The device measurement of issue 15 (top_k 50, repetition_penalty 1.2, n 4, logprobs 5) runs through the same
+    code on CPU: n multiplies the sequences, every token is counted."""
+    from llamakit.run.decoding import parse_sampling
+
+    sampling = parse_sampling(["top_k=50", "repetition_penalty=1.2", "n=4", "logprobs=5"])
+    assert sampling == {"top_k": 50, "repetition_penalty": 1.2, "n": 4, "logprobs": 5}
+    result = bench(BenchOptions(device="cpu", prompts=3, gen_len=4, batch=8, batch1_prompts=1, preset="tiny",
+                                max_prompt_len=40, sampling=sampling))
+    assert result.generated_tokens == 3 * 4 * 4 and result.sampling["n"] == 4
+    with pytest.raises(LlamakitError, match="not a decoding key"):
+        parse_sampling(["top_q=3"])
+    with pytest.raises(LlamakitError, match="top_k"):
+        parse_sampling(["top_k=-2"])

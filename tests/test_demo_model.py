@@ -79,3 +79,18 @@ def test_greedy_generation_writes_corpus_words_and_stops(mp1_group):
     assert len(generated) >= 10, texts
     assert len(known) / len(generated) > 0.6, (known, generated, texts)
     assert any(c.finish_reason == "stop" for c in done.values()), texts
+
+
+def test_every_shipped_lead_gets_words_not_a_lone_full_stop(mp1_group):
+    # leads that end where a sentence can end got "." + eos from this model (2026-11-30); all ten must get words
+    from llamakit.engine.api import EngineConfig, Request
+    from llamakit.engine.engine import build_engine
+    from llamakit.tokenizer import Tokenizer
+
+    torch.set_num_threads(1)
+    tok = Tokenizer(DEMO / "tokenizer.model")
+    leads = [json.loads(line)["prompt"] for line in asset_path("demo-prompts.jsonl").read_text("utf-8").splitlines()]
+    engine = build_engine(open_checkpoint(DEMO), EngineConfig(max_seq_len=128, max_batch_size=10))
+    done = {c.request.key: tok.decode(c.tokens) for c in engine.generate(
+        [Request(i, tok.encode(p), 32) for i, p in enumerate(leads)])}
+    assert len(done) == 10 and all(_words(done[i]) for i in range(10)), done

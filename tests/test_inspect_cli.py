@@ -57,14 +57,14 @@ def test_json_is_one_object_equal_to_the_library_report(tiny_factory):
     assert json.loads(res.stdout)["memory"]["batch"] == 3
 
 
-def test_damage_is_one_line_each_exit_1_and_the_report_still_printed(tiny_copy):
+def test_damage_is_one_line_each_exit_2_and_the_report_still_printed(tiny_copy):
     ckpt = tiny_copy("llama2", 2)
     shard = ckpt / "consolidated.01.pth"
     shard.write_bytes(shard.read_bytes()[:1000])
     (ckpt / "params.json").write_text('{"dim": 64, "n_layers": 2, "n_heads": 4, "multiple_of": 256, '
                                       '"norm_eps": 1e-05, "vocab_size": 512}')
     res = invoke(ckpt)
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # as run and new-recipe exit for the same problems
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
     assert "consolidated.01.pth: cannot read shard" in res.stderr and "Fix: " in lines[0]
@@ -72,7 +72,7 @@ def test_damage_is_one_line_each_exit_1_and_the_report_still_printed(tiny_copy):
     assert "params.json" in res.stdout and "unreadable" in res.stdout  # the rest of the report is there
 
 
-def test_verify_md5_mismatch_exits_1(tiny_copy):
+def test_verify_md5_mismatch_exits_2(tiny_copy):
     ckpt = tiny_copy("llama2", 1)
     shard = ckpt / "consolidated.00.pth"
     data = bytearray(shard.read_bytes())
@@ -80,7 +80,7 @@ def test_verify_md5_mismatch_exits_1(tiny_copy):
     shard.write_bytes(bytes(data))
     assert invoke(ckpt).exit_code == 0
     res = invoke(ckpt, "--verify")
-    assert res.exit_code == 1 and "md5 differs from checklist.chk" in res.stderr
+    assert res.exit_code == 2 and "md5 differs from checklist.chk" in res.stderr
     assert "md5 differs: consolidated.00.pth" in res.stdout
 
 
@@ -88,7 +88,7 @@ def test_hf_folder_is_named(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"x")
     res = invoke(tmp_path, "--json")
-    assert res.exit_code == 1 and "Hugging Face" in res.stderr
+    assert res.exit_code == 2 and "Hugging Face" in res.stderr
     assert json.loads(res.stdout)["problems"][0]["code"] == "hf-checkpoint"
 
 
@@ -116,10 +116,10 @@ def test_real_process_exit_code_and_clean_error(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "llamakit", "inspect", str(tmp_path / "missing")],
                           capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'missing'}: checkpoint folder does not exist. Fix: pass the folder holding "
-        "consolidated.NN.pth and params.json (e.g. /data/LLaMA/13B)"]
+        f"error: {tmp_path / 'missing'}: checkpoint folder does not exist. Fix: no checkpoint in {tmp_path}: give "
+        "the folder holding consolidated.NN.pth and params.json"]
 
 
 def test_cli_help_defaults_equal_the_library_defaults():

@@ -217,7 +217,7 @@ def test_explain_cli_lists_and_prints_and_suggests():
     assert one.exit_code == 0 and explain_term("world_size").long.split()[0] in one.output
     key = runner.invoke(app, ["explain", "on_long_prompt"])
     assert key.exit_code == 0 and "truncate" in key.output
-    bad = subprocess.run([sys.executable, "-m", "llamakit", "explain", "top-k"], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "llamakit", "explain", "top-q"], capture_output=True, text=True,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert bad.returncode == 2 and "top_p" in bad.stderr and "llamakit explain" in bad.stderr
 

@@ -124,7 +124,9 @@ def test_tokenizer_of_another_vocabulary_is_refused(tiny_factory, tmp_path):
     train_tokenizer(other, vocab_size=640)
     with pytest.raises(LlamakitError) as e:
         plan_run(recipe(tmp_path, tiny_factory(), PROMPTS, tokenizer_path=str(other)), gpu_facts=([], False))
-    assert "640 tokens" in e.value.what and "512 rows" in e.value.what and e.value.where == str(other)
+    assert "640 tokens" in e.value.what and "512 rows" in e.value.what
+    assert e.value.what.startswith(f"tokenizer_path {other}: ")  # told at the recipe line that set it
+    assert e.value.where == str(tmp_path / "r.yaml") and e.value.line is not None
     assert "tokenizer_path" in e.value.fix
 
 
@@ -257,12 +259,15 @@ def test_missing_checkpoint_tokenizer_and_prompts_show_the_resolved_path(tiny_fa
     r = recipe(tmp_path, Path("models/13B"), PROMPTS)
     with pytest.raises(LlamakitError) as e:
         plan_run(r, gpu_facts=([], False))
-    assert e.value.where == str(tmp_path / "models/13B") and "does not exist" in e.value.what
+    # the resolved path in the message, told at the recipe line that set it
+    assert e.value.where == str(r) and e.value.line == 1
+    assert e.value.what == f"ckpt_dir {tmp_path / 'models/13B'}: checkpoint folder does not exist"
     r = recipe(tmp_path, tiny_factory(), PROMPTS, tokenizer_path="tok/tokenizer.model")
     with pytest.raises(LlamakitError) as e:
         plan_run(r, gpu_facts=([], False))
-    assert e.value.where == str(tmp_path / "tok/tokenizer.model") and "tokenizer file does not exist" in e.value.what
+    assert e.value.what == f"tokenizer_path {tmp_path / 'tok/tokenizer.model'}: tokenizer file does not exist"
     r = recipe(tmp_path, tiny_factory(), PROMPTS, prompt_path="data/prompts.jsonl")
     with pytest.raises(LlamakitError) as e:
         plan_run(r, gpu_facts=([], False))
-    assert e.value.where == str(tmp_path / "data/prompts.jsonl") and "prompt file does not exist" in e.value.what
+    assert e.value.what == f"prompt_path {tmp_path / 'data/prompts.jsonl'}: prompt file does not exist"
+    assert (e.value.where, e.value.line) == (str(r), 2)

@@ -118,7 +118,7 @@ def test_rows_keep_umlauts_and_field_order(tmp_path):
     assert "Straße" in raw and "über Brücken" in raw and "\\u" not in raw
     row = json.loads(raw)
     assert list(row) == ["id", "prompt", "completion", "prompt_tokens", "completion_tokens", "finish_reason",
-                         "truncated", "quelle"]
+                         "sample", "truncated", "quelle"]
 
 
 def _append_rows(path: str, start: int, n: int) -> None:
@@ -161,6 +161,7 @@ def test_scan_output_finds_done_ids_and_rejects_foreign_rows(tmp_path):
     out = write(tmp_path / "out.jsonl", lines({"id": "1"}, {"id": 3}, {"id": 3}) + '{"id": 1')
     state = scan_output(out, prompts)
     assert state.done == {'"1"', "3"} and state.duplicates == 1 and state.torn_bytes == 8
+    assert state.rows == {'["1", 0]', "[3, 0]"}  # (id, sample): a row without sample is sample 0
     write(out, lines({"id": 99}))
     with pytest.raises(LlamakitError) as e:
         scan_output(out, prompts)

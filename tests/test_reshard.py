@@ -303,8 +303,9 @@ def _greedy_in_process(ckpt: Path) -> dict[int, list]:
 def _greedy_torchrun(ckpt: Path, nproc: int, tmp_path: Path) -> dict[int, list]:
     from tests.helpers.mp_generate import run_under_torchrun
 
-    return run_under_torchrun(ckpt, nproc, tmp_path, {"max_seq_len": 64, "max_batch_size": 3},
-                              [r.prompt_tokens for r in _requests(ckpt)], GEN)
+    got = run_under_torchrun(ckpt, nproc, tmp_path, {"max_seq_len": 64, "max_batch_size": 3},
+                             [r.prompt_tokens for r in _requests(ckpt)], GEN)
+    return {key: row[:2] for key, row in got.items()}  # [tokens, finish_reason], as _greedy_in_process (no logprobs)
 
 
 @pytest.mark.parametrize("style", STYLES)

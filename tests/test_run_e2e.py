@@ -91,8 +91,8 @@ def test_run_writes_every_prompt_once_in_input_order(world, reference):
         assert r["finish_reason"] in ("stop", "length") and 0 <= r["completion_tokens"] <= 12
         assert r.get("truncated", False) == (i in LONG) and (r["prompt_tokens"] == 84) == (i in LONG)
     assert "Bürgermeister" in (root / "ref.jsonl").read_text(encoding="utf-8")  # umlauts written as they are
-    # after success the run folder keeps only its lock and the settings the output was made with
-    assert sorted(p.name for p in (root / ".ref.jsonl.llamakit").iterdir()) == ["lock", "plan.json"]
+    # after success the run folder keeps only its lock, the settings the output was made with and its status
+    assert sorted(p.name for p in (root / ".ref.jsonl.llamakit").iterdir()) == ["lock", "plan.json", "status.json"]
     assert f"{N} prompts: {N} generated now, 0 were already in the output" in res.stdout
     assert "Traceback" not in res.stdout + res.stderr and "torch.distributed" not in res.stderr
     log = (root / "ref.log").read_text(encoding="utf-8")
@@ -152,10 +152,15 @@ def _kill_everything(parent: subprocess.Popen) -> None:
     parent.wait(timeout=30)
 
 
+def sigint_default() -> None:
+    """Ctrl-C as in a terminal, also when the test runs in a background job (which inherits SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_until_rows(root: Path, r: Path, out: Path, pipe: int, rows: int = 4) -> subprocess.Popen:
     """Start `llamakit run r` in its own process group; return once `rows` rows are in the output."""
     proc = subprocess.Popen([sys.executable, "-m", "llamakit", "run", str(r)], cwd=root, env=env_for(root),
-                            stdout=pipe, stderr=pipe, text=True, start_new_session=True)
+                            stdout=pipe, stderr=pipe, text=True, start_new_session=True, preexec_fn=sigint_default)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if out.exists() and out.read_bytes().count(b"\n") >= rows:

@@ -36,13 +36,32 @@ def describe_other_format(ckpt_dir: Path) -> str:
     return f"it holds {', '.join(shown) + (' ...' if len(names) > 6 else '') if shown else 'nothing'}"
 
 
+def missing_folder_fix(path: Path) -> str:
+    """What to do about a checkpoint folder that is not there: the checkpoints next to it, or, when its parent is
+    missing too (a recipe written for another machine), where to point ckpt_dir - never the same missing path."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        near = sorted(p.name for p in parent.iterdir() if (p / "params.json").is_file())[:6]
+    except OSError:
+        near = []
+    if near:
+        return f"checkpoints in {parent}: {', '.join(near)}; use one of them"
+    if parent != path.parent:
+        return (f"{path.parent} does not exist on this machine (a recipe written for another one?): give "
+                "the folder holding consolidated.NN.pth and params.json (`llamakit run demo` runs the built-in model)")
+    return f"no checkpoint in {parent}: give the folder holding consolidated.NN.pth and params.json"
+
+
 def list_shards(ckpt_dir: Path, probs: list[Problem]) -> list[Path]:
     """consolidated.NN.pth in numeric order; a missing folder, no shards (an HF folder, say) or a numbering gap
     is a problem (the shards found are still returned after a gap)."""
     if not ckpt_dir.is_dir():
         _add(probs, "error", "not-a-folder",
              "checkpoint folder does not exist" if not ckpt_dir.exists() else "checkpoint path is a file, not a folder",
-             "pass the folder holding consolidated.NN.pth and params.json (e.g. /data/LLaMA/13B)", ckpt_dir.resolve())
+             missing_folder_fix(ckpt_dir.resolve()) if not ckpt_dir.exists() else
+             "pass the folder holding consolidated.NN.pth and params.json", ckpt_dir.resolve())
         return []
     numbered = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := SHARD_RE.match(p.name)))
     if not numbered:

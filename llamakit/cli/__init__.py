@@ -12,7 +12,7 @@ from llamakit.cli.app import app, err_console
 from llamakit.errors import LlamakitError
 
 # Each module adds its command(s) to `app`; one file per command keeps them independent.
-from llamakit.cli import cmd_tiny, cmd_doctor, cmd_inspect, cmd_run, cmd_reshard, cmd_bench, cmd_recipe, cmd_explain, cmd_score, cmd_merge  # noqa: E402,F401,I001
+from llamakit.cli import cmd_tiny, cmd_doctor, cmd_inspect, cmd_run, cmd_status, cmd_reshard, cmd_bench, cmd_recipe, cmd_explain, cmd_score, cmd_merge  # noqa: E402,F401,I001
 
 
 def _version(value: bool) -> None:

@@ -11,6 +11,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: typer's rich help prints `--flag <bool>` for every flag
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console(highlight=False)

@@ -32,6 +32,9 @@ def bench_cmd(
                                                  "free KV-cache blocks decide how many run); score: texts per forward."),
     quantize: str = typer.Option("none", "--quantize", help="none or int8 (weight-only)."),
     plain: bool = typer.Option(False, "--plain", help="Plain path: no CUDA graphs or fused kernels."),
+    sets: list[str] = typer.Option([], "--set", help="Decoding control by its recipe name, repeatable: "
+                                   "--set top_k=50 --set repetition_penalty=1.2 --set n=4 --set logprobs=5 "
+                                   "(n multiplies the sequences; temperature/top_p: --set too)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Benchmark workload on random weights: generated tok/s, batch-1 tok/s, time to first token, peak memory,
@@ -40,9 +43,13 @@ def bench_cmd(
         _score(preset, device, dtype, texts, batch or 64, as_json)
         return
     from llamakit.bench import BenchOptions, bench
+    from llamakit.run.decoding import parse_sampling
 
+    sampling = parse_sampling(sets)
+    temps = {k: sampling.pop(k) for k in ("temperature", "top_p") if k in sampling}
     opts = BenchOptions(preset=preset, params_json=params_json, mp=mp, dp=dp, dtype=dtype, device=device,
-                        workload=workload, prompts=prompts, gen_len=gen_len, batch=batch, quantize=quantize, fast=not plain)
+                        workload=workload, prompts=prompts, gen_len=gen_len, batch=batch, quantize=quantize,
+                        fast=not plain, sampling=sampling, **temps)
     result = bench(opts)
     if as_json:
         print(json.dumps(asdict(result)))

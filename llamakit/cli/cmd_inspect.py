@@ -127,9 +127,9 @@ def render(report: InspectReport, explain: bool = False) -> None:
         _out(f"[bold]Memory per GPU[/bold] (MP {mem.mp}, {mem.dtype}, batch {mem.batch}, seq {mem.seq}): "
              f"weights {human_bytes(mem.weights_bytes)} + KV cache {human_bytes(mem.kv_cache_bytes)} + overhead "
              f"{human_bytes(mem.overhead_bytes)} = {human_bytes(mem.total_bytes)}")
-        needs = fit_summary(mem.options, mem.dtype)
+        needs = fit_summary(mem.options, mem.dtype, mem.mp)
         if any(o.dtype == "int8" for o in mem.options):
-            needs += f"; {fit_summary(mem.options, 'int8')}"
+            needs += f"; {fit_summary(mem.options, 'int8', mem.mp)}"
         _out(f"  {needs}", markup=False)
         for line in mem.advice:
             _out(f"  {line}", markup=False)
@@ -187,5 +187,5 @@ def inspect_cmd(
     else:
         render(report, explain)
     print_problems(report)
-    if not report.ok:
-        raise typer.Exit(1)
+    if not report.ok:  # the same problems stop run and new-recipe with exit code 2
+        raise typer.Exit(2)

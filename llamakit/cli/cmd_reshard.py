@@ -11,7 +11,6 @@ from llamakit.cli.app import app, console, err_console
 from llamakit.units import human_bytes
 
 
-
 HELP = (
     "Rewrite a checkpoint for another number of GPUs: 65B from 8 shards to 2, 7B from 1 to 2, 13B from 2 to 1.\n\n"
     "Streams one tensor at a time through memory-mapped input: peak RAM is about 3x the largest output tensor "
@@ -35,17 +34,23 @@ def reshard_cmd(
     """Rewrite a checkpoint for another number of GPUs (see HELP)."""
     from llamakit.checkpoint.reshard import reshard  # torch: imported only when the command runs
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-                  TransferSpeedColumn(), TimeRemainingColumn(), console=err_console, transient=True) as bar:
-        tasks: dict[str, int] = {}
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                   TransferSpeedColumn(), TimeRemainingColumn(), console=err_console, transient=True)
+    tasks: dict[str, int] = {}
 
-        def progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                label = "writing shards" if phase == "write" else "checksums"
-                tasks[phase] = bar.add_task(label, total=total)
-            bar.update(tasks[phase], completed=done, total=total)
+    def progress(phase: str, done: int, total: int) -> None:
+        if not tasks:  # started at the first byte written: an error before that is one line, no bar residue
+            bar.start()
+        if phase not in tasks:
+            label = "writing shards" if phase == "write" else "checksums"
+            tasks[phase] = bar.add_task(label, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
 
+    try:
         result = reshard(src, dst, mp, dtype=dtype, tokenizer=tokenizer, progress=progress)
+    finally:
+        if tasks:
+            bar.stop()
     for path in result.cleaned:
         console.print(f"removed {path.name}, left by an interrupted reshard")
     console.print(f"wrote {result.dst}: MP {result.mp_in} -> {result.mp_out}, {result.dtype}, "

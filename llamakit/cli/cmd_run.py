@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llamakit.cli.app import app, console
 
@@ -17,9 +17,9 @@ SLURM = "SLURM"
 @app.command("run")
 def run_cmd(
     recipe: str = typer.Argument(..., help="Recipe .yaml file, or the name of a shipped recipe (e.g. demo)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set max_batch_size=8 (repeatable)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Override out_path."),
-    nproc: Optional[str] = typer.Option(None, "--nproc", help="Override nproc (auto or MP x DP)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a recipe key: --set max_batch_size=8 (repeatable)."),
+    out: Optional[str] = typer.Option(None, "--out", metavar="PATH", help="Override out_path."),
+    nproc: Optional[str] = typer.Option(None, "--nproc", metavar="N", help="Override nproc (auto or MP x DP)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything, print the plan and the torchrun "
                                  "command, start nothing."),
     nnodes: Optional[int] = typer.Option(None, "--nnodes", help="Nodes of a run over several machines; start the "
@@ -55,10 +55,14 @@ def run_cmd(
                                rich_help_panel=SLURM),
 ) -> None:
     """Generate a completion for every prompt of a recipe; re-run the same command to resume."""
-    from llamakit.run.supervise import Progress as RunProgress
-    from llamakit.run.plan import plan_run
-    from llamakit.run.supervise import execute
-    from llamakit.run.plan import describe
+    import shlex
+    import sys
+
+    from llamakit.run.output import sample_rows
+    from llamakit.run.plan import describe, plan_run
+    from llamakit.run.progress import Progress as RunProgress
+    from llamakit.run.progress import fmt_duration
+    from llamakit.run.supervise import detach_terminal, execute
 
     flags = {"--out": ("out_path", out),
              "--nproc": ("nproc", None if nproc is None else (int(nproc) if nproc.isdigit() else nproc))}
@@ -79,25 +83,54 @@ def run_cmd(
             console.print(line, markup=False, soft_wrap=True)
         console.print("(dry run: nothing started; the run writes the plan file and picks a fresh free port)", style="dim")
         return
-    console.print(f"llamakit run: {setup.plan.pending} prompts to generate, {setup.plan.already_done} already done; "
-                  f"MP={setup.plan.mp} x DP={setup.plan.dp} on {setup.plan.device} ({setup.plan.dtype}); "
-                  f"log: {setup.plan.log_path}", markup=False, soft_wrap=True)
-    for note in setup.plan.notes:
+    plan = setup.plan
+    console.print(f"llamakit run: {plan.pending} prompts to generate, {plan.already_done} already done; "
+                  f"MP={plan.mp} x DP={plan.dp} on {plan.device} ({plan.dtype}); log: {plan.log_path}",
+                  markup=False, soft_wrap=True)
+    for note in plan.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                   console=console, transient=False)
-    task = bar.add_task("loading model", total=max(setup.plan.pending, 1), rate="")
+    if plan.pending:
+        console.print(f"it goes on if this terminal closes; from any shell: llamakit status {shlex.quote(plan.out_path)}",
+                      markup=False, soft_wrap=True, style="dim")
+    command = shlex.join(["llamakit", *sys.argv[1:]])
+    if plan.pending and console.is_terminal:
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+                       console=console, transient=False)
+        task = bar.add_task("loading model", total=max(plan.pending, 1), rate="", eta="")
 
-    def show(p: RunProgress) -> None:
-        bar.update(task, completed=p.done, description="generating" if p.done else
-                   ("loading model" if p.phase == "loading" else p.phase),
-                   rate=f"{p.tok_per_s:.1f} tok/s" if p.done else "")
+        def show(p: RunProgress) -> None:
+            bar.update(task, completed=p.done, description="generating" if p.phase == "generating" else
+                       ("loading model" if p.phase == "loading" else p.phase),
+                       rate=f"{p.tok_per_s_1m:.1f} tok/s" if p.done else "",
+                       eta=f"ETA {fmt_duration(p.eta_s)}" if p.eta_s is not None else "")
 
-    if setup.plan.pending:
-        with bar:
-            summary = execute(setup, show)
-    else:
-        summary = execute(setup, None)
-    for line in summary.lines():
-        console.print(line, markup=False, soft_wrap=True)
+        summary = None
+        try:
+            with bar:
+                summary = execute(setup, show, command)
+        except OSError:  # the terminal went away without a hang-up signal: the run is done, its summary in the log
+            if summary is None:
+                raise
+            detach_terminal()
+    else:  # not a terminal (a file, a pipe, nohup): plain lines every 30 s and at each 10 % of the prompts
+
+        def plain(p: RunProgress) -> None:
+            if p.due:
+                try:
+                    console.print(p.line(), markup=False, soft_wrap=True)
+                except OSError:  # a pipe whose reader is gone: the run goes on, the line is in the log
+                    detach_terminal()
+
+        summary = execute(setup, plain, command)
+    lines = summary.lines()
+    if setup.loaded.recipe.ckpt_dir.startswith("builtin:"):  # the demo: show what came out
+        samples = sample_rows(plan.out_path, 3)
+        if samples:
+            lines.append("a few generated texts (prompt -> completion):")
+            lines += [f"  {prompt} -> {completion.strip()}" for prompt, completion in samples]
+    try:
+        for line in lines:
+            console.print(line, markup=False, soft_wrap=True)
+    except OSError:  # nobody is reading any more (the summary is in the log)
+        detach_terminal()

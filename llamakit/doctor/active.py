@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamakit.doctor.facts import AllreduceResult, Facts, MatmulResult, find_free_port
+from llamakit.lifeline import child_env
 
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the llamakit package
 
@@ -27,7 +28,7 @@ class ProbeRun:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = child_env()  # the probe ends with doctor (parent-death signal), its ranks with the probe
     env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 

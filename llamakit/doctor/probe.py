@@ -10,6 +10,8 @@ import tempfile
 import time
 from typing import Any
 
+from llamakit.lifeline import PARENT_ENV, die_with_parent
+
 
 def matmul(device: int, n: int = 4096, iters: int = 10) -> dict[str, Any]:
     """Multiply two random n x n matrices on one GPU, compare with an fp32 result, and time it."""
@@ -36,6 +38,7 @@ def matmul(device: int, n: int = 4096, iters: int = 10) -> dict[str, Any]:
 
 
 def _worker(rank: int, world: int, backend: str, port: int, nbytes: int, iters: int, out: str) -> None:
+    die_with_parent()  # a rank ends with its probe, the probe with doctor
     import datetime
 
     import torch
@@ -94,6 +97,7 @@ def allreduce(backend: str, world: int, port: int, nbytes: int, iters: int) -> d
         out = os.path.join(tmp, "result.json")
         # NCCL ranks start fresh (spawn), as torchrun's do; the CPU/gloo ranks may fork: nothing here touched CUDA,
         # and it saves each rank a torch import.
+        os.environ[PARENT_ENV] = str(os.getpid())  # the ranks check that this probe still runs
         mp.start_processes(_worker, args=(world, backend, port, nbytes, iters, out), nprocs=world, join=True,
                            start_method="spawn" if backend == "nccl" else "fork")
         with open(out, encoding="utf-8") as fh:
@@ -128,4 +132,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    die_with_parent()
     sys.exit(main())

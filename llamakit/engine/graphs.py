@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from llamakit.engine.api import EngineConfig
-from llamakit.engine.sampler import MODES, N_FLOAT, N_INT, record_history, sample_step
+from llamakit.engine.sampler import MODES, SamplingBuffers, record_history, sample_step
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer
 
@@ -19,18 +19,17 @@ class GraphDecoder:
     """Static input buffers + one captured graph (model step + sampling) per batch bucket and sampling mode
     (engine.sampler: greedy, sample, full). Per-row sampling settings are rows of the static buffers."""
 
-    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, history: torch.Tensor, rows: int,
-                 max_blocks: int, capture: bool = True):
+    def __init__(self, model: Transformer, cache: KVCache, cfg: EngineConfig, history: torch.Tensor,
+                 rows: SamplingBuffers, max_blocks: int, capture: bool = True):
         self.model, self.cache, self.cfg = model, cache, cfg
         self.history = history  # [rows, max_seq_len] token ids, read by the full mode's penalties
-        n = rows
+        self.rows = rows  # the per-row sampling settings, staged by the runner before each replay
+        n = rows.ints.shape[1]
         self.buckets = sorted({b for b in BUCKETS if b < n} | {n})
         self.modes = tuple(m for m in MODES if m in cfg.graph_modes)
         dev = model.device
-        self.inputs = torch.zeros((2 + N_INT, n), dtype=torch.int64, device=dev)  # tokens, pos, sampler ints
-        self.floats = torch.zeros((N_FLOAT, n), dtype=torch.float32, device=dev)  # sampler floats
-        self.staging = torch.zeros((2 + N_INT, n), dtype=torch.int64).pin_memory()
-        self.staging_f = torch.zeros((N_FLOAT, n), dtype=torch.float32).pin_memory()
+        self.inputs = torch.zeros((2, n), dtype=torch.int64, device=dev)  # tokens, pos
+        self.staging = torch.zeros((2, n), dtype=torch.int64).pin_memory()
         self.table = torch.zeros((n, max_blocks), dtype=torch.int32, device=dev)  # block table, static too
         self.table_staging = torch.zeros((n, max_blocks), dtype=torch.int32).pin_memory()
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
@@ -43,7 +42,7 @@ class GraphDecoder:
         logits = self.model.decode_fast(tok, pos, self.cache, self.table[:b])
         if mode == "full":
             record_history(self.history, tok, pos)
-        return sample_step(logits, self.inputs[2:, :b], self.floats[:, :b], self.history[:b], mode)
+        return sample_step(logits, self.rows.ints[:, :b], self.rows.floats[:, :b], self.history[:b], mode)
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
@@ -69,25 +68,21 @@ class GraphDecoder:
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
-    def __call__(self, table: torch.Tensor, tokens: list[int], pos: list[int], ints: list[list[int]],
-                 floats: list[list[float]], mode: str) -> torch.Tensor:
-        """Replay the step; returns the graph's output rows (read them before the next call). `table` is the host
-        block table of the whole bucket (padding rows point at the scratch block)."""
+    def __call__(self, table: torch.Tensor, tokens: list[int], pos: list[int], mode: str) -> torch.Tensor:
+        """Replay the step (sampling rows staged in self.rows); returns the graph's output rows (read them before
+        the next call). `table` is the host block table of the whole bucket (padding rows point at the scratch
+        block)."""
         n = len(tokens)
         b = self.bucket(n)
         assert table.shape[0] == b
         self.table_staging[:b].copy_(table)
         self.table[:b].copy_(self.table_staging[:b], non_blocking=True)
-        st, sf = self.staging, self.staging_f
-        st[:, :b].zero_()  # padding rows: token 0 at position 0 of the scratch block, greedy
-        sf[:, :b].zero_()
+        st = self.staging
+        st[:, :b].zero_()  # padding rows: token 0 at position 0 of the scratch block
         st[0, :n] = torch.tensor(tokens)
         st[1, :n] = torch.tensor(pos)
-        rows = len(ints) if mode == "full" else 4  # the plain modes read key, sample, step, seed only
-        st[2:2 + rows, :n] = torch.tensor(ints[:rows])
-        sf[: len(floats) if mode == "full" else 2, :n] = torch.tensor(floats[: None if mode == "full" else 2])
         self.inputs[:, :b].copy_(st[:, :b], non_blocking=True)
-        self.floats[:, :b].copy_(sf[:, :b], non_blocking=True)
+        self.rows.upload(b)
         self.graphs[mode, b].replay()
         return self.outputs[mode, b][:n]
 
@@ -100,7 +95,7 @@ def step_peak_bytes(model: Transformer, cfg: EngineConfig, rows: int, max_seq_le
     att = model.layers[0].attention
     scratch = KVCache(model.cfg.n_layers, 2, cfg.block_size, att.n_kv, att.head_dim, model.dtype, model.device)
     history = torch.zeros((rows, max_seq_len), dtype=torch.int64, device=model.device)
-    dec = GraphDecoder(model, scratch, cfg, history, rows, 1, capture=False)
+    dec = GraphDecoder(model, scratch, cfg, history, SamplingBuffers(rows, model.device), 1, capture=False)
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     peak = 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from llamakit.engine.api import EngineConfig
-from llamakit.engine.sampler import TokenHistory, record_history, sample_rows, step_rows, unpack
+from llamakit.engine.sampler import (SamplingBuffers, TokenHistory, record_history, sample_rows, sample_step,
+                                     unpack)
 from llamakit.engine.scheduler import Sequence
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer
@@ -54,16 +55,16 @@ class ModelRunner:
         self.max_blocks = -(-cfg.max_seq_len // cache.block_size)
         self.tables = BlockTables(max_rows, self.max_blocks)
         self.history = TokenHistory(max_rows, cfg.max_seq_len, self.device)
+        self.rows = SamplingBuffers(max_rows, self.device)  # per-row settings of decode steps
         self.kv_bucket = 64 if self.device.type == "cuda" else 1
         self.graphs = None
         if cfg.fast and self.device.type == "cuda":
             from llamakit.engine.graphs import GraphDecoder
 
-            self.graphs = GraphDecoder(model, cache, cfg, self.history.tokens, max_rows, self.max_blocks)
+            self.graphs = GraphDecoder(model, cache, cfg, self.history.tokens, self.rows, self.max_blocks)
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence], hist: torch.Tensor | None,
-                rows: tuple | None = None) -> Step:
-        return sample_rows(logits, seqs, self.default, self.eos_ids, hist, rows)
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence], hist: torch.Tensor | None) -> Step:
+        return sample_rows(logits, seqs, self.default, self.eos_ids, hist)
 
     def prefill(self, seqs: list[Sequence]) -> Step:
         """Run whole sequences (prompt, plus tokens generated before a preemption: recomputed) into their blocks;
@@ -85,12 +86,12 @@ class ModelRunner:
     def decode(self, seqs: list[Sequence]) -> Step:
         """One decode step for the running sequences, which occupy rows 0..len(seqs)-1 in order."""
         assert all(s.slot == i for i, s in enumerate(seqs)), "running sequences must be compacted"
-        rows = ints, floats, mode = step_rows(seqs, self.default, self.eos_ids)
+        mode = self.rows.stage(seqs, self.default, self.eos_ids)
         if mode == "full":
             self.history.sync(seqs, self.default)
         if self.graphs is not None and mode in self.graphs.modes:
             table = self.tables.update(seqs, self.graphs.bucket(len(seqs)))
-            out = self.graphs(table, [s.generated[-1] for s in seqs], [s.next_pos for s in seqs], ints, floats, mode)
+            out = self.graphs(table, [s.generated[-1] for s in seqs], [s.next_pos for s in seqs], mode)
             return unpack(out, mode, seqs, self.default)
         table = self.tables.update(seqs, len(seqs)).to(self.device)
         tokens = torch.tensor([s.generated[-1] for s in seqs], dtype=torch.int64, device=self.device)
@@ -101,8 +102,10 @@ class ModelRunner:
             record_history(self.history.tokens, tokens, pos)
             hist = self.history.tokens[: len(seqs)]
         if self.cfg.fast:  # fused kernels (their eager twins off GPU), no CUDA graph
-            return self._sample(self.model.decode_fast(tokens, pos, self.cache, table), seqs, hist, rows)
-        # plain path: SDPA over the first kv_len positions of every row (the reference the fast path is tested on)
-        need = max(positions) + 1
-        kv_len = min(self.cfg.max_seq_len, -(-need // self.kv_bucket) * self.kv_bucket)
-        return self._sample(self.model.decode(tokens, pos, self.cache, table, kv_len), seqs, hist, rows)
+            logits = self.model.decode_fast(tokens, pos, self.cache, table)
+        else:  # plain path: SDPA over the first kv_len positions of every row (the reference of the fast path)
+            need = max(positions) + 1
+            kv_len = min(self.cfg.max_seq_len, -(-need // self.kv_bucket) * self.kv_bucket)
+            logits = self.model.decode(tokens, pos, self.cache, table, kv_len)
+        ints, floats = self.rows.upload(len(seqs))
+        return unpack(sample_step(logits, ints, floats, hist, mode), mode, seqs, self.default)

@@ -114,6 +114,73 @@ def step_rows(seqs: Sequence[Any], default: SamplingParams,
     return ints, floats, mode
 
 
+_MODE_NAMES = ("greedy", "sample", "full")
+_I = {n: i for i, n in enumerate(INT_ROWS)}
+
+
+class SamplingBuffers:
+    """The decode step's per-row settings: host rows (pinned on GPUs) and their device copy, which CUDA graphs read.
+    A row's constant settings are written when its sequence changes (a new tracker serial), so a step writes only
+    its step counts (and, while min_tokens holds, the ban lists): the host work of a plain step stays a few
+    vectorised writes."""
+
+    def __init__(self, n: int, device: torch.device):
+        pin = device.type == "cuda"
+        self.host_i = torch.zeros((N_INT, n), dtype=torch.int64)
+        self.host_f = torch.zeros((N_FLOAT, n), dtype=torch.float32)
+        if pin:
+            self.host_i, self.host_f = self.host_i.pin_memory(), self.host_f.pin_memory()
+        self.ints = torch.zeros((N_INT, n), dtype=torch.int64, device=device)
+        self.floats = torch.zeros((N_FLOAT, n), dtype=torch.float32, device=device)
+        self.np_i, self.np_f = self.host_i.numpy(), self.host_f.numpy()
+        self.owner = [-1] * n
+        self.mode = [0] * n  # 0 greedy, 1 sample, 2 full: what the row alone needs
+        self.min_tokens = [0] * n
+        self.params: list[SamplingParams | None] = [None] * n
+
+    def stage(self, seqs: Sequence[Any], default: SamplingParams, eos_ids: Sequence[int]) -> str:
+        """Write rows 0..len(seqs)-1 for this step (sequence i in row i); returns the mode the step needs."""
+        ni, nf = self.np_i, self.np_f
+        for i, s in enumerate(seqs):
+            serial = s.track.serial
+            if self.owner[i] != serial:
+                self.owner[i] = serial
+                p = s.request.params or default
+                self.params[i] = p
+                for name, v in (("key", s.request.key), ("sample", s.request.sample), ("seed", p.seed),
+                                ("top_k", p.top_k), ("prompt_len", s.prompt_len)):
+                    ni[_I[name], i] = v
+                nf[:, i] = (p.temperature, p.top_p, p.min_p, p.repetition_penalty, p.presence_penalty,
+                            p.frequency_penalty)
+                self.mode[i] = 2 if p.needs_processors else 1 if p.temperature > 0 else 0
+                self.min_tokens[i] = p.min_tokens
+        n = len(seqs)
+        steps = [len(s.generated) for s in seqs]
+        ni[_I["step"], :n] = steps
+        mode = max(self.mode[:n])
+        mins = self.min_tokens[:n]
+        if any(mins) and any(st < m for st, m in zip(steps, mins)):
+            mode = 2  # eos and stop ids are banned on the device while min_tokens holds
+        if mode == 2:
+            ni[_I["seen_len"], :n] = ni[_I["prompt_len"], :n] + ni[_I["step"], :n]
+            ni[_I["banned"], :n] = 0
+            for i in (i for i in range(n) if steps[i] < self.min_tokens[i]):
+                p = self.params[i]
+                assert p is not None
+                ban = [t for t in (*eos_ids, *p.stop_token_ids) if t >= 0]
+                if ban:
+                    ni[_I["banned"], i] = 1
+                    ni[len(INT_ROWS):, i] = ban + [ban[0]] * (BAN - len(ban))
+        return _MODE_NAMES[mode]
+
+    def upload(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy rows 0..b-1 to the device (asynchronously on GPUs); rows past the batch hold stale settings, which
+        only padding rows read."""
+        self.ints[:, :b].copy_(self.host_i[:, :b], non_blocking=True)
+        self.floats[:, :b].copy_(self.host_f[:, :b], non_blocking=True)
+        return self.ints[:, :b], self.floats[:, :b]
+
+
 class TokenHistory:
     """Each decode row's tokens by position [rows, max_seq_len] (int64: 8 bytes x rows x max_seq_len, e.g. 8 MiB for
     256 rows of 4,096), for the penalties. A decode step writes its input token (record_history); rows whose

@@ -11,16 +11,21 @@ from llamakit.inspection.report import MemoryInfo
 from llamakit.memory import fmt_gib, plan_memory
 
 
-def fit_summary(options: list[FitOption], dtype: str) -> str:
-    """'needs 1x 40 GB or 2x 24 GB at bf16' (or that no listed card count and size is enough)."""
+def fit_summary(options: list[FitOption], dtype: str, mp: int | None = None) -> str:
+    """'needs 1x 40 GB or 2x 24 GB at bf16' (or that no listed card count and size is enough); with the
+    checkpoint's `mp`, a GPU count other than it says that it holds after a reshard to that MP."""
     opts = [o for o in options if o.dtype == dtype]
     if not opts:
         return f"at {dtype} it does not fit on 8 GPUs of {CARD_SIZES_GB[-1]} GB"
+
+    def reshard(o: FitOption) -> str:
+        return f" after a reshard to MP={o.gpus}" if mp is not None and o.gpus != mp else ""
+
     first = opts[0]
     if first.gpus == 1 and first.per_gpu_bytes <= card_bytes(CARD_SIZES_GB[0]) // 2:
         # far below the smallest listed card: naming "16 GB" would mislead (the demo model needs 1.5 GiB)
-        return f"needs 1 GPU with {fmt_gib(first.per_gpu_bytes)} free at {dtype}"
-    return "needs " + " or ".join(f"{o.gpus}x {o.gpu_gb} GB" for o in opts) + f" at {dtype}"
+        return f"needs 1 GPU with {fmt_gib(first.per_gpu_bytes)} free at {dtype}{reshard(first)}"
+    return "needs " + " or ".join(f"{o.gpus}x {o.gpu_gb} GB{reshard(o)}" for o in opts) + f" at {dtype}"
 
 
 def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, seq: int,

@@ -253,7 +253,7 @@ def inspect_checkpoint(ckpt_dir: str | Path, tokenizer: str | Path | None = None
                                     detect_gpus() if gpus is None else gpus, str(ckpt_dir))
         if report.memory.fits_here is False:
             _problem(probs, "warning", "does-not-fit", report.memory.advice[0],
-                     "; ".join(report.memory.advice[1:]) or fit_summary(report.memory.options, dtype))
+                     "; ".join(report.memory.advice[1:]) or fit_summary(report.memory.options, dtype, mp))
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 

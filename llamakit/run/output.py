@@ -10,9 +10,11 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from llamakit.errors import LlamakitError
+from llamakit.run.decoding import ROW_FIELDS, row_key
+from llamakit.units import human_bytes
 
 if TYPE_CHECKING:
     from llamakit.run.plan import Setup
@@ -22,18 +24,23 @@ log = logging.getLogger("llamakit.run")
 
 # Fields every output row starts with, in this order; the input's other fields follow unchanged.
 OUTPUT_FIELDS = ("id", "prompt", "completion", "prompt_tokens", "completion_tokens", "finish_reason")
-RESERVED = set(OUTPUT_FIELDS) | {"truncated"}
+RESERVED = set(OUTPUT_FIELDS) | {"truncated"} | ROW_FIELDS
+
 
 def id_key(value: Any) -> str:
     """Canonical form of an id for comparing input and output (7 and "7" stay different)."""
     return json.dumps(value, ensure_ascii=False)
 
+
 def output_row(prompt_id: Any, text: str, extra: dict[str, Any], completion: str, prompt_tokens: int,
-               completion_tokens: int, finish_reason: str, truncated: bool = False) -> dict[str, Any]:
-    """One output object: the fixed fields first, `truncated` only when true, then the input's other fields."""
+               completion_tokens: int, finish_reason: str, truncated: bool = False,
+               decoding: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One output object: the fixed fields first, the decoding fields (sample, stop_reason, params, logprobs: see
+    run.decoding), `truncated` only when true, then the input's other fields."""
     row: dict[str, Any] = {"id": prompt_id, "prompt": text, "completion": completion,
                            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                            "finish_reason": finish_reason}
+    row.update(decoding or {"sample": 0})
     if truncated:
         row["truncated"] = True
     row.update(extra)
@@ -155,18 +162,24 @@ def read_rows(path: Path, ignore_torn_tail: bool = True) -> list[tuple[int, dict
 class OutputState:
     """What an existing output file already holds, checked against the prompts."""
 
-    done: set[str]  # id keys already written
+    done: set[str]  # id keys with a row already written
     torn_bytes: int  # bytes of a torn last line (repaired at start)
-    duplicates: int  # rows whose id appeared before (kept once by finalize)
+    duplicates: int  # rows whose (id, sample) appeared before (kept once by finalize)
+    rows: set[str] = field(default_factory=set)  # (id, sample) keys already written (run.decoding.row_key)
 
 
-def scan_output(path: Path, prompts: list[Prompt]) -> OutputState:
-    """Ids already in `path` and its part files (a multi-node run's rows); rows for ids that are not in the prompt
-    file, or made from another text for their id, are an error (another dataset, or an edited prompt file)."""
+def scan_output(path: Path, prompts: list[Prompt],
+                expect: Callable[[Prompt], tuple[int, dict[str, Any]]] | None = None) -> OutputState:
+    """Ids and (id, sample) keys already in `path` and its part files (a multi-node run's rows); rows for ids that
+    are not in the prompt file, or made from another text for their id, are an error (another dataset, or an
+    edited prompt file). `expect(prompt)` gives the prompt's samples (n) and the settings its rows record (those
+    differing from the recipe): a row made with others is an error too (the prompt file's per-row settings
+    changed)."""
     from llamakit.run.parts import output_files  # parts builds on this module's row format
 
     wanted = {id_key(p.id): p for p in prompts}
     done: set[str] = set()
+    rows: set[str] = set()
     dups = 0
     for file in output_files(path):
         for line, row in read_rows(file):
@@ -180,15 +193,34 @@ def scan_output(path: Path, prompts: list[Prompt]) -> OutputState:
                 raise LlamakitError(f"the row for id {row['id']!r} was generated from another text than the prompt "
                                     f"file now holds for that id (line {p.line})", "the prompt file changed since: "
                                     "give a new output file (--out NEW.jsonl), or restore the old prompts", file, line)
-            if k in done:
+            sample = row.get("sample", 0)
+            if expect is not None:
+                _check_row_settings(row, sample, p, *expect(p), file, line)
+            rk = row_key(row["id"], sample)
+            if rk in rows:
                 dups += 1
+            rows.add(rk)
             done.add(k)
-    return OutputState(done, torn_tail(path), dups)
+    return OutputState(done, torn_tail(path), dups, rows)
+
+
+def _check_row_settings(row: dict[str, Any], sample: Any, p: Prompt, n: int, recorded: dict[str, Any], path: Path,
+                        line: int) -> None:
+    if not isinstance(sample, int) or not 0 <= sample < n:
+        raise LlamakitError(f"the row for id {row['id']!r} is sample {sample!r}, but the prompt now asks for n = {n} "
+                            f"samples (line {p.line})", "resume with the n it was started with, or give a new output "
+                            "file (--out NEW.jsonl)", path, line)
+    if row.get("params", {}) != recorded:
+        def show(d: dict[str, Any]) -> str:
+            return json.dumps(d, ensure_ascii=False) if d else "the recipe's"
+        raise LlamakitError(f"the row for id {row['id']!r} was made with settings {show(row.get('params', {}))}, the "
+                            f"prompt file now gives {show(recorded)} (line {p.line})", "resume with the settings it "
+                            "was started with, or give a new output file (--out NEW.jsonl)", path, line)
 
 
 def finalize_output(path: Path, prompts: list[Prompt]) -> int:
-    """Rewrite the output (with the rows of any part files) in input order, each id once, atomically (temp file +
-    rename); returns rows written."""
+    """Rewrite the output (with the rows of any part files) in input order, each (id, sample) once, atomically
+    (temp file + rename); returns rows written."""
     from llamakit.run.parts import merge_parts
 
     return merge_parts(path, [p.id for p in prompts], require_complete=False)
@@ -209,10 +241,11 @@ class Summary:
     skipped: int
     truncated: int
     tokens: int
-    seconds: float
+    seconds: float  # the whole run, start-up included
     notes: list[str] = field(default_factory=list)
-    gen_tokens: int = 0  # generated by the workers of this run, and their (slowest replica's) generating time
-    gen_seconds: float = 0.0
+    gen_seconds: float = 0.0  # since generation began (llamakit.run.progress: the one tok/s definition)
+    replica_tokens: int = 0  # generated by the workers of this run, and their (slowest replica's) generating time
+    replica_seconds: float = 0.0
     merged_elsewhere: bool = False  # a node of a multi-node run (or a share) whose rows another process merges
 
     def lines(self) -> list[str]:
@@ -220,20 +253,24 @@ class Summary:
             return [f"{self.total} prompts: {self.generated} to generate in this run over all nodes, "
                     f"{self.already_done} were already done (resumed)", f"output: {self.out_path}",
                     f"log: {self.log_path}"] + self.notes
-        rate = f", {self.tokens / self.seconds:.1f} tok/s overall" if self.seconds > 0 and self.tokens else ""
-        if self.gen_seconds > 0 and self.gen_tokens:
-            rate = f": {self.gen_tokens / self.gen_seconds:.1f} tok/s while generating{rate}"
+        rate = (f", {self.tokens / self.gen_seconds:.1f} tok/s after loading the model"
+                if self.gen_seconds > 0 and self.tokens else "")
+        if self.replica_seconds > 0 and self.replica_tokens:
+            rate += f" ({self.replica_tokens / self.replica_seconds:.1f} tok/s while the engine generated)"
         out = [f"{self.total} prompts: {self.generated} generated now, {self.already_done} were already in the "
                f"output (resumed), {self.skipped} skipped as too long, {self.truncated} truncated",
                f"{self.tokens} tokens generated in {self.seconds:.1f} s including start-up{rate}",
                f"output: {self.out_path}", f"log: {self.log_path}"]
         return out + self.notes
 
+
 def clean_run_dir(run_dir: Path) -> None:
-    """After success, under the lock: keep only `lock` (removing it under a waiting run would let two in) and
-    plan.json (the settings this output was made with, so a re-run with other settings is told so)."""
+    """After success, under the lock: keep only `lock` (removing it under a waiting run would let two in),
+    plan.json (the settings this output was made with, so a re-run with other settings is told so) and the status
+    files (`llamakit status` reports the finished run)."""
     for entry in run_dir.iterdir():
-        if entry.name in ("lock", "plan.json") or entry.name.startswith("lock.node"):  # multi-node runs
+        if entry.name in ("lock", "plan.json") or entry.name.startswith("lock.node") or \
+                (entry.name.startswith("status") and entry.suffix == ".json"):  # lock.nodeR: multi-node runs
             continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -246,7 +283,8 @@ def prepare_output(setup: Setup) -> int:
     With part files (several nodes, or a share) out_path is left alone: its replicas write the skipped rows, and the
     merge drops a torn last line."""
     out_path, run_dir = Path(setup.plan.out_path), Path(setup.plan.run_dir)
-    for stale in [*run_dir.glob("error.rank*.json"), *run_dir.glob("generation.replica*.json")]:
+    for stale in [*run_dir.glob("error.rank*.json"), *run_dir.glob("ready.dp*"),
+                  *run_dir.glob("generation.replica*.json")]:
         stale.unlink(missing_ok=True)
     if setup.plan.nodes:
         return sum(1 for t in setup.todo if t.skipped)
@@ -259,25 +297,30 @@ def prepare_output(setup: Setup) -> int:
         with RowWriter(out_path) as w:
             for t in skipped:
                 p = t.prompt
-                w.write(output_row(p.id, p.text, p.extra, "", t.n_tokens, 0, "skipped"))
+                for sample in t.samples:
+                    w.write(output_row(p.id, p.text, p.extra, "", t.n_tokens, 0, "skipped",
+                                       decoding={"sample": sample, **({"params": t.recorded} if t.recorded else {})}))
         log.info("wrote %d rows with finish_reason skipped (prompt too long, on_long_prompt: skip)", len(skipped))
     return len(skipped)
 
-def finish(setup: Setup, n_skipped: int, t0: float) -> Summary:
+
+def finish(setup: Setup, n_skipped: int, t0: float, gen_seconds: float = 0.0) -> Summary:
     """Check every prompt has its row, rewrite the file in input order, and sum up."""
     plan, out_path = setup.plan, Path(setup.plan.out_path)
     state = scan_output(out_path, setup.prompts)
-    missing = [p for p in setup.prompts if id_key(p.id) not in state.done]
+    missing = [(t.prompt, s) for t in setup.todo for s in t.samples if row_key(t.prompt.id, s) not in state.rows]
     if missing:
-        raise LlamakitError(f"the workers finished but {len(missing)} prompts have no row "
-                            f"(first: id {missing[0].id!r})", "re-run the same command to complete them", out_path)
+        raise LlamakitError(f"the workers finished but {len(missing)} rows are missing (first: id "
+                            f"{missing[0][0].id!r}, sample {missing[0][1]})", "re-run the same command to complete "
+                            "them", out_path)
     rows = finalize_output(out_path, setup.prompts)
     log.info("wrote %d rows in input order", rows)
     generated = [t for t in setup.todo if not t.skipped]
-    tokens = _tokens_of(out_path, {id_key(t.prompt.id) for t in generated})
-    summary = Summary(str(out_path), plan.log_path, plan.total, plan.already_done, len(generated), n_skipped,
+    tokens = _tokens_of(out_path, {row_key(t.prompt.id, s) for t in generated for s in t.samples})
+    summary = Summary(str(out_path), plan.log_path, plan.total, plan.already_done,
+                      sum(len(t.samples) for t in generated), n_skipped,
                       sum(1 for t in generated if t.truncated), tokens, time.monotonic() - t0,
-                      [f"note: {n}" for n in plan.notes], *_generation_stats(Path(plan.run_dir)))
+                      [f"note: {n}" for n in plan.notes], gen_seconds, *_generation_stats(Path(plan.run_dir)))
     for line in summary.lines():
         log.info("summary: %s", line)
     return summary
@@ -324,6 +367,46 @@ def _tokens_of(path: Path, keys: set[str]) -> int:
     with open(path, encoding="utf-8") as f:
         for raw in f:
             row = json.loads(raw)
-            if id_key(row["id"]) in keys:
+            if row_key(row["id"], row.get("sample", 0)) in keys:
                 total += int(row.get("completion_tokens", 0))
     return total
+
+
+def space_note(out_path: Path, todo: list[Any], max_gen_len: int) -> str | None:
+    """A warning when the disk under the output has less free space than the run will write: its rows (prompt
+    and extra fields as given, at most max_gen_len tokens of about 4 bytes each in JSON, 120 bytes of fields)
+    plus a second copy of the whole file while it is put in input order at the end."""
+    rows = sum(len(encode_row({"prompt": t.prompt.text, **t.prompt.extra})) + 120 + 4 * max_gen_len
+               for t in todo if not t.skipped)
+    existing = out_path.stat().st_size if out_path.is_file() else 0
+    need = rows + existing + rows  # the rows, then the ordered copy of everything
+    folder = out_path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= need:
+        return None
+    return (f"the output may need up to {human_bytes(need)} (its rows, and a second copy while they are put in input "
+            f"order at the end), but only {human_bytes(free)} is free on the disk of {folder}: free space or set "
+            "out_path to another disk; a full disk stops the run (rows so far are kept)")
+
+
+def disk_full_error(out_path: Path) -> LlamakitError:
+    """The one line for a full disk under the output (worker and launcher say the same)."""
+    return LlamakitError(f"no space left on device writing {out_path}; the rows written so far are kept",
+                         f"free space on that disk (`df -h {out_path.parent}`) or set out_path to another disk (move "
+                         "the .jsonl and its run folder along), then re-run to resume", out_path)
+
+
+def sample_rows(out_path: str | Path, n: int = 3) -> list[tuple[str, str]]:
+    """(prompt, completion) of up to n generated rows of the output, for the demo's closing lines."""
+    found = []
+    for _, row in read_rows(Path(out_path)):
+        if row.get("finish_reason") != "skipped" and isinstance(row.get("completion"), str):
+            found.append((str(row.get("prompt", "")), row["completion"]))
+        if len(found) >= n:
+            break
+    return found

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from llamakit.errors import LlamakitError
+from llamakit.run.decoding import row_key
 from llamakit.run.output import encode_row, id_key, read_rows, repair_tail
 
 # `OUT.part-r003` (replica 3 of a multi-node run) or `OUT.part-s02of08-r001` (replica 1 of share 2 of 8, the
@@ -104,14 +105,14 @@ class PartsReport:
     """What out_path and its parts hold together, for `llamakit merge --check` and the end of a run."""
 
     files: dict[str, int] = field(default_factory=dict)  # file -> complete rows
-    rows: int = 0  # distinct ids
-    duplicates: int = 0  # rows whose id was already seen (dropped by the merge)
+    rows: int = 0  # distinct (id, sample) rows
+    duplicates: int = 0  # rows whose (id, sample) was already seen (dropped by the merge)
     missing: list[str] = field(default_factory=list)  # ids of the prompt file without a row
     unknown: list[str] = field(default_factory=list)  # ids with a row that the prompt file does not have
 
     def lines(self) -> list[str]:
         out = [f"{Path(f).name}: {n} rows" for f, n in self.files.items()]
-        out.append(f"{self.rows} distinct prompts, {self.duplicates} duplicate rows (kept once), "
+        out.append(f"{self.rows} distinct rows, {self.duplicates} duplicate rows (kept once), "
                    f"{len(self.missing)} prompts without a row")
         if self.missing:
             out.append("first missing: " + ", ".join(self.missing[:5]))
@@ -122,15 +123,17 @@ def check_parts(out_path: str | Path, order: list[Any]) -> PartsReport:
     """Count rows per file, duplicates and the prompt ids (in `order`) that have no row yet; writes nothing."""
     rep = PartsReport()
     seen: set[str] = set()
+    seen_rows: set[str] = set()
     for path in output_files(out_path):
         rows = read_rows(path)
         rep.files[str(path)] = len(rows)
         for _, row in rows:
-            k = id_key(row["id"])
-            if k in seen:
+            rk = row_key(row["id"], row.get("sample", 0))  # n samples of a prompt are n rows
+            if rk in seen_rows:
                 rep.duplicates += 1
-            seen.add(k)
-    rep.rows = len(seen)
+            seen_rows.add(rk)
+            seen.add(id_key(row["id"]))
+    rep.rows = len(seen_rows)
     wanted = [id_key(i) for i in order]
     rep.missing = [k for k in wanted if k not in seen]
     rep.unknown = sorted(seen - set(wanted))
@@ -145,30 +148,40 @@ def merge_parts(out_path: str | Path, order: list[Any], require_complete: bool =
     out = Path(out_path)
     parts = part_files(out)
     pos = {id_key(i): n for n, i in enumerate(order)}
-    best: dict[str, dict[str, Any]] = {}
+    best: dict[str, dict[str, Any]] = {}  # by (id, sample): a prompt's n samples are n rows
     for path, line, row in iter_output_rows(out):
         k = id_key(row["id"])
         if k not in pos:
             raise LlamakitError(f"row for id {row['id']!r} is not in the prompt file", "it was written from other "
                                 "prompts: move that file away, or merge with the prompt file it came from", path, line)
-        best.setdefault(k, row)
-    if require_complete and len(best) < len(pos):
-        missing = [i for i in order if id_key(i) not in best]
+        best.setdefault(row_key(row["id"], row.get("sample", 0)), row)
+    have = {id_key(r["id"]) for r in best.values()}
+    if require_complete and len(have) < len(pos):
+        missing = [i for i in order if id_key(i) not in have]
         raise LlamakitError(f"{len(missing)} of {len(pos)} prompts have no row yet (first: id {missing[0]!r})",
                             "finish the run first (re-run or re-submit it: it resumes), or merge anyway with "
                             "--partial", out)
     tmp = out.with_name(f".{out.name}.sorting")
-    with open(tmp, "wb") as f:
-        for k in sorted(best, key=pos.__getitem__):
-            f.write(encode_row(best[k]))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            for k in sorted(best, key=lambda k: (pos[id_key(best[k]["id"])], _sample(best[k]))):
+                f.write(encode_row(best[k]))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:  # e.g. a full disk: the unordered rows stay complete, the partial copy goes
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
     _fsync_dir(out.parent)
     for p in parts:
         p.unlink(missing_ok=True)
     _fsync_dir(out.parent)
     return len(best)
+
+
+def _sample(row: dict[str, Any]) -> int:
+    s = row.get("sample", 0)
+    return s if isinstance(s, int) else 0
 
 
 def _fsync_dir(folder: Path) -> None:

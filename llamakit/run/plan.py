@@ -8,7 +8,7 @@ import socket
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from llamakit.checkpoint.shards import Checkpoint, open_checkpoint
 from llamakit.engine.api import EngineConfig
@@ -17,13 +17,17 @@ from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
 from llamakit.fit import mp_within, reshard_command, reshard_destination, resolve_dtype, verdict
 from llamakit.memory import fmt_gib, plan_memory, weight_dtype
-from llamakit.run.output import id_key, scan_output
+from llamakit.run.decoding import describe_sampling, plan_rows, recipe_sampling, versions
+from llamakit.run.output import scan_output, space_note
 from llamakit.run.nodes import (Nodes, check_layout, check_rendezvous_host, in_share, local_processes,
                                 torchrun_node_args)
 from llamakit.run.prompts import Prepared, Prompt, prepare, prompt_encoder, read_prompts
 from llamakit.run.recipe import LoadedRecipe, RunPaths, load_recipe, resolve_paths
 from llamakit.run.resume import RunLock, check_same_settings, fingerprints
 from llamakit.tokenizer import Tokenizer, find_tokenizer
+from llamakit.units import plural
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,13 @@ class Devices:
 
 def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: list[GpuInfo], cuda_ok: bool,
                    where: str = "recipe", ckpt_dir: str | Path = "CKPT_DIR",
-                   shape: tuple[Any, int, int, int, str] | None = None) -> Devices:
+                   shape: tuple[Any, int, int, int, str] | None = None, nproc_where: str | None = None) -> Devices:
     """Pure rule: recipe device/dtype/nproc + checkpoint MP + visible GPUs -> Devices, or an error with the fix.
-    `shape` (config, vocab rows, max_batch_size, max_seq_len, quantize) lets the fix name a reshard that fits."""
+    `shape` (config, vocab rows, max_batch_size, max_seq_len, quantize) lets the fix name a reshard that fits.
+    `where` is the device line; `nproc_where` the nproc line or the --nproc flag (errors about nproc blame it)."""
+    nwhere = nproc_where or where
+    flag = nwhere.startswith("--")  # set by --nproc: the fix speaks of the flag
+    setting = "--nproc" if flag else "nproc:"
     if device == "auto":
         device = "cuda" if cuda_ok and gpus else "cpu"
     if device == "cuda":
@@ -65,10 +73,10 @@ def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: lis
             assert isinstance(nproc, int)
             if nproc % mp:
                 raise LlamakitError(f"nproc {nproc} is not a multiple of the checkpoint's MP={mp}",
-                                    f"use nproc: auto or a multiple of {mp}", where)
+                                    f"use {setting} auto or a multiple of {mp}", nwhere)
             if nproc > len(gpus):
                 raise LlamakitError(f"nproc {nproc} needs {nproc} GPUs, {len(gpus)} are visible",
-                                    f"use nproc: auto or at most {len(gpus) // mp * mp}", where)
+                                    f"use {setting} auto or at most {len(gpus) // mp * mp}", nwhere)
             dp = nproc // mp
         used = tuple(gpus[: mp * dp])
         if dtype == "auto":
@@ -87,7 +95,7 @@ def choose_devices(device: str, dtype: str, nproc: str | int, mp: int, gpus: lis
         assert isinstance(nproc, int)
         if nproc % mp:
             raise LlamakitError(f"nproc {nproc} is not a multiple of the checkpoint's MP={mp}",
-                                f"use nproc: auto or a multiple of {mp}", where)
+                                f"use {setting} auto or a multiple of {mp}", nwhere)
         dp = nproc // mp
     return Devices("cpu", mp, dp, resolve_dtype(dtype, "cpu", []), "gloo")
 
@@ -175,6 +183,8 @@ class Plan:
     launcher: str = ""  # host-pid of the launcher that wrote this plan (names its node's files)
     prompt_field: str = "prompt"  # with prompt_path: what `llamakit merge` needs to restore the input order
     id_field: str = "id"
+    sampling: dict[str, Any] = field(default_factory=dict)  # the recipe's decoding keys (run.decoding), for resume
+    versions: dict[str, Any] = field(default_factory=dict)  # llamakit, torch, CUDA, driver, GPUs: to describe a dataset
 
     @property
     def nproc(self) -> int:
@@ -275,17 +285,16 @@ def describe(plan: Plan, argv: list[str]) -> list[str]:
                                          else ""),
         f"output       {plan.out_path}",
         f"log          {plan.log_path}",
-        f"parallelism  MP={plan.mp} x DP={plan.dp} = {plan.nproc} process{'es' if plan.nproc > 1 else ''}, "
+        f"parallelism  MP={plan.mp} x DP={plan.dp} = {plural(plan.nproc, 'process')}, "
         f"backend {plan.backend}" + _nodes_text(plan),
         f"devices      {plan.device}" + (": " + "; ".join(plan.gpus) if plan.gpus else
-                                         f" ({plan.omp_threads} threads per process)"),
+                                         f" ({plural(plan.omp_threads, 'thread')} per process)"),
         f"dtype        {plan.dtype}" + (f", quantize {plan.engine['quantize']}"
                                         if plan.engine.get("quantize", "none") != "none" else ""),
         f"batch        max_batch_size {plan.engine['max_batch_size']} per replica, max_seq_len "
         f"{plan.engine['max_seq_len']}, max_gen_len {plan.max_gen_len}",
-        "sampling     " + ("greedy (temperature 0)" if plan.engine["temperature"] == 0 else
-                            f"temperature {plan.engine['temperature']}, top_p {plan.engine['top_p']}")
-        + f", seed {plan.engine['seed']}",
+        "sampling     " + describe_sampling(plan.sampling or {k: plan.engine[k] for k in ("temperature", "top_p",
+                                                                                         "seed")}),
     ]
     if plan.memory:
         lines.append(f"memory       {plan.memory}")
@@ -326,6 +335,19 @@ def check_tokenizer(ckpt: Checkpoint, tok: Tokenizer) -> None:
                             tok.path.resolve())
 
 
+def at_key(lr: LoadedRecipe, key: str, path: Path, step: Callable[[], T]) -> T:
+    """Run `step`; an error about `path` itself (no line of its own) is told at the recipe line that set the path:
+    `recipe.yaml:3: ckpt_dir /data/LLaMA/13b: checkpoint folder does not exist`. Errors inside a file (a
+    prompt's line, a shard) keep their own place."""
+    try:
+        return step()
+    except LlamakitError as err:
+        if err.line is not None or (err.where is not None and Path(err.where).resolve() != Path(path).resolve()):
+            raise
+        place, line = lr.where(key)
+        raise LlamakitError(f"{key} {path}: {err.what}", err.fix, place, line) from None
+
+
 def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict[str, Any] | None = None,
              gpu_facts: tuple[list, bool] | None = None, nodes: Nodes | None = None) -> Setup:
     """Validate recipe, checkpoint, tokenizer, prompts and output; decide MP x DP; write nothing. Over several nodes
@@ -335,17 +357,22 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     lr = load_recipe(recipe, overrides, flags)
     r = lr.recipe
     paths = resolve_paths(lr)
-    ckpt = open_checkpoint(paths.ckpt_dir)
-    tok_path = paths.tokenizer_path or find_tokenizer(paths.ckpt_dir)
-    tok = Tokenizer(tok_path)
-    check_tokenizer(ckpt, tok)
-    prompts = read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.chat_format)
-    state = scan_output(paths.out_path, prompts)  # every share's rows are checked against the whole file
+    ckpt = at_key(lr, "ckpt_dir", paths.ckpt_dir, lambda: open_checkpoint(paths.ckpt_dir))
+    tok_path = paths.tokenizer_path or at_key(lr, "tokenizer_path", paths.ckpt_dir,
+                                              lambda: find_tokenizer(paths.ckpt_dir))
+    tok = at_key(lr, "tokenizer_path", tok_path, lambda: Tokenizer(tok_path))
+    at_key(lr, "tokenizer_path", tok.path.resolve(), lambda: check_tokenizer(ckpt, tok))
+    prompts = at_key(lr, "prompt_path", paths.prompt_path,
+                     lambda: read_prompts(paths.prompt_path, r.prompt_field, r.id_field, r.chat_format,
+                                          r.params_field))
+    rows = plan_rows(lr, prompts, tok.n_words, paths.prompt_path)
+    state = scan_output(paths.out_path, prompts, rows.expect)  # every share's rows are checked against the file
     mine = [p for i, p in enumerate(prompts) if in_share(i, nodes.share)]  # a share's prompts, or all
-    pending = [p for p in mine if id_key(p.id) not in state.done]
+    pending = [p for p in mine if rows.missing(p, state.rows)]
     hint = f" (recipe {lr.describe('max_seq_len')})"
     todo = prepare(pending, prompt_encoder(tok, r.chat_format, paths.prompt_path, lr.describe("chat_format")),
-                   r.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint, r.chat_format)
+                   rows.max_prompt_len, r.on_long_prompt, paths.prompt_path, hint, r.chat_format)
+    rows.fill(todo, state.rows)
     gpus, cuda_ok = gpu_facts if gpu_facts is not None else cuda_facts()
     shape = (ckpt.config, ckpt.vocab_rows, r.max_batch_size, r.max_seq_len, r.quantize)
     if nodes.multi:  # this node's processes; MP x DP over all nodes, the same answer on each
@@ -357,13 +384,16 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
     else:
         local = 0
         dev = choose_devices(r.device, r.dtype, r.nproc, ckpt.mp, gpus, cuda_ok, lr.describe("device"),
-                             paths.ckpt_dir, shape)
+                             paths.ckpt_dir, shape, lr.describe("nproc") if "nproc" in lr.sources else None)
     engine = EngineConfig(max_seq_len=r.max_seq_len, max_batch_size=r.max_batch_size, dtype=dev.dtype,  # type: ignore[arg-type]
                           device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
-                          quantize=r.quantize, fast=r.fast)
+                          quantize=r.quantize, fast=r.fast, graph_modes=rows.graph_modes(todo))
     mem, warn = memory_line(ckpt.config, ckpt.vocab_rows, dev, r.quantize, r.max_batch_size, r.max_seq_len,
                             paths.ckpt_dir)
     notes = [warn] if warn else []
+    space = space_note(paths.out_path, todo, r.max_gen_len)
+    if space:
+        notes.append(space)
     if state.torn_bytes:
         notes.append(f"the output's last line is torn ({state.torn_bytes} bytes, a killed run): it is cut off "
                      "and that prompt generated again")
@@ -375,12 +405,14 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                 ckpt_dir=str(paths.ckpt_dir), tokenizer_path=str(Path(tok_path).resolve()),
                 prompt_path=str(paths.prompt_path), out_path=str(paths.out_path),
                 log_path=str(nodes.log_path(paths.log_path)),
-                run_dir=str(run_dir), work_path=str(run_dir / work), total=len(mine),
-                pending=sum(1 for t in todo if not t.skipped), already_done=len(mine) - len(pending),
+                run_dir=str(run_dir), work_path=str(run_dir / work), total=rows.count(mine),
+                pending=sum(len(t.samples) for t in todo if not t.skipped),
+                already_done=rows.count(mine) - sum(len(rows.missing(p, state.rows)) for p in mine),
                 long_prompts=sum(1 for t in todo if t.truncated or t.skipped),
                 omp_threads=omp_threads(local or dev.nproc), master_port=free_port(), memory=mem, notes=notes,
                 fingerprints=fingerprints(ckpt, Path(tok_path)), nodes=nodes.to_dict(), nproc_per_node=local,
-                launcher=launcher, prompt_field=r.prompt_field, id_field=r.id_field, chat_format=r.chat_format)
+                launcher=launcher, prompt_field=r.prompt_field, id_field=r.id_field, chat_format=r.chat_format,
+                sampling=recipe_sampling(r), versions=versions(list(dev.gpus)))
     RunLock.check_free(run_dir, paths.out_path, nodes.lock_name)  # a live run's error first, not a settings mismatch
     check_same_settings(plan, run_dir / "plan.json", len(state.done))
     setup = Setup(lr, paths, ckpt, prompts, todo, plan, [], state.torn_bytes)

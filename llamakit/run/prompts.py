@@ -25,6 +25,7 @@ class Prompt:
     id: str | int  # the id field, or the line number when the line has none
     text: str | list[dict[str, str]]  # plain text, or chat messages [{role, content}] (chat formats only)
     extra: dict[str, Any] = field(default_factory=dict)  # every other field, passed through to the output
+    params: Any = None  # the params_field's value: this prompt's own decoding settings (run.decoding checks it)
     chat_format: str | None = None  # the row's own (params.chat_format); None: the recipe's
 
 
@@ -48,20 +49,20 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield i, text.rstrip("\r\n")
 
 
-def _row_chat_format(obj: dict[str, Any], path: Path, line: int) -> str | None:
+def _row_chat_format(obj: dict[str, Any], path: Path, line: int, params_field: str = PARAMS_FIELD) -> str | None:
     """A row's own chat_format from its params object, checked; None when it has none."""
-    params = obj.get(PARAMS_FIELD)
+    params = obj.get(params_field)
     if not isinstance(params, dict) or "chat_format" not in params:
         return None
     fmt = params["chat_format"]
     if fmt not in CHAT_FORMATS:
-        raise LlamakitError(f"{PARAMS_FIELD}.chat_format is {fmt!r}", f"use one of: {', '.join(CHAT_FORMATS)}",
+        raise LlamakitError(f"{params_field}.chat_format is {fmt!r}", f"use one of: {', '.join(CHAT_FORMATS)}",
                             path, line)
     return fmt
 
 
 def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id",
-                 chat_format: str = "none") -> list[Prompt]:
+                 chat_format: str = "none", params_field: str = PARAMS_FIELD) -> list[Prompt]:
     """Read every prompt; blank lines are ignored, anything else that is not a usable prompt is an error. With a
     chat format (the recipe's or the row's) a prompt may be a list of {role, content} messages, checked here."""
     path = Path(path)
@@ -93,7 +94,7 @@ def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id",
                                 "add it, or set prompt_field in the recipe to the field holding the prompt",
                                 path, line)
         value = obj[prompt_field]
-        row_format = _row_chat_format(obj, path, line)
+        row_format = _row_chat_format(obj, path, line, params_field)
         if (row_format or chat_format) != "none" and not isinstance(value, str):
             messages_of(value, path, line)  # roles, alternation, types: file:line before anything starts
         elif not isinstance(value, str):
@@ -108,7 +109,7 @@ def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id",
         if isinstance(pid, bool) or not isinstance(pid, (str, int)):
             raise LlamakitError(f"field '{id_field}' is {type(pid).__name__}, not a string or integer",
                                 "use string or integer ids (or set id_field in the recipe)", path, line)
-        extra = {k: v for k, v in obj.items() if k not in (prompt_field, id_field)}
+        extra = {k: v for k, v in obj.items() if k not in (prompt_field, id_field, params_field)}
         clash = sorted(RESERVED & set(extra))
         if clash:
             raise LlamakitError(f"field '{clash[0]}' would be overwritten by the output field of that name",
@@ -118,7 +119,7 @@ def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id",
             raise LlamakitError(f"duplicate id {pid!r} (also on line {seen[k]})",
                                 "give every line a unique id (resume finds finished prompts by id)", path, line)
         seen[k] = line
-        prompts.append(Prompt(index, line, pid, value, extra, row_format))
+        prompts.append(Prompt(index, line, pid, value, extra, obj.get(params_field), row_format))
     if not prompts:
         raise LlamakitError("prompt file has no prompts",
                             "add one prompt per line" if is_txt else "add one JSON object per line", path)
@@ -137,6 +138,9 @@ class Prepared:
     n_tokens: int  # tokens of the full prompt (bos included)
     truncated: bool = False
     skipped: bool = False
+    samples: list[int] = field(default_factory=lambda: [0])  # samples still to write (resume is by id, sample)
+    settings: dict[str, Any] = field(default_factory=dict)  # decoding settings (run.decoding), max_gen_len included
+    recorded: dict[str, Any] = field(default_factory=dict)  # the ones that differ from the recipe (in its rows)
 
 
 def prompt_encoder(tok: Tokenizer, chat_format: str, path: Path,
@@ -163,32 +167,36 @@ def prompt_encoder(tok: Tokenizer, chat_format: str, path: Path,
     return encode
 
 
-def prepare(prompts: list[Prompt], encode: Callable[[list[Prompt]], list[list[int]]], max_prompt_len: int,
+def prepare(prompts: list[Prompt], encode: Callable[[list[Prompt]], list[list[int]]],
+            max_prompt_len: int | Callable[[Prompt], int],
             policy: Literal["error", "truncate", "skip"], path: Path, hint: str = "",
             chat_format: str = "none") -> list[Prepared]:
     """Tokenize (with bos) and apply the long-prompt policy; `error` stops at the first long prompt with file:line.
-    A chat prompt is never truncated (that would cut the open assistant header the model answers after)."""
+    A chat prompt is never truncated (that would cut the open assistant header the model answers after).
+    `max_prompt_len` may depend on the prompt (its own max_gen_len)."""
     out: list[Prepared] = []
     too_long: list[Prepared] = []
     for p, toks in zip(prompts, encode(prompts)):
         item = Prepared(p, toks, len(toks))
-        if len(toks) > max_prompt_len:
+        limit = max_prompt_len(p) if callable(max_prompt_len) else max_prompt_len
+        if len(toks) > limit:
             too_long.append(item)
             if policy == "truncate" and (p.chat_format or chat_format) != "none":
                 raise LlamakitError(f"chat prompt has {len(toks)} tokens, more than max_seq_len - max_gen_len = "
-                                    f"{max_prompt_len}; truncating would cut the conversation's end",
+                                    f"{limit}; truncating would cut the conversation's end",
                                     f"raise max_seq_len, lower max_gen_len, shorten it, or set on_long_prompt: "
                                     f"skip{hint}", path, p.line)
             if policy == "truncate":
-                item.tokens, item.truncated = toks[:max_prompt_len], True
+                item.tokens, item.truncated = toks[:limit], True
             elif policy == "skip":
                 item.tokens, item.skipped = [], True
         out.append(item)
     if too_long and policy == "error":
         first = too_long[0]
         more = f" ({len(too_long) - 1} more prompts are too long)" if len(too_long) > 1 else ""
+        limit = max_prompt_len(first.prompt) if callable(max_prompt_len) else max_prompt_len
         raise LlamakitError(f"prompt has {first.n_tokens} tokens, more than max_seq_len - max_gen_len = "
-                            f"{max_prompt_len}{more}",
+                            f"{limit}{more}",
                             f"raise max_seq_len, lower max_gen_len, or set on_long_prompt: truncate or skip{hint}",
                             path, first.prompt.line)
     return out
@@ -203,11 +211,15 @@ def write_work(todo: list[Prepared], path: Path, with_skipped: bool = False) -> 
             p = t.prompt
             if t.skipped:
                 if with_skipped:
-                    f.write(json.dumps({"key": p.index, "skipped": True, "n_tokens": t.n_tokens, "id": p.id,
-                                        "prompt": p.text, "extra": p.extra}, ensure_ascii=False) + "\n")
+                    for sample in t.samples:
+                        f.write(json.dumps({"key": p.index, "skipped": True, "n_tokens": t.n_tokens, "id": p.id,
+                                            "prompt": p.text, "extra": p.extra, "sample": sample,
+                                            "recorded": t.recorded}, ensure_ascii=False) + "\n")
                 continue
-            f.write(json.dumps({"key": p.index, "tokens": t.tokens, "id": p.id, "prompt": p.text,
-                                "extra": p.extra, "truncated": t.truncated}, ensure_ascii=False) + "\n")
+            for sample in t.samples:  # one request per sample still missing from the output
+                f.write(json.dumps({"key": p.index, "tokens": t.tokens, "id": p.id, "prompt": p.text,
+                                    "extra": p.extra, "truncated": t.truncated, "sample": sample,
+                                    "settings": t.settings, "recorded": t.recorded}, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
 

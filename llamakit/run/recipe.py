@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llamakit import __version__, defaults
 from llamakit.data import asset_path, data_dir
 from llamakit.errors import LlamakitError
+from llamakit.run.decoding import KEY_HELP, DecodingKeys, check_combination, problem
 
 BUILTIN = "builtin:"
 
@@ -48,9 +49,11 @@ KEYS: dict[str, KeyInfo] = {
                               "an integer from 1 to 4096"),
     "temperature": KeyInfo("sampling temperature; 0 = greedy (deterministic)", "a number from 0 to 10"),
     "top_p": KeyInfo("nucleus sampling threshold", "a number > 0 and <= 1"),
-    "seed": KeyInfo("sampling seed; each prompt's sampling depends on (seed, line, step)",
+    "seed": KeyInfo("sampling seed; each prompt's sampling depends on (seed, line, sample, step)",
                     "an integer >= 0"),
+    **{k: KeyInfo(*v) for k, v in KEY_HELP.items() if k != "params_field"},
     "prompt_field": KeyInfo("JSONL field holding the prompt text", "a field name (default: prompt)"),
+    "params_field": KeyInfo(*KEY_HELP["params_field"]),
     "chat_format": KeyInfo("how prompts are turned into tokens: none = plain text; llama2-chat / llama3-instruct = "
                            "Meta's chat format (a prompt is then a string or a list of {role, content} messages); "
                            "a row's params object may set its own",
@@ -85,7 +88,18 @@ class Recipe(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=10.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     seed: int = Field(1, ge=0)
+    n: int = DecodingKeys.model_fields["n"]
+    top_k: int = DecodingKeys.model_fields["top_k"]
+    min_p: float = DecodingKeys.model_fields["min_p"]
+    repetition_penalty: float = DecodingKeys.model_fields["repetition_penalty"]
+    presence_penalty: float = DecodingKeys.model_fields["presence_penalty"]
+    frequency_penalty: float = DecodingKeys.model_fields["frequency_penalty"]
+    min_tokens: int = DecodingKeys.model_fields["min_tokens"]
+    stop: str | list[str] = DecodingKeys.model_fields["stop"]
+    stop_token_ids: list[int] = DecodingKeys.model_fields["stop_token_ids"]
+    logprobs: int | None = DecodingKeys.model_fields["logprobs"]
     prompt_field: str = Field("prompt", min_length=1)
+    params_field: str = Field("params", min_length=1)
     chat_format: Literal["none", "llama2-chat", "llama3-instruct"] = "none"
     id_field: str = Field("id", min_length=1)
     on_long_prompt: Literal["error", "truncate", "skip"] = "error"
@@ -130,17 +144,21 @@ def find_recipe(name: str | Path) -> Path:
     if path.is_dir():
         raise LlamakitError("this is a folder, not a recipe file", "pass a recipe .yaml file", path.resolve())
     shipped: list[str] = []
-    if "/" not in str(name) and os.sep not in str(name):
-        try:
-            folder = data_dir("recipes")
-        except FileNotFoundError:
-            folder = None
-        if folder is not None:
+    try:
+        folder: Path | None = data_dir("recipes")
+    except FileNotFoundError:
+        folder = None
+    if folder is not None:
+        if "/" not in str(name) and os.sep not in str(name):
             for cand in (folder / str(name), folder / f"{name}.yaml", folder / f"{name}.yml"):
                 if cand.is_file():
                     return cand.resolve()
-            shipped = sorted(p.stem for p in folder.glob("*.yaml"))
-    hint = f"; shipped recipes: {', '.join(shipped)}" if shipped else ""
+        shipped = sorted(p.stem for p in folder.glob("*.yaml"))
+    hint = f"; shipped recipes (run them by name from anywhere, e.g. `llamakit run {shipped[0]}`): " \
+        f"{', '.join(shipped)}" if shipped else ""
+    if path.stem in shipped:
+        hint = f"; {path.name} is a shipped recipe: `llamakit run {path.stem}` runs it from anywhere" + \
+            f" (shipped recipes: {', '.join(shipped)})"
     raise LlamakitError("recipe file does not exist",
                         f"check the path (relative paths start at {Path.cwd()}){hint}", path.resolve())
 
@@ -226,18 +244,35 @@ def validate_recipe(raw: Any, path: Path, sources: dict[str, tuple[str, int | No
         if err["type"] == "missing":
             raise LlamakitError(f"key '{key}' is missing ({known[key].meaning})",
                                 f"add `{key}: ...` ({known[key].allowed})", place, None) from None
-        raise LlamakitError(f"key '{key}': {_problem(err)}", f"use {known[key].allowed}", place, line) from None
+        raise LlamakitError(f"key '{key}': {problem(err)}", f"use {known[key].allowed}", place, line) from None
     if isinstance(recipe, Recipe) and recipe.max_gen_len >= recipe.max_seq_len:
         place, line = sources.get("max_gen_len", (str(path), None))
         raise LlamakitError(f"key 'max_gen_len': {recipe.max_gen_len} leaves no room for the prompt in "
                             f"max_seq_len {recipe.max_seq_len}",
                             "make max_gen_len smaller than max_seq_len (prompt + generation must fit)",
                             place, line)
+    if isinstance(recipe, Recipe):
+        _check_decoding(recipe, path, sources)
     if isinstance(recipe.nproc, int) and recipe.nproc < 1:
         place, line = sources.get("nproc", (str(path), None))
         raise LlamakitError(f"key 'nproc': {recipe.nproc} is out of range", f"use {known['nproc'].allowed}",
                             place, line)
     return recipe
+
+
+def _check_decoding(recipe: Recipe, path: Path, sources: dict[str, tuple[str, int | None]]) -> None:
+    """Rules across the decoding keys (the vocabulary-dependent ones are checked once the tokenizer is known)."""
+    if any(s == "" for s in ([recipe.stop] if isinstance(recipe.stop, str) else recipe.stop)):
+        place, line = sources.get("stop", (str(path), None))
+        raise LlamakitError("key 'stop': an empty stop string would stop at once", f"use {KEYS['stop'].allowed}",
+                            place, line)
+    settings = {k: getattr(recipe, k) for k in ("n", "temperature", "min_tokens", "stop_token_ids")}
+    try:
+        check_combination(settings, recipe.max_gen_len, 1 << 62, str(path), None)
+    except LlamakitError as e:  # point at the line of the key it names
+        key = "n" if e.what.startswith("key 'n'") else "min_tokens"
+        place, line = sources.get(key, (str(path), None))
+        raise LlamakitError(e.what, e.fix, place, line) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, flags: dict[str, Any] | None = None,
@@ -377,8 +412,13 @@ def resolve_paths(lr: LoadedRecipe) -> RunPaths:
         prompt_path=prompts,
         out_path=out,
         log_path=log,
-        run_dir=out.parent / f".{out.name}.llamakit",
+        run_dir=run_dir_for(out),
     )
+
+
+def run_dir_for(out_path: Path) -> Path:
+    """The run folder of an output file: `.<out name>.llamakit/` next to it."""
+    return out_path.parent / f".{out_path.name}.llamakit"
 
 
 def check_recipe_text(text: str, where: Path) -> None:

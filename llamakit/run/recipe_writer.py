@@ -353,6 +353,8 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
         key("chat_format", "none", f"Plain text. Whether the weights are a chat model the files cannot tell (Meta's "
             f"folder names say it: ...-chat, ...-Instruct); for one, set {p.chat_format_for_tokenizer}.")
     key("id_field", p.id_field, "Ids must be unique: resume finds the finished prompts by them.")
+    key("params_field", "params", "A prompt line may hold its own decoding settings there, e.g. "
+        '{"params": {"temperature": 0, "n": 1}}; they override this recipe for that prompt.')
     key("out_path", p.out_value, "Each row: id, prompt, completion, prompt_tokens, completion_tokens, finish_reason "
         "and your other fields.")
     key("logging_path", p.log_value, "Left out on purpose: the log then sits next to out_path (out_path with .log), "
@@ -396,6 +398,16 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
     key("temperature", TEMPERATURE, "Meta's example value. 0 = greedy: the same text every time.")
     key("top_p", TOP_P, "Meta's example value; only used when temperature > 0.")
     key("seed", 1, "Same seed + same prompts = same texts, also after a resume.")
+    key("n", 1, "More than 1 (with temperature > 0): that many different texts per prompt, rows marked sample 0..n-1.")
+    key("top_k", 0, "0 = off; e.g. 50 keeps the 50 most likely tokens.")
+    key("min_p", 0.0, "0 = off.")
+    key("repetition_penalty", 1.0, "1 = off; 1.2 discourages repeating tokens of the prompt and the text so far.")
+    key("presence_penalty", 0.0, "0 = off.")
+    key("frequency_penalty", 0.0, "0 = off.")
+    key("min_tokens", 0, "0 = the model may end a text at once.")
+    key("stop", [], 'e.g. ["\\n\\n"] ends each text at its first blank line.')
+    key("stop_token_ids", [], "The tokenizer's end-of-text token always stops a text; these ids too.")
+    key("logprobs", None, "e.g. 5: rows also get each token's log-probability, rank and the 5 most likely tokens.")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamakit.checkpoint.shards import Checkpoint
 from llamakit.errors import LlamakitError
+from llamakit.run.decoding import DEFAULT_SAMPLING
 
 if TYPE_CHECKING:
     from llamakit.run.plan import Plan
@@ -57,6 +58,10 @@ def changed_settings(old: dict[str, Any], plan: Plan) -> list[str]:
     out += [f"{k} {old[k]!r} -> {new[k]!r}" for k in TEXT_SETTINGS if k in old and old[k] != new[k]]
     out += [f"{k} {old['engine'][k]!r} -> {new['engine'][k]!r}" for k in TEXT_ENGINE_SETTINGS
             if k in old.get("engine", {}) and old["engine"][k] != new["engine"][k]]
+    # the other decoding keys (a plan from before they existed used their defaults); rows' own keys: scan_output
+    before = {**DEFAULT_SAMPLING, **old.get("sampling", {})}
+    out += [f"{k} {before[k]!r} -> {new['sampling'][k]!r}" for k in new.get("sampling", {})
+            if k not in TEXT_ENGINE_SETTINGS and before.get(k) != new["sampling"][k]]
     return out
 
 
@@ -105,6 +110,22 @@ class RunLock:
             os.close(fd)
 
     @staticmethod
+    def holder(run_dir: Path, name: str = "lock") -> str | None:
+        """The pid (as written in the lock file) of the run holding the lock, or None when no run holds it."""
+        lock = run_dir / name
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+
+    @staticmethod
     def _busy(fd: int, out_path: Path) -> LlamakitError:
         """The error for a lock file that another run holds (its pid is written in it)."""
         other = os.pread(fd, 32, 0).decode(errors="replace").strip()
@@ -130,9 +151,13 @@ class RunLock:
         except BlockingIOError:
             os.close(wfd)
             self.__exit__()
-            raise LlamakitError("worker processes of an earlier run are still writing this output",
-                                "wait for them to exit (or kill them: `pgrep -f llamakit.run.worker`), "
-                                "then re-run to resume", self.out_path) from None
+            pids = _writers(self.run_dir)
+            stop = f"`kill {' '.join(map(str, pids))}`" if pids else \
+                f"`pkill -f 'llamakit.run.worker {self.run_dir / 'plan.json'}'`"
+            raise LlamakitError(f"worker processes of an earlier run are still writing this output"
+                                f"{' (pid ' + ', '.join(map(str, pids)) + ')' if pids else ''}",
+                                f"wait for them to exit, or stop them: {stop}; then re-run to resume",
+                                self.out_path) from None
         fcntl.flock(wfd, fcntl.LOCK_UN)
         os.close(wfd)
         return self
@@ -142,3 +167,15 @@ class RunLock:
             os.close(self.fd)
             self.fd = -1
 
+
+def _writers(run_dir: Path) -> list[int]:
+    """Pids of worker processes started for this run folder (their command line names its plan.json)."""
+    import psutil
+
+    plan = str(run_dir / "plan.json")
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if "llamakit.run.worker" in cmd and plan in cmd:
+            found.append(p.pid)
+    return sorted(found)

@@ -1,45 +1,43 @@
-"""`llamakit run` after planning: take the lock, start torchrun, follow its progress, stop it cleanly, report a failure."""
+"""`llamakit run` after planning: take the lock, start torchrun, follow its progress, stop it cleanly, report a failure.
+
+Every process of a run ends with the launcher: torchrun starts through llamakit.lifeline (parent-death signal) in a
+session of its own, and each worker sets the same signal on itself, so kill -9 of the launcher or of torchrun
+leaves nothing behind. A terminal's Ctrl-C and hang-up reach only the launcher, which decides: Ctrl-C or SIGTERM
+stops the run (rows kept), a hang-up (SIGHUP: the SSH session closed) does not: the run finishes with its output
+sent to the log.
+"""
 
 from __future__ import annotations
+
+import errno
 import json
 import logging
+import os
+import shlex
+import shutil
 import signal
+import stat
 import subprocess
+import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from llamakit.errors import LlamakitError
+from llamakit.lifeline import child_env, guarded
 from llamakit.run.nodes import Nodes
-from llamakit.run.output import Summary, clean_run_dir, finish, finish_elsewhere, prepare_output
+from llamakit.run.output import Summary, clean_run_dir, disk_full_error, finish, finish_elsewhere, prepare_output
 from llamakit.run.parts import part_files
 from llamakit.run.plan import Plan, Setup, describe, free_port, torchrun_argv, worker_env
+from llamakit.run.progress import Progress, Tracker
 from llamakit.run.prompts import write_work
 from llamakit.run.resume import RunLock
+from llamakit.run.status import StatusFile
+from llamakit.units import human_bytes, plural
 
 log = logging.getLogger("llamakit.run")
 
-ProgressFn = Callable[["Progress"], None]
-
-
-@dataclass
-class Progress:
-    """Rows written so far by this run (all replicas), for the progress bar and the log."""
-
-    done: int
-    total: int  # rows this run has to write
-    tokens: int  # generated tokens counted since the first finished row (the rate ignores model loading)
-    elapsed: float  # seconds since the first finished row
-    phase: str  # "loading" until the first row arrives, then "generating"
-    all_tokens: int = 0  # every token this run wrote, and the seconds since launch: the rate when all rows
-    since_start: float = 0.0  # arrived in one poll (tiny models), where the first-row clock measured nothing
-
-    @property
-    def tok_per_s(self) -> float:
-        if self.tokens > 0 and self.elapsed > 0:
-            return self.tokens / self.elapsed
-        return self.all_tokens / self.since_start if self.since_start > 0 else 0.0
+ProgressFn = Callable[[Progress], None]
 
 
 def _collect_error(run_dir: Path) -> dict[str, Any] | None:
@@ -108,12 +106,25 @@ class _PartsFollower:
         return sum(f.tokens for f in self.each.values())
 
 
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- signals and the log
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """The run's log; on a full disk a record is dropped instead of printing logging's traceback on the terminal."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # its last flush, on a full disk
+            pass
 
 
 def _log_to(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler = _QuietFileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s launcher  %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -121,71 +132,153 @@ def _log_to(path: Path) -> logging.Handler:
     return handler
 
 
+def detach_terminal() -> None:
+    """Point stdout and stderr at /dev/null unless they are files: after a hang-up, writing to the closed terminal
+    (or to a pipe whose reader died with it) fails; a run that goes on must not trip over its own progress bar."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.dup2(devnull, fd)
+            except OSError:
+                pass
+    finally:
+        os.close(devnull)
+
+
+class Signals:
+    """While a run goes on: SIGTERM stops it like Ctrl-C; SIGHUP detaches the terminal and lets it finish."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.stop: list[str] = []
+        self.hung_up = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "Signals":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, self._term),
+                             signal.SIGHUP: signal.signal(signal.SIGHUP, self._hang_up)}
+        return self
+
+    def _term(self, signum: int, frame: object) -> None:
+        self.stop.append(signal.Signals(signum).name)
+
+    def _hang_up(self, signum: int, frame: object) -> None:
+        if self.hung_up:
+            return
+        self.hung_up = True
+        detach_terminal()
+        log.info("the terminal hung up (SIGHUP): the run goes on; follow it with `llamakit status %s` or "
+                 "`tail -f %s`", shlex.quote(self.plan.out_path), shlex.quote(self.plan.log_path))
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------- the run
+
+
 def _stop(proc: subprocess.Popen, plan: Plan, why: str) -> LlamakitError:
-    """Stop torchrun (it stops its workers), wait for it, and say how to resume."""
+    """Stop torchrun (it stops its workers), wait for it, and say how to resume; a second Ctrl-C ends it at once."""
     log.info("%s: stopping torchrun and the workers (torchrun's 'SignalException' tracebacks below are its "
              "normal reaction to the stop, not another error)", why)
+    again: list[int] = []
+
+    def at_once(signum: int, frame: object) -> None:
+        again.append(signum)
+        try:
+            proc.kill()  # the workers end with it (parent-death signal)
+        except ProcessLookupError:
+            pass
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, at_once) if main else None
     try:
-        proc.send_signal(signal.SIGTERM)
+        proc.terminate()
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
     except ProcessLookupError:
         pass
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    if again:
+        why += ", and again: stopped at once"
+        log.info("a second interrupt: torchrun and the workers were killed at once")
     return LlamakitError(f"{why}; the rows written so far are kept", "re-run the same command to resume",
                          plan.out_path)
 
 
-def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0.5) -> int:
-    """Start torchrun for the plan, follow the output until it exits; returns torchrun's exit code."""
+def _generation_began(run_dir: Path) -> float | None:
+    """When the first replica's engine was ready (its worker leaves a `ready.dp<R>` mark), as wall time."""
+    times = []
+    for p in run_dir.glob("ready.dp*"):
+        try:
+            times.append(p.stat().st_mtime)
+        except OSError:
+            continue
+    return min(times) if times else None
+
+
+def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0.5, tracker: Tracker | None = None,
+          status: StatusFile | None = None, signals: Signals | None = None) -> int:
+    """Start torchrun for the plan, follow the output until it exits; returns torchrun's exit code (the last
+    progress is tracker.last)."""
     plan = setup.plan
+    run_dir = Path(plan.run_dir)
     nodes = Nodes.from_dict(getattr(plan, "nodes", None))  # score's plans run on one node
     follower = _PartsFollower(Path(plan.out_path)) if nodes.parts else _Follower(Path(plan.out_path))
-    env = worker_env(plan)
-    start = time.monotonic()
+    tracker = tracker or Tracker(plan.pending)
+    env = child_env(worker_env(plan))
     waiting = _ConnectWatch(plan) if nodes.multi else None
-    last_log = start
-    first: tuple[float, int] | None = None
-    stopped: list[str] = []
-
-    def on_term(signum: int, frame: object) -> None:  # `kill PID` of the launcher must not orphan the workers
-        stopped.append(signal.Signals(signum).name)
-
+    own = Signals(plan).__enter__() if signals is None else None  # score calls spawn without execute's handlers
+    signals = signals or own
     try:
-        previous = signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = None
-    with open(plan.log_path, "ab") as logf:  # torchrun's and the workers' own output goes to the log only
-        proc = subprocess.Popen(setup.argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
-        try:
-            while True:
-                if stopped:
-                    raise _stop(proc, plan, f"stopped by {stopped[0]}")
-                rc = proc.poll()
-                follower.poll()
-                now = time.monotonic()
-                if follower.rows and first is None:
-                    first = (now, follower.tokens)
-                # the rate counts from the first finished row, so model loading does not dilute it
-                prog = Progress(follower.rows, plan.pending, follower.tokens - (first[1] if first else 0),
-                                now - first[0] if first else 0.0, "generating" if follower.rows else
-                                (waiting.phase(now - start) if waiting else "loading"),
-                                follower.tokens, now - start)
-                if on_progress:
-                    on_progress(prog)
-                if now - last_log >= 30 or (rc is not None and follower.rows):
-                    log.info("progress: %d/%d rows, %d tokens, %.1f tok/s", prog.done, prog.total, follower.tokens,
-                             prog.tok_per_s)
-                    last_log = now
-                if rc is not None:
-                    return rc
-                time.sleep(poll_s)
-        except KeyboardInterrupt:  # Ctrl-C: torchrun got the same SIGINT from the terminal
-            raise _stop(proc, plan, "interrupted (Ctrl-C)") from None
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+        with open(plan.log_path, "ab") as logf:  # torchrun's and the workers' own output goes to the log only
+            proc = subprocess.Popen(guarded(setup.argv), env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                    start_new_session=True)
+            if status:
+                status.update(force=True, torchrun_pid=proc.pid, phase="loading")
+            try:
+                while True:
+                    if signals and signals.stop:
+                        raise _stop(proc, plan, f"stopped by {signals.stop[0]}")
+                    rc = proc.poll()
+                    follower.poll()
+                    if tracker.gen_start is None:
+                        began = _generation_began(run_dir)
+                        if began is not None:
+                            tracker.began(began)
+                    prog = tracker.update(follower.rows, follower.tokens, final=rc is not None,
+                                          stage=waiting.phase(time.time() - tracker.start) if waiting else None)
+                    if on_progress:
+                        on_progress(prog)
+                    if prog.due:
+                        log.info("%s", prog.line())
+                    if status:
+                        status.update(prog, phase=prog.phase)
+                    if rc is not None:
+                        return rc
+                    time.sleep(poll_s)
+            except KeyboardInterrupt:  # Ctrl-C reaches only the launcher: torchrun runs in a session of its own
+                raise _stop(proc, plan, "interrupted (Ctrl-C)") from None
+    finally:
+        if own is not None:
+            own.__exit__()
+
+
+def _no_space(path: Path) -> bool:
+    """Is the disk holding `path` (as good as) full?"""
+    try:
+        return shutil.disk_usage(path.parent).free < (1 << 20)
+    except OSError:
+        return False
+
 
 
 class _ConnectWatch:
@@ -225,6 +318,16 @@ def _worker_error(rc: int, plan: Plan) -> LlamakitError:
     """The error to show when torchrun failed: the first failing rank's own line, once."""
     err = _collect_error(Path(plan.run_dir))
     if err is None:
+        out = Path(plan.out_path)
+        if _no_space(out):
+            log.error("torchrun exited with code %d and the disk of the output is full", rc)
+            return disk_full_error(out)
+        if rc < 0:
+            name = signal.Signals(-rc).name
+            log.error("torchrun was ended by %s", name)
+            return LlamakitError(f"torchrun (which runs the workers) was ended by {name} from outside (kill, or the "
+                                 "system's out-of-memory killer); its workers ended with it and the rows written so "
+                                 "far are kept", "re-run the same command to resume", plan.out_path)
         log.error("torchrun exited with code %d and no worker reported an error", rc)
         return LlamakitError(f"the worker processes failed (torchrun exit code {rc}) without a message",
                              "see the end of the log; re-run the same command to resume", plan.log_path)
@@ -234,6 +337,7 @@ def _worker_error(rc: int, plan: Plan) -> LlamakitError:
     if "resume" not in fix:
         fix += "; then re-run to resume"
     return LlamakitError(f"rank {err.get('rank')}: {what}", fix, err.get("where"), err.get("line"))
+
 
 def merges_here(plan: Plan, nodes: Nodes, started: bool) -> bool:
     """Whether this launcher checks and orders out_path at the end: always on one machine; over several nodes the
@@ -252,42 +356,77 @@ def merges_here(plan: Plan, nodes: Nodes, started: bool) -> bool:
     return marker.get("launcher") == plan.launcher
 
 
-def execute(setup: Setup, on_progress: ProgressFn | None = None) -> Summary:
-    """Write the run folder, spawn the ranks, then check and reorder the output; raises the first rank's error."""
+def status_name(nodes: Nodes) -> str:
+    """status.json on one machine; status.node<R>.json for one node of several (llamakit.run.status sums them)."""
+    return "status.json" if not nodes.multi else f"status.{nodes.lock_name.split('.', 1)[1]}.json"
+
+
+def execute(setup: Setup, on_progress: ProgressFn | None = None, command: str | None = None) -> Summary:
+    """Write the run folder, spawn the ranks, then check and reorder the output; raises the first rank's error.
+    `command` is how the user started it (the status file shows it as the resume command)."""
     plan = setup.plan
     handler = _log_to(Path(plan.log_path))
     t0 = time.monotonic()
+    status: StatusFile | None = None
     try:
         nodes = Nodes.from_dict(plan.nodes)
-        with RunLock(Path(plan.run_dir), Path(plan.out_path), nodes.lock_name):
+        with Signals(plan) as signals, RunLock(Path(plan.run_dir), Path(plan.out_path), nodes.lock_name):
+            skipped = any(t.skipped for t in setup.todo)
+            start = plan.pending > 0 or (nodes.parts and skipped)  # with part files the replicas write skipped rows
+            if plan.pending or skipped:  # a fresh port before the plan is logged: the log names the one the run uses
+                plan.master_port = free_port()
+                setup.argv = torchrun_argv(plan, setup.plan_file)
+            status = StatusFile(Path(plan.run_dir), status_name(nodes),
+                                command=command or f"llamakit run {shlex.quote(str(setup.loaded.path))}",
+                                cwd=os.getcwd(), recipe=str(setup.loaded.path), out_path=plan.out_path,
+                                log_path=plan.log_path, total=plan.total, done_before=plan.already_done,
+                                todo=plan.pending, done=0, gpus=plan.gpus, phase="starting")
+            status.update(force=True)
             log.info("llamakit run %s%s", setup.loaded.path, f" ({nodes.label()})" if nodes.parts else "")
             for line in describe(plan, setup.argv):
                 log.info("plan: %s", line)
-            skipped = any(t.skipped for t in setup.todo)
-            start = plan.pending > 0 or (nodes.parts and skipped)  # with part files the replicas write skipped rows
-            if plan.pending or skipped:
-                # this run writes rows: record its settings before the first row (a resume compares them)
-                plan.master_port = free_port()  # fresh: the one picked while planning may be taken by now
-                setup.argv = torchrun_argv(plan, setup.plan_file)
+            if plan.pending or skipped:  # this run writes rows: record its settings before the first row
                 plan.save(setup.plan_file)
                 if setup.plan_file.name != "plan.json":  # over several nodes: this node's own, and the record
                     plan.save(Path(plan.run_dir) / "plan.json")
             n_skipped = prepare_output(setup)
+            tracker = Tracker(plan.pending)
             if start:
                 write_work(setup.todo, Path(plan.work_path), with_skipped=nodes.parts)
                 (Path(plan.run_dir) / "merged.json").unlink(missing_ok=True)
-                log.info("starting %d of %d processes: %s", plan.local_nproc, plan.nproc, " ".join(setup.argv))
-                rc = spawn(setup, on_progress)
+                procs = plural(plan.nproc, "process")
+                log.info("starting %s: %s", f"{plan.local_nproc} of {procs}" if nodes.multi else procs,
+                         " ".join(setup.argv))
+                rc = spawn(setup, on_progress, tracker=tracker, status=status, signals=signals)
                 if rc != 0:
                     raise _worker_error(rc, plan)
+            prog = tracker.last
+            status.update(force=True, phase="finishing")
             if merges_here(plan, nodes, start):
-                summary = finish(setup, n_skipped, t0)
+                try:
+                    summary = finish(setup, n_skipped, t0, prog.gen_seconds if prog else 0.0)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    raise LlamakitError(f"no space left on device while putting {plan.out_path} in input order "
+                                        f"(that needs a second copy, {human_bytes(Path(plan.out_path).stat().st_size)})",
+                                        "free that much space on its disk and re-run: every row is there, the re-run "
+                                        "only puts them in order", plan.out_path) from None
                 clean_run_dir(Path(plan.run_dir))
             else:
                 summary = finish_elsewhere(setup, nodes, t0)
+            status.update(prog, force=True, phase="complete")
         return summary
+    except OSError as e:  # the launcher's own writes (run folder, skipped rows) on a full disk
+        if e.errno != errno.ENOSPC:
+            raise
+        err = disk_full_error(Path(plan.out_path))
+        log.error("error: %s", err.one_line())
+        raise err from None
     except LlamakitError as e:
         log.error("error: %s", e.one_line())
+        if status is not None:
+            status.update(force=True, phase="stopped", error=e.one_line())
         raise
     finally:
         log.removeHandler(handler)

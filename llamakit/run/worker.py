@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -14,6 +16,8 @@ from typing import Any
 
 from llamakit.distributed import finish_and_exit
 from llamakit.errors import LlamakitError
+from llamakit.lifeline import die_with_parent
+from llamakit.run.output import disk_full_error
 from llamakit.run.plan import Plan
 
 log = logging.getLogger("llamakit.worker")
@@ -42,7 +46,8 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     from fairscale.nn.model_parallel import initialize as mpu
 
     from llamakit.checkpoint.shards import open_checkpoint
-    from llamakit.engine.api import EngineConfig, Request
+    from llamakit.engine.api import EngineConfig
+    from llamakit.run.decoding import decoding_fields, work_request
     from llamakit.distributed import init_model_parallel
     from llamakit.engine.engine import build_engine
     from llamakit.run.nodes import Nodes
@@ -82,13 +87,19 @@ def run_rank(plan: Plan, local_rank: int) -> int:
     t0 = time.monotonic()
     ckpt = open_checkpoint(plan.ckpt_dir)
     tok = Tokenizer(plan.tokenizer_path)
-    engine = build_engine(ckpt, EngineConfig(**plan.engine), mp_rank, tok)
+    engine = build_engine(ckpt, EngineConfig(**{**plan.engine, "graph_modes": tuple(plan.engine.get(
+        "graph_modes", ("greedy", "sample", "full")))}), mp_rank, tok)
     log.info("engine ready in %.1f s", time.monotonic() - t0)
+    if mp_rank == 0:  # generation begins: the launcher's tok/s counts from the first of these marks
+        try:
+            (Path(plan.run_dir) / f"ready.dp{dp_rank}").touch()
+        except OSError:
+            pass
     # Replica dp_rank takes every dp-th prompt of the work list; all ranks of a model-parallel group read the
     # same list, so they feed the engine the same requests in the same order.
     mine = [w for i, w in enumerate(iter_work(Path(plan.work_path))) if i % dp == dp_rank]
-    requests = [Request(key=w["key"], prompt_tokens=w["tokens"], max_gen_len=plan.max_gen_len, payload=w)
-                for w in mine if not w.get("skipped")]
+    interned: dict = {}
+    requests = [work_request(w, plan.max_gen_len, interned) for w in mine if not w.get("skipped")]
     log.info("%d prompts for this replica", len(requests))
     writer: RowWriter | PartWriter | None = None
     if mp_rank == 0:  # over several nodes (or a share) each replica appends to its own part file: no shared lock
@@ -96,7 +107,9 @@ def run_rank(plan: Plan, local_rank: int) -> int:
             RowWriter(Path(plan.out_path))
         for w in mine:  # prompts on_long_prompt skips: a row without generation (parts mode only lists them)
             if w.get("skipped"):
-                writer.write(output_row(w["id"], w["prompt"], w["extra"], "", w["n_tokens"], 0, "skipped"))
+                recorded = {"params": w["recorded"]} if w.get("recorded") else {}
+                writer.write(output_row(w["id"], w["prompt"], w["extra"], "", w["n_tokens"], 0, "skipped",
+                                        decoding={"sample": w.get("sample", 0), **recorded}))
     n, gen_tokens, t_gen = 0, 0, time.monotonic()
     try:
         for c in engine.generate(requests):
@@ -104,9 +117,10 @@ def run_rank(plan: Plan, local_rank: int) -> int:
             gen_tokens += len(c.tokens)
             if writer is not None:
                 w = c.request.payload
-                text = completion_text(tok, c.request.prompt_tokens, c.tokens)
+                text = c.text if c.text is not None else completion_text(tok, c.request.prompt_tokens, c.tokens)
                 writer.write(output_row(w["id"], w["prompt"], w["extra"], text, len(c.request.prompt_tokens),
-                                        len(c.tokens), c.finish_reason, bool(w.get("truncated"))))
+                                        len(c.tokens), c.finish_reason, bool(w.get("truncated")),
+                                        decoding_fields(c, c.request.sample, w.get("recorded") or {})))
     finally:
         if writer is not None:
             writer.close()
@@ -146,6 +160,8 @@ def report_error(plan: Plan, rank: int, exc: BaseException) -> None:
         entry.update(what=what, fix="re-run the same command to resume", where=None, line=None, message=what)
         log.warning("%s", what)
     else:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            exc = disk_full_error(Path(plan.out_path))
         if not isinstance(exc, LlamakitError) and plan.nodes.get("nnodes", 1) > 1:
             from llamakit.run.nodewatch import is_lost_peer, lost_node_error
 
@@ -165,9 +181,41 @@ def report_error(plan: Plan, rank: int, exc: BaseException) -> None:
                          fix=fix, where=None, line=None,
                          message=f"{type(exc).__name__}: {first}")
         log.error("failed: %s\n%s", entry["message"], "".join(traceback.format_exception(exc)))
+    _write_error(Path(plan.run_dir) / f"error.rank{rank}.json", entry)
+
+
+ERROR_RESERVE = 4096  # bytes set aside at start for the error file: a full disk must not swallow the message
+
+
+def reserve_error_file(plan: Plan, rank: int) -> None:
+    """Allocate this rank's error file now (blanks, which the launcher skips), while the disk has room."""
     path = Path(plan.run_dir) / f"error.rank{rank}.json"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b" " * ERROR_RESERVE)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _write_error(path: Path, entry: dict[str, Any]) -> None:
+    """Into the reserved blanks when they are there (no new disk space needed), else a new file (atomically)."""
+    for key in ("what", "fix", "message"):
+        if isinstance(entry.get(key), str):
+            entry[key] = entry[key][:1000]
+    data = json.dumps(entry, ensure_ascii=False).encode("utf-8")
+    if path.is_file() and path.stat().st_size >= len(data):
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data.ljust(path.stat().st_size), 0)
+        finally:
+            os.close(fd)
+        return
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
@@ -176,9 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         sys.stderr.write("usage: python -m llamakit.run.worker PLAN.json (started by `llamakit run`)\n")
         return 2
+    if argv is None:  # a real worker process: it ends when torchrun ends, however torchrun ends
+        die_with_parent(signal.SIGKILL)
     plan = Plan.load(args[0])
     rank = int(os.environ.get("RANK", "0"))
     _setup_logging(rank)
+    reserve_error_file(plan, rank)
     try:
         code = run_rank(plan, int(os.environ.get("LOCAL_RANK", "0")))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the launcher as one line

@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         sys.stderr.write("usage: python -m llamakit.score.worker PLAN.json (started by `llamakit score`)\n")
         return 2
+    if argv is None:  # a real worker process: it ends when torchrun ends (llamakit.lifeline)
+        from llamakit.lifeline import die_with_parent
+
+        die_with_parent()
     plan = ScorePlan.load(args[0])
     rank = int(os.environ.get("RANK", "0"))
     _setup_logging(rank)
