@@ -204,3 +204,15 @@ def test_a_node_whose_workers_never_join_the_others_is_told_why_after_a_while(tm
     with open(log, "a", encoding="utf-8") as f:
         f.write("rank 1    model-parallel rank 0 of 2, data-parallel replica 0 of 1\n")
     assert w.phase(7.0) == "loading" and w.joined
+
+
+def test_status_of_a_stopped_multinode_run_counts_the_rows_in_its_part_files(tmp_path):
+    """A run stopped with rows only in part files (several nodes) is not reported as having done nothing."""
+    from llamakit.run.status import run_status
+
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"id": "a", "completion": "x"}) + "\n")
+    part_path(out, 0).write_text(json.dumps({"id": "b", "completion": "y"}) + "\n")
+    part_path(out, 1).write_text(json.dumps({"id": "c", "completion": "z"}) + "\n" + '{"id": "d", "compl')
+    st = run_status(out)
+    assert (st.state, st.done) == ("stopped", 3)

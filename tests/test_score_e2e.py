@@ -18,6 +18,7 @@ import pytest
 
 from llamakit.checkpoint.tiny import train_tokenizer
 from llamakit.errors import LlamakitError
+from llamakit.run.status import run_status
 from llamakit.score.launch import plan_score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,15 +116,20 @@ def test_kill_9_then_resume_by_id_loses_and_repeats_nothing(world, tiny_factory,
     while not (out.exists() and out.read_bytes().count(b"\n") >= 3):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.01)
+    live = run_status(out)  # `llamakit status` knows score runs as it knows generation runs
+    assert live.state == "running" and live.total == N
     _kill_everything(proc)
     kept = out.read_bytes().count(b"\n")
     assert 3 <= kept < N
+    stopped = run_status(out)
+    assert stopped.state == "stopped" and stopped.done == kept and "llamakit score" in stopped.resume
     with open(out, "ab") as f:  # a row torn in half, as a kill in the middle of a write leaves it
         f.write(b'{"id": "t-059", "n_tok')
     res = run_cli(root, str(r), "--nproc", "2")  # resumed by two data-parallel replicas
     assert res.returncode == 0, res.stderr
     assert f"{N - kept} scored now, {kept} were already in the output (resumed)" in res.stdout
     assert "MP=1 x DP=2" in (root / "killed.log").read_text()
+    assert run_status(out).state == "complete"
     rows = rows_of(out)
     assert [x["id"] for x in rows] == [x["id"] for x in mp1_rows]  # every text once, in input order
     for got, want in zip(rows, mp1_rows):

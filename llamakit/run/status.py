@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llamakit.errors import LlamakitError
-from llamakit.run.output import read_rows
+from llamakit.run.parts import done_keys
 from llamakit.run.progress import Progress, fmt_duration
 from llamakit.run.recipe import run_dir_for
 from llamakit.run.resume import RunLock
@@ -166,10 +166,11 @@ def last_error(log_path: Path, tail: int = 256 << 10) -> str | None:
 
 
 def _count_rows(out_path: Path) -> int:
+    """Prompts with a row in out_path or in any data-parallel part file next to it (multi-node runs)."""
     try:
-        return len({json.dumps(row["id"]) for _, row in read_rows(out_path)})
+        return len(done_keys(out_path))
     except LlamakitError:
-        return sum(1 for _ in open(out_path, "rb"))
+        return sum(1 for _ in open(out_path, "rb")) if out_path.is_file() else 0
 
 
 def target_paths(target: str | Path) -> tuple[Path, Path | None]:
@@ -227,7 +228,7 @@ def run_status(target: str | Path) -> RunStatus:
         st.processes = _processes(st.pid) if st.pid else []
         st.resume = None
         return st
-    st.done = _count_rows(out_path) if out_path.is_file() else 0
+    st.done = _count_rows(out_path)
     states = {r.get("phase") for r in reports}
     if total is not None and st.done >= total and (not reports or states == {"complete"}):
         st.state, st.resume = "complete", None

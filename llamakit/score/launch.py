@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +20,8 @@ from llamakit.run.output import clean_run_dir, finalize_output, id_key, read_row
 from llamakit.run.plan import choose_devices, cuda_facts, describe_gpu, free_port, omp_threads, torchrun_argv
 from llamakit.run.recipe import LoadedRecipe, check_writable, resolve_path
 from llamakit.run.resume import RunLock, fingerprints
+from llamakit.run.progress import Tracker
+from llamakit.run.status import StatusFile
 from llamakit.run.supervise import ProgressFn, _log_to, _worker_error, spawn
 from llamakit.score.reduce import CHUNK_ELEMENTS
 from llamakit.score.recipe import load_score_recipe
@@ -312,8 +316,15 @@ def execute_score(setup: ScoreSetup, on_progress: ProgressFn | None = None) -> S
     plan = setup.plan
     handler = _log_to(Path(plan.log_path))
     t0 = time.monotonic()
+    status: StatusFile | None = None
     try:
         with RunLock(Path(plan.run_dir), Path(plan.out_path)):
+            status = StatusFile(Path(plan.run_dir), command=f"llamakit score {shlex.quote(str(setup.loaded.path))}",
+                                cwd=os.getcwd(), recipe=str(setup.loaded.path), out_path=plan.out_path,
+                                log_path=plan.log_path, total=plan.total, done_before=plan.already_done,
+                                todo=plan.pending, done=0, gpus=plan.gpus, phase="starting")
+            status.update(force=True)  # `llamakit status` reads a score run as it reads a generation run
+            tracker = Tracker(plan.pending)
             log.info("llamakit score %s", setup.loaded.path)
             for line in describe(plan, setup.argv):
                 log.info("plan: %s", line)
@@ -328,14 +339,18 @@ def execute_score(setup: ScoreSetup, on_progress: ProgressFn | None = None) -> S
                 plan.save(setup.plan_file)  # before the first row: a resume compares its settings
                 _write_work(setup.todo, Path(plan.work_path))
                 log.info("starting %d processes: %s", plan.nproc, " ".join(setup.argv))
-                rc = spawn(setup, on_progress)  # type: ignore[arg-type]
+                rc = spawn(setup, on_progress, tracker=tracker, status=status)  # type: ignore[arg-type]
                 if rc != 0:
                     raise _worker_error(rc, plan)  # type: ignore[arg-type]
+            status.update(force=True, phase="finishing")
             summary = _finish(setup, t0)
             clean_run_dir(Path(plan.run_dir))
+            status.update(tracker.last, force=True, phase="complete")
         return summary
     except LlamakitError as e:
         log.error("error: %s", e.one_line())
+        if status is not None:
+            status.update(force=True, phase="stopped", error=e.one_line())
         raise
     finally:
         log.removeHandler(handler)
