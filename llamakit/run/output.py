@@ -56,26 +56,28 @@ def encode_row(row: dict[str, Any]) -> bytes:
 
 
 class RowWriter:
-    """Append-only JSONL writer: each row is one os.write under flock, fsync every `every` rows or `seconds`."""
+    """Append-only JSONL writer: each row is one os.write (under flock when `lock`: DP replicas append to the same
+    file), fsync every `every` rows or `seconds`."""
 
-    def __init__(self, path: Path, every: int = 64, seconds: float = 2.0):
+    def __init__(self, path: Path, every: int = 64, seconds: float = 2.0, lock: bool = True):
         self.path = Path(path)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.every, self.seconds = every, seconds
+        self.every, self.seconds, self.lock = every, seconds, lock
         self.pending = 0
         self.last_sync = time.monotonic()
         self.rows = 0
 
     def write(self, row: dict[str, Any]) -> None:
-        data = encode_row(row)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)  # DP replicas append to the same file
+        view = memoryview(encode_row(row))
+        if self.lock:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
-            view = memoryview(data)
             while view:
                 n = os.write(self.fd, view)
                 view = view[n:]
         finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            if self.lock:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
         self.rows += 1
         self.pending += 1
         if self.pending >= self.every or time.monotonic() - self.last_sync >= self.seconds:
@@ -83,7 +85,7 @@ class RowWriter:
 
     def sync(self) -> None:
         if self.pending:
-            os.fsync(self.fd)
+            os.fsync(self.fd)  # on NFS this is also what makes the rows visible to the other hosts
             self.pending = 0
         self.last_sync = time.monotonic()
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from llamakit.errors import LlamakitError
 from llamakit.run.decoding import row_key
-from llamakit.run.output import encode_row, id_key, read_rows, repair_tail
+from llamakit.run.output import RowWriter, encode_row, id_key, read_rows, repair_tail
 
 # `OUT.part-r003` (replica 3 of a multi-node run) or `OUT.part-s02of08-r001` (replica 1 of share 2 of 8, the
 # independent SLURM-array mode). One writer per file at any time: the name carries the writer's identity.
@@ -51,46 +50,13 @@ def output_files(out_path: str | Path) -> list[Path]:
     return ([out] if out.is_file() else []) + part_files(out)
 
 
-class PartWriter:
+class PartWriter(RowWriter):
     """Append-only writer of one replica's part file. It is the file's only writer, so no lock is taken; a torn
     last line left by a killed earlier writer of the same part is cut before the first append."""
 
     def __init__(self, path: Path, every: int = 64, seconds: float = 2.0):
-        self.path = Path(path)
-        self.cut = repair_tail(self.path)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.every, self.seconds = every, seconds
-        self.pending = 0
-        self.last_sync = time.monotonic()
-        self.rows = 0
-
-    def write(self, row: dict[str, Any]) -> None:
-        view = memoryview(encode_row(row))
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        self.rows += 1
-        self.pending += 1
-        if self.pending >= self.every or time.monotonic() - self.last_sync >= self.seconds:
-            self.sync()
-
-    def sync(self) -> None:
-        if self.pending:
-            os.fsync(self.fd)  # on NFS this is also what makes the rows visible to the other hosts
-            self.pending = 0
-        self.last_sync = time.monotonic()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            self.sync()
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> "PartWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.cut = repair_tail(Path(path))
+        super().__init__(path, every, seconds, lock=False)
 
 
 def iter_output_rows(out_path: str | Path) -> Iterable[tuple[Path, int, dict[str, Any]]]:
