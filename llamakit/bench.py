@@ -24,7 +24,7 @@ from llamakit.checkpoint.params import PRESETS, ModelConfig, load_params
 from llamakit.distributed import finish_and_exit, free_port, init_model_parallel
 from llamakit.lifeline import child_env, die_with_parent, guarded
 from llamakit.engine.api import EngineConfig, Request, SamplingParams
-from llamakit.engine.engine import DTYPES, BatchEngine, engine_for_model
+from llamakit.engine.engine import DTYPES, BatchEngine, cap_gpu_memory, engine_for_model
 from llamakit.errors import LlamakitError
 from llamakit.fit import resolve_dtype
 from llamakit.model.kv_cache import KVCache
@@ -68,6 +68,7 @@ class BenchOptions:
     top_p: float = 0.9
     quantize: str = "none"
     fast: bool = True
+    gpu_memory_utilization: float = 1.0  # fraction of each GPU's memory a process may use (vLLM's name)
     # decoding controls by their recipe names (`--set top_k=50 --set n=4 ...`); n multiplies the sequences
     sampling: dict = field(default_factory=dict)
 
@@ -104,6 +105,7 @@ class BenchResult:
     kv_cache_tokens: int | None = None  # what the paged cache holds in all
     preemptions: int | None = None  # sequences preempted (recomputed later) when the cache ran out of blocks
     sampling: dict = field(default_factory=dict)
+    gpu_memory_utilization: float = 1.0
 
 
 def standard_prompts(n: int, max_len: int = 480, vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
@@ -185,7 +187,9 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     rows = min(opts.batch, len(prompts) * n)
     ecfg = EngineConfig(max_seq_len=max_seq_len, max_batch_size=rows, dtype=opts.dtype,  # type: ignore[arg-type]
                         device=device.type, temperature=opts.temperature, top_p=opts.top_p,  # type: ignore[arg-type]
-                        quantize=opts.quantize, fast=opts.fast, graph_modes=(mode,))  # type: ignore[arg-type]
+                        quantize=opts.quantize, fast=opts.fast, graph_modes=(mode,),  # type: ignore[arg-type]
+                        gpu_memory_utilization=opts.gpu_memory_utilization)
+    cap_gpu_memory(opts.gpu_memory_utilization, device)  # before any weights: they count against the cap
     seed = 1234 + get_model_parallel_rank()
     quality: tuple = (None, None, None, None)
     if opts.quantize == "int8":
@@ -246,7 +250,8 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         build_s=round(build_s, 1), date=_dt.date.today().isoformat(),
         bf16_logit_rel_err=quality[0], int8_logit_rel_err=quality[1], bf16_top1_agreement=quality[2],
         int8_top1_agreement=quality[3], dp=dp, workload=opts.workload, peak_sequences=held[0],
-        peak_kv_tokens=held[1], kv_cache_tokens=kv_tokens, preemptions=held[2], sampling=opts.sampling)
+        peak_kv_tokens=held[1], kv_cache_tokens=kv_tokens, preemptions=held[2], sampling=opts.sampling,
+        gpu_memory_utilization=opts.gpu_memory_utilization)
 
 
 def _data_parallel() -> tuple[int, int]:
@@ -347,6 +352,9 @@ def resolve(opts: BenchOptions) -> BenchOptions:
     if cfg is not None and opts.mp not in cfg.allowed_mp(bench_vocab(cfg)):
         raise LlamakitError(f"--mp {opts.mp} does not divide this shape",
                             f"use one of {cfg.allowed_mp(bench_vocab(cfg))[:8]}")
+    if not 0 < opts.gpu_memory_utilization <= 1:
+        raise LlamakitError(f"--gpu-memory-utilization {opts.gpu_memory_utilization} is not a fraction",
+                            "use a number > 0 and <= 1, e.g. 0.34 for 48 GB of a 141 GB H200")
     if opts.workload not in WORKLOADS:
         raise LlamakitError(f"unknown workload {opts.workload!r}", f"use one of: {', '.join(WORKLOADS)}")
     prompts = opts.prompts or (DATASET_PROMPTS if opts.workload == "dataset" else STANDARD_BATCH)

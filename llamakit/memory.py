@@ -98,7 +98,7 @@ def plan_memory(config: ModelConfig, vocab_size: int, mp: int, dtype: str, batch
 
 def max_batch_that_fits(config: ModelConfig, vocab_size: int, mp: int, dtype: str, seq: int, gpu_bytes: int,
                         cap: int = 512) -> int:
-    """Largest batch whose plan fits `gpu_bytes` (0 if not even the weights fit)."""
+    """Largest batch whose plan (every sequence at max_seq_len) fits `gpu_bytes` (0 if not even the weights fit)."""
     base = plan_memory(config, vocab_size, mp, dtype, 0, seq)
     free = gpu_bytes - base.total
     per_seq = kv_cache_bytes(config, mp, 1, seq, dtype)
@@ -107,12 +107,118 @@ def max_batch_that_fits(config: ModelConfig, vocab_size: int, mp: int, dtype: st
     return min(cap, free // per_seq)
 
 
-def kv_tokens_that_fit(config: ModelConfig, vocab_size: int, mp: int, dtype: str, seq: int, gpu_bytes: int) -> int:
-    """Tokens of KV cache (all sequences together) that fit `gpu_bytes` next to the weights and overhead: what the
-    paged cache holds, shared by however many sequences are running."""
-    free = gpu_bytes - plan_memory(config, vocab_size, mp, dtype, 0, seq).total
-    per_token = kv_cache_bytes(config, mp, 1, 1, dtype)
-    return max(0, free // per_token) if per_token > 0 else 0
+def kv_tokens_that_fit(config: ModelConfig, vocab_size: int, mp: int, dtype: str, seq: int, gpu_bytes: int,
+                       rows: int = 0) -> int:
+    """Tokens of KV cache (all sequences together) that fit `gpu_bytes` next to the weights and the reserve, by
+    kv_capacity's arithmetic (the engine's), with the decode graphs' pool of `rows` sequences (0: none) and not
+    capped by the rows: what the paged cache holds, shared by however many sequences run."""
+    return plan_capacity(config, vocab_size, mp, dtype, seq, rows, gpu_bytes, graphs=rows > 0).fit_tokens
+
+
+# ---------------------------------------------------------------- the paged KV cache: one capacity computation
+
+BLOCK_SIZE = 16  # tokens per KV-cache block (vLLM's default); EngineConfig.block_size
+# The decode graphs' memory pool: one decode step of `rows` sequences peaks at about STEP_LOGIT_COPIES x the fp32
+# logits over the vocabulary (logits, softmax, top-p sort, sampling); on an H200 (2026-11-30, 7B shape, 1,024 rows)
+# one eager step peaked at 1.50 GiB (12.3 copies) and capturing every bucket took 2.1 GiB, hence the pool factor
+# over the step's peak and a margin. The engine measures the step (engine.graphs.step_peak_bytes); the plan, which
+# has no GPU, estimates it.
+STEP_LOGIT_COPIES = 13
+GRAPH_POOL_FACTOR = 1.5
+GRAPH_POOL_MARGIN = 512 * 2**20
+
+
+def decode_step_bytes(config: ModelConfig, vocab_size: int, rows: int) -> int:
+    """Estimated peak bytes of one decode step of `rows` sequences beyond the weights (what the engine measures)."""
+    return STEP_LOGIT_COPIES * rows * vocab_size * 4
+
+
+def graph_pool_bytes(step_bytes: int) -> int:
+    """What the captured decode graphs keep, from one step's peak (0: no graphs)."""
+    return int(GRAPH_POOL_FACTOR * step_bytes) + GRAPH_POOL_MARGIN if step_bytes > 0 else 0
+
+
+@dataclass(frozen=True)
+class KvCapacity:
+    """What the paged KV cache of one GPU holds: `blocks` blocks of `block_size` tokens (the scratch block not
+    counted), at most what `rows` sequences of max_seq_len `seq` need; `budget` is the bytes left for it."""
+
+    blocks: int
+    block_size: int
+    seq: int
+    rows: int
+    budget: int
+    block_bytes: int
+
+    @property
+    def tokens(self) -> int:
+        return self.blocks * self.block_size
+
+    @property
+    def fit_tokens(self) -> int:
+        """Tokens the budget holds before the cap at `rows` sequences of max_seq_len."""
+        return max(0, self.budget) // self.block_bytes * self.block_size if self.block_bytes > 0 else 0
+
+    @property
+    def bytes(self) -> int:
+        return self.blocks * self.block_bytes
+
+    def sequences(self, length: int | None = None) -> int:
+        """Sequences of `length` tokens (default max_seq_len) that fit at once, in whole blocks, at most `rows`."""
+        per = -(-min(self.seq, length or self.seq) // self.block_size)
+        return min(self.rows, self.blocks // max(1, per))
+
+    @property
+    def fits_one(self) -> bool:
+        """At least one sequence of max_seq_len fits: the engine refuses to start below that."""
+        return self.blocks >= -(-self.seq // self.block_size)
+
+    def words(self, typical: int | None = None) -> str:
+        """'KV cache 58.0 GiB = 118,000 tokens: holds about 290 sequences of ~400 tokens at once, 115 of max_seq_len
+        1024 (max_batch_size 1024 is an upper limit)'."""
+        typical = max(1, min(self.seq, typical or self.seq))
+        head = f"KV cache {fmt_gib(self.bytes)} = {self.tokens:,} tokens: "
+        if self.sequences() >= self.rows:  # capped by max_batch_size: say that more would fit
+            more = self.fit_tokens // (-(-typical // self.block_size) * self.block_size)
+            return head + (f"all max_batch_size {self.rows} sequences at once, even at max_seq_len {self.seq}"
+                           + (f" (memory for about {more} of ~{typical} tokens: a higher max_batch_size runs more "
+                              "at once)" if more > self.rows else ""))
+        of_max = f", {self.sequences()} of max_seq_len {self.seq}" if typical < self.seq else ""
+        return head + (f"holds about {self.sequences(typical)} sequences of ~{typical} tokens at once{of_max} "
+                       f"(max_batch_size {self.rows} is an upper limit)")
+
+
+def kv_capacity(config: ModelConfig, mp: int, dtype: str, seq: int, rows: int, gpu_bytes: int,
+                held: int, step_bytes: int = 0, kv_dtype: str | None = None,
+                block_size: int = BLOCK_SIZE) -> KvCapacity:
+    """THE capacity arithmetic, shared by the run plan (fit.verdict, run.plan) and the engine (engine.kv_cache_blocks),
+    so they cannot disagree: of `gpu_bytes` (what this process may use: the card, or gpu_memory_utilization x it),
+    minus `held` (the weights: the plan counts them, the engine reads what its allocator holds), minus the reserve
+    (overhead_bytes: CUDA context, NCCL, one prefill step's activations, int8's dequantized weights) and the decode
+    graphs' pool (graph_pool_bytes of `step_bytes`), whole blocks of KV cache, never more than `rows` sequences of
+    max_seq_len `seq` need. `dtype` is the weights' (memory.weight_dtype), `kv_dtype` the compute dtype the cache
+    is kept in (default: 16 bit, fp32 for fp32)."""
+    block_bytes = kv_cache_bytes(config, mp, 1, block_size, kv_dtype or dtype)
+    budget = gpu_bytes - held - overhead_bytes(config, mp, dtype, seq) - graph_pool_bytes(step_bytes)
+    per_seq = -(-seq // block_size)
+    blocks = min(max(0, budget // block_bytes), rows * per_seq) if block_bytes > 0 else 0
+    return KvCapacity(int(blocks), block_size, seq, rows, int(budget), block_bytes)
+
+
+def usable_bytes(total: int, free: int, held: int, fraction: float = 1.0) -> int:
+    """What one process may use of its GPU: gpu_memory_utilization x the GPU's total (vLLM's meaning), or less when
+    other processes hold memory: what is free now plus what this process holds (its allocator's reserved bytes
+    and its CUDA context). `torch.cuda.mem_get_info` alone ignores a set_per_process_memory_fraction cap."""
+    return min(int(fraction * total), free + held + CUDA_CONTEXT_BYTES)
+
+
+def plan_capacity(config: ModelConfig, vocab_size: int, mp: int, dtype: str, seq: int, rows: int, gpu_bytes: int,
+                  graphs: bool = True, kv_dtype: str | None = None) -> KvCapacity:
+    """kv_capacity as the plan sees it before anything runs: the weights counted exactly, the decode step of `rows`
+    sequences estimated (with `graphs`: the CUDA-graph pool the engine keeps)."""
+    step = decode_step_bytes(config, vocab_size, rows) if graphs else 0
+    return kv_capacity(config, mp, dtype, seq, rows, gpu_bytes,
+                       weight_bytes_per_rank(config, vocab_size, mp, dtype), step, kv_dtype)
 
 
 def fmt_gib(n: int) -> str:

@@ -54,6 +54,8 @@ def test_bad_options_are_one_line_errors():
         resolve(BenchOptions(preset="3b", device="cpu"))
     with pytest.raises(LlamakitError, match="does not divide"):
         resolve(BenchOptions(preset="tiny", device="cpu", mp=3))
+    with pytest.raises(LlamakitError, match="--gpu-memory-utilization 1.5 is not a fraction"):
+        resolve(BenchOptions(preset="tiny", device="cpu", gpu_memory_utilization=1.5))
 
 
 @pytest.mark.parametrize("flag,n,expected", [("--mp", 2, 16), ("--dp", 2, 16)])

@@ -81,9 +81,70 @@ def test_memory_estimate_confirms_the_zeitonline_settings_fit_two_a6000():
     z = PRESETS["llama-13b"]
     two = Devices("cuda", 2, 1, "bf16", "nccl", (a6000(0), a6000(1)))
     text, warn = memory_line(z, 32000, two, "none", 32, 1024)
-    assert warn is None and "weights 12.1 GiB" in text
-    small = Devices("cuda", 2, 1, "bf16", "nccl", (GpuInfo(0, "RTX 4090", 24 * GiB, 23 * GiB, (8, 9)),) * 2)
-    assert "exceeds GPU memory" in memory_line(z, 32000, small, "none", 32, 4096)[1]
+    assert warn is None and "weights 12.1 GiB" in text and "all max_batch_size 32 sequences at once" in text
+    small = Devices("cuda", 1, 1, "bf16", "nccl", (GpuInfo(0, "RTX 4090", 24 * GiB, 23 * GiB, (8, 9)),) * 2)
+    _, warn = memory_line(z, 32000, small, "none", 32, 4096, "/data/13B")  # bf16 weights alone are 24.2 GiB
+    assert warn.startswith("the weights (24.2 GiB) and the reserve leave no room") and "quantize: int8" in warn
+
+
+H200 = GpuInfo(0, "NVIDIA H200", int(139.8 * GiB), int(139.8 * GiB), (9, 0))
+
+
+def engine_tokens(config, mp: int, dtype: str, quantize: str, batch: int, seq: int, gpu_bytes: int) -> int:
+    """What engine.kv_cache_blocks sizes for the same inputs: the GPU holding the weights, one decode step as the
+    plan estimates it (the engine measures it)."""
+    import torch
+
+    from llamakit.engine.api import EngineConfig
+    from llamakit.engine.engine import kv_cache_blocks
+    from llamakit.memory import decode_step_bytes, weight_bytes_per_rank, weight_dtype
+
+    cfg = EngineConfig(max_seq_len=seq, max_batch_size=batch, dtype=dtype, device="cuda", quantize=quantize)
+    held = weight_bytes_per_rank(config, 32000, mp, weight_dtype(dtype, quantize))
+    blocks = kv_cache_blocks(cfg, config.with_vocab(32000), mp, torch.bfloat16, torch.device("cpu"), batch,
+                             decode_step_bytes(config, 32000, batch), gpu=(gpu_bytes, held))
+    return (blocks - 1) * cfg.block_size  # the scratch block holds no sequence
+
+
+@pytest.mark.parametrize("preset, mp, quantize, batch, seq, util, gpu", [
+    ("llama-7b", 1, "none", 1024, 1024, 1.0, H200),  # the stop note's case: it warned "set max_batch_size: 252"
+    ("llama-13b", 2, "none", 1024, 1024, 0.34, H200),  # the users' 48 GB A6000, emulated on an H200
+    ("llama-13b", 2, "none", 32, 1024, 1.0, a6000(0)),  # capped by max_batch_size: all 32 at once
+    ("llama-65b", 2, "int8", 512, 2048, 1.0, a6000(0)),
+])
+def test_the_plan_states_the_kv_cache_the_engine_sizes(preset, mp, quantize, batch, seq, util, gpu):
+    """A big max_batch_size on a paged cache is an upper limit, not a warning; the plan's token figure is the
+    engine's (engine.kv_cache_blocks, called here with the same inputs): one function does the arithmetic."""
+    dev = Devices("cuda", mp, 1, "bf16", "nccl", (gpu,) * mp)
+    text, warn = memory_line(PRESETS[preset], 32000, dev, quantize, batch, seq, "/ck", 400, utilization=util)
+    assert warn is None
+    tokens = engine_tokens(PRESETS[preset], mp, "bf16", quantize, batch, seq, int(gpu.total_bytes * util)
+                           if util < 1 else gpu.total_bytes)
+    assert f"= {tokens:,} tokens: " in text and tokens >= seq
+    assert ("is an upper limit" in text) == (tokens < batch * seq)
+    if util < 1:
+        assert "gpu_memory_utilization 0.34 of 139.8 GiB" in text
+
+
+def test_the_plan_warns_only_when_one_sequence_does_not_fit_and_the_engine_refuses_it():
+    cfg = PRESETS["llama-7b"]
+    card = GpuInfo(0, "small", 16 * GiB, 16 * GiB, (8, 6))  # 12.6 GiB of weights + reserve: ~1,500 tokens left
+    dev = Devices("cuda", 1, 1, "bf16", "nccl", (card,))
+    assert memory_line(cfg, 32000, dev, "none", 8, 1024, "/ck")[1] is None
+    _, warn = memory_line(cfg, 32000, dev, "none", 8, 4096, "/ck")
+    assert warn.startswith("the KV cache left (") and "less than one sequence of max_seq_len 4096" in warn
+    assert "quantize: int8" in warn
+    with pytest.raises(LlamakitError, match="less than one sequence of max_seq_len 4096"):
+        engine_tokens(cfg, 1, "bf16", "none", 8, 4096, card.total_bytes)
+
+
+def test_gpu_memory_utilization_caps_what_a_process_may_use():
+    from llamakit.memory import CUDA_CONTEXT_BYTES, usable_bytes
+
+    total = int(139.8 * GiB)
+    assert usable_bytes(total, free=total - GiB, held=0, fraction=0.34) == int(0.34 * total)  # the cap, not free
+    # another process holds 27 GiB: this one may use what is free and what it holds itself
+    assert usable_bytes(total, free=100 * GiB, held=12 * GiB) == 112 * GiB + CUDA_CONTEXT_BYTES
 
 
 # ---------------------------------------------------------------- plan_run on real tiny checkpoints
@@ -271,3 +332,18 @@ def test_missing_checkpoint_tokenizer_and_prompts_show_the_resolved_path(tiny_fa
         plan_run(r, gpu_facts=([], False))
     assert e.value.what == f"prompt_path {tmp_path / 'data/prompts.jsonl'}: prompt file does not exist"
     assert (e.value.where, e.value.line) == (str(r), 2)
+
+
+def test_gpu_memory_utilization_is_a_recipe_key_and_a_set_override(tiny_factory, tmp_path):
+    """The key reaches the engine's config and the plan sizes the GPU as capped; a bad value is one line with the
+    recipe's file:line."""
+    ckpt = tiny_factory("llama2", 1)
+    r = recipe(tmp_path, ckpt, PROMPTS, gpu_memory_utilization=0.5)
+    setup = plan_run(r, gpu_facts=([H200], True))
+    assert setup.plan.engine["gpu_memory_utilization"] == 0.5
+    assert "(gpu_memory_utilization 0.5 of 139.8 GiB)" in setup.plan.memory
+    setup = plan_run(r, ["gpu_memory_utilization=0.34"], gpu_facts=([H200], True))
+    assert setup.plan.engine["gpu_memory_utilization"] == 0.34 and "47.5 GiB per GPU" in setup.plan.memory
+    with pytest.raises(LlamakitError) as e:
+        plan_run(recipe(tmp_path, ckpt, PROMPTS, gpu_memory_utilization=1.5), gpu_facts=([H200], True))
+    assert e.value.line == 6 and "gpu_memory_utilization" in e.value.what and "<= 1" in e.value.fix

@@ -37,3 +37,52 @@ def test_top_p_keeps_only_the_nucleus_and_matches_probabilities():
     # Meta's rule keeps tokens whose preceding mass is <= 0.7: {0.5, 0.3}; renormalised 0.625 / 0.375
     assert counts[2] == 0 and counts[3] == 0
     assert abs(counts[0].item() - 0.625) < 0.015 and abs(counts[1].item() - 0.375) < 0.015
+
+
+NUCLEUS_CHECK = r"""
+import json, torch
+from llamakit.engine.nucleus import nucleus_sample
+from llamakit.engine.sampler import FLOAT_ROWS, INT_ROWS, N_FLOAT, N_INT, sample_step
+torch.manual_seed(0)
+B, V = 24, 1500
+logits = torch.randn(B, V) * 3
+logits[3, :] = 0.5  # one flat row: every token tied
+logits[4, 7] = 1e3  # one certain row
+ints = torch.zeros((N_INT, B), dtype=torch.int64)
+ints[INT_ROWS.index("key")] = torch.arange(B) * 7919
+ints[INT_ROWS.index("sample")] = torch.arange(B) % 3
+ints[INT_ROWS.index("step")] = torch.arange(B) * 5 + 2**33  # int64 counters wrap as the eager hash does
+ints[INT_ROWS.index("seed")] = 12345
+floats = torch.zeros((N_FLOAT, B))
+floats[FLOAT_ROWS.index("temperature")] = torch.tensor([0.0, 0.3, 0.6, 1.0, 1.5, 0.7] * 4)
+floats[FLOAT_ROWS.index("top_p")] = torch.tensor([0.9, 0.5, 0.95, 1.0, 0.1, 0.99, 0.8, 0.9] * 3)
+got = nucleus_sample(logits, ints, floats).tolist()
+want = sample_step(logits, ints, floats, None, "sample").tolist()
+print(json.dumps({"got": got, "want": want}))
+"""
+
+
+def test_the_nucleus_kernel_draws_what_the_eager_sort_draws():
+    """The Triton sampling kernel (no sort; Triton's CPU interpreter here) picks the same token as the eager path
+    (sort + the same nucleus rule + the same race) for every row: greedy rows, top_p 1, a flat row, a certain one."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest = __import__("pytest")
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", NUCLEUS_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["got"] == res["want"]
+
+
+def test_ties_at_the_nucleus_edge_are_kept_or_dropped_together():
+    from llamakit.engine.nucleus import nucleus_keep_sorted
+
+    p = torch.tensor([[0.4, 0.2, 0.2, 0.1, 0.1]])
+    keep = nucleus_keep_sorted(p, torch.tensor([[0.5]]))
+    # mass strictly above the 0.2s is 0.4 <= 0.5: both kept; above the 0.1s is 0.8: both dropped
+    assert keep.tolist() == [[True, True, True, False, False]]

@@ -31,6 +31,9 @@ def bench_cmd(
     batch: int = typer.Option(0, "--batch", help="Upper limit of sequences decoded together (0: the workload's; "
                                                  "free KV-cache blocks decide how many run); score: texts per forward."),
     quantize: str = typer.Option("none", "--quantize", help="none or int8 (weight-only)."),
+    gpu_memory_utilization: float = typer.Option(
+        1.0, "--gpu-memory-utilization", help="Fraction of each GPU's total memory a process may use (vLLM's name): "
+        "0.34 makes a 141 GB H200 behave like a 48 GB RTX A6000."),
     plain: bool = typer.Option(False, "--plain", help="Plain path: no CUDA graphs or fused kernels."),
     sets: list[str] = typer.Option([], "--set", help="Decoding control by its recipe name, repeatable: "
                                    "--set top_k=50 --set repetition_penalty=1.2 --set n=4 --set logprobs=5 "
@@ -49,7 +52,7 @@ def bench_cmd(
     temps = {k: sampling.pop(k) for k in ("temperature", "top_p") if k in sampling}
     opts = BenchOptions(preset=preset, params_json=params_json, mp=mp, dp=dp, dtype=dtype, device=device,
                         workload=workload, prompts=prompts, gen_len=gen_len, batch=batch, quantize=quantize,
-                        fast=not plain, sampling=sampling, **temps)
+                        fast=not plain, sampling=sampling, gpu_memory_utilization=gpu_memory_utilization, **temps)
     result = bench(opts)
     if as_json:
         print(json.dumps(asdict(result)))

@@ -62,6 +62,9 @@ class EngineConfig:
     fast: bool = True  # CUDA graphs / compiled decode where available
     block_size: int = 16  # tokens per KV-cache block (vLLM's name and default)
     kv_cache_tokens: int = 0  # 0: what GPU memory holds (CUDA) or max_batch_size x max_seq_len (CPU)
+    # fraction of each GPU's total memory this process may use (vLLM's name and meaning); 1.0: all of it, less the
+    # memory plan's reserve (llamakit.memory.kv_capacity)
+    gpu_memory_utilization: float = 1.0
     eos_id: int | None = None  # the tokenizer's eos; None: read it from the checkpoint's tokenizer; -1: never stop
     # decode-step variants to capture as CUDA graphs: greedy (argmax), sample (temperature/top-p), full (every
     # processor and logprobs); a step needing one not captured runs without a graph

@@ -15,7 +15,7 @@ from llamakit.engine.runner import ModelRunner
 from llamakit.engine.scheduler import Scheduler
 from llamakit.errors import LlamakitError
 from llamakit.engine.stopping import Stopping
-from llamakit.memory import CUDA_CONTEXT_BYTES, PREFILL_TOKENS, overhead_bytes, weight_dtype
+from llamakit.memory import PREFILL_TOKENS, fmt_gib, kv_capacity, usable_bytes, weight_dtype
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer, model_parallel_info
 from llamakit.tokenizer import Tokenizer, find_tokenizer
@@ -53,36 +53,52 @@ class BatchEngine:
                 yield from sched.record(running, *self.runner.decode(running))
 
 
-# The captured graphs' pool over one eager step's peak (allocator rounding, the other buckets), and a margin: on an
-# H200 (2026-11-30, 7B shape, 1,024 rows) one eager step peaked at 1.50 GiB and capturing every bucket took 2.1 GiB.
-GRAPH_POOL_FACTOR = 1.5
-GRAPH_POOL_MARGIN = 512 * 2**20
+KV_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def cap_gpu_memory(fraction: float, device: torch.device) -> None:
+    """gpu_memory_utilization < 1: this process's caching allocator may hold at most that fraction of the GPU's total
+    memory (torch.cuda.set_per_process_memory_fraction), so a run on a larger GPU behaves as on a smaller one."""
+    if device.type == "cuda" and fraction < 1.0:
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+
+
+def gpu_share(device: torch.device, fraction: float) -> tuple[int, int]:
+    """(bytes this process may use, bytes it holds now) on `device`, for memory.kv_capacity: of
+    gpu_memory_utilization x the GPU's total, not of `mem_get_info`'s free bytes alone (which ignore the cap)."""
+    torch.cuda.empty_cache()  # loading temporaries and the probe step's blocks go back: held is what is live
+    free, total = torch.cuda.mem_get_info(device)
+    held = torch.cuda.memory_reserved(device)
+    return usable_bytes(total, free, held, fraction), held
 
 
 def kv_cache_blocks(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, device: torch.device,
-                    rows: int, step_bytes: int = 0) -> int:
-    """Blocks for the KV cache (scratch block included): `kv_cache_tokens` if set, else on GPUs what free memory
-    holds after the memory plan's own reserve (llamakit.memory, less the CUDA context already held) and the decode
-    graphs' pool (`step_bytes`: one measured step), never more than `rows` sequences of max_seq_len need. Fails
-    with the fix when not even one sequence of max_seq_len fits."""
-    n_kv_local = model_cfg.kv_heads // mp
-    per_block = KVCache.bytes_per_block(model_cfg.n_layers, n_kv_local, cfg.block_size, model_cfg.head_dim, dtype)
+                    rows: int, step_bytes: int = 0, gpu: tuple[int, int] | None = None) -> int:
+    """Blocks for the KV cache (scratch block included): `kv_cache_tokens` if set, else on GPUs memory.kv_capacity of
+    (`gpu`: bytes this process may use, bytes it holds; default gpu_share, i.e. gpu_memory_utilization x the
+    GPU) less the plan's reserve and the decode graphs' pool (`step_bytes`: one measured step), never more than
+    `rows` sequences of max_seq_len need; `llamakit run`'s plan calls the same function. Fails with the fix when
+    not even one sequence of max_seq_len fits."""
     per_seq = -(-cfg.max_seq_len // cfg.block_size)
     want = rows * per_seq
+    words = ""
     if cfg.kv_cache_tokens > 0:
         want = -(-cfg.kv_cache_tokens // cfg.block_size)
-    elif device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        graphs = int(GRAPH_POOL_FACTOR * step_bytes) + GRAPH_POOL_MARGIN if step_bytes else 0
-        reserve = overhead_bytes(model_cfg, mp, weight_dtype(cfg.dtype, cfg.quantize), cfg.max_seq_len) \
-            - CUDA_CONTEXT_BYTES + graphs
-        want = min(want, max(0, (free - reserve) // per_block))
+    elif device.type == "cuda" or gpu is not None:
+        may_use, held = gpu if gpu is not None else gpu_share(device, cfg.gpu_memory_utilization)
+        cap = kv_capacity(model_cfg, mp, weight_dtype(cfg.dtype, cfg.quantize), cfg.max_seq_len, rows, may_use, held,
+                          step_bytes, KV_DTYPE_NAMES.get(dtype, cfg.dtype), cfg.block_size)
+        want = cap.blocks
+        words = f" of {fmt_gib(may_use)} this process may use ({fmt_gib(held)} held)"
     if want < per_seq:
-        raise LlamakitError(f"the KV cache holds {want * cfg.block_size} tokens, less than one sequence of "
-                            f"max_seq_len {cfg.max_seq_len}",
-                            "lower max_seq_len, use int8 weights (quantize: int8) or more GPUs (a higher MP)")
-    log.info("KV cache: %d blocks of %d tokens = %d tokens (%d sequences at max_seq_len %d; max_batch_size %d)",
-             want, cfg.block_size, want * cfg.block_size, want // per_seq, cfg.max_seq_len, rows)
+        util = (f"; gpu_memory_utilization is {cfg.gpu_memory_utilization}" if cfg.gpu_memory_utilization < 1
+                else "")
+        raise LlamakitError(f"the KV cache holds {want * cfg.block_size} tokens{words}, less than one sequence of "
+                            f"max_seq_len {cfg.max_seq_len}{util}",
+                            "lower max_seq_len, use int8 weights (quantize: int8) or more GPUs (a higher MP)"
+                            + (", or raise gpu_memory_utilization" if util else ""))
+    log.info("KV cache: %d blocks of %d tokens = %d tokens (%d sequences at max_seq_len %d; max_batch_size %d)%s",
+             want, cfg.block_size, want * cfg.block_size, want // per_seq, cfg.max_seq_len, rows, words)
     return int(want) + 1
 
 
@@ -103,6 +119,7 @@ def build_engine(ckpt: Checkpoint, cfg: EngineConfig, rank: int | None = None,
     device = torch.device("cuda", torch.cuda.current_device()) if cfg.device == "cuda" else torch.device("cpu")
     dtype = DTYPES[cfg.dtype]
     model_cfg = ckpt.config.with_vocab(ckpt.vocab_rows)
+    cap_gpu_memory(cfg.gpu_memory_utilization, device)  # before the weights: they count against the cap
     shard = ckpt.load(rank)
     model = Transformer.from_shard(model_cfg, shard, cfg.max_seq_len, dtype, device, cfg.quantize,
                                    vocab_parallel=ckpt.vocab_parallel)
@@ -130,6 +147,7 @@ def engine_for_model(model: Transformer, cfg: EngineConfig, rows: int | None, eo
     mc = model.cfg
     rows = rows or cfg.max_batch_size
     mp = model_parallel_info()[1]
+    cap_gpu_memory(cfg.gpu_memory_utilization, model.device)
     step_bytes = 0
     if model.device.type == "cuda" and cfg.fast and cfg.kv_cache_tokens <= 0:
         from llamakit.engine.graphs import step_peak_bytes

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from llamakit.engine.api import MAX_EOS_IDS, MAX_LOGPROBS, MAX_STOP_IDS, SamplingParams, TokenLogprobs
+from llamakit.engine.nucleus import nucleus_keep_sorted, nucleus_sample, use_kernel
 
 _M32 = 0xFFFFFFFF
 BAN = MAX_STOP_IDS + MAX_EOS_IDS  # ids banned while min_tokens is not reached: the tokenizer's stop ids +
@@ -63,8 +64,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, seed: int,
         return torch.argmax(logits, dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     p_sorted, idx = torch.sort(probs, dim=-1, descending=True)
-    cum = torch.cumsum(p_sorted, dim=-1)
-    p_sorted = p_sorted.masked_fill(cum - p_sorted > top_p, 0.0)
+    p_sorted = p_sorted.masked_fill(~nucleus_keep_sorted(p_sorted, torch.full_like(p_sorted[:, :1], top_p)), 0.0)
     return _race(p_sorted, idx, hash_uniform(seed, keys, steps, idx))
 
 
@@ -281,6 +281,8 @@ def sample_step(logits: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor, 
     top_p = floats[FLOAT_ROWS.index("top_p")][:, None]
     if mode == "greedy":
         return torch.argmax(logits, dim=-1)
+    if mode == "sample" and use_kernel(logits):  # one Triton kernel per row, no sort (engine.nucleus)
+        return nucleus_sample(logits, ints, floats)
     raw = logits.float()
     x = raw
     if mode == "full":
@@ -292,15 +294,13 @@ def sample_step(logits: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor, 
     probs = torch.softmax(x / t, dim=-1)
     p_sorted, idx = torch.sort(probs, dim=-1, descending=True)
     if mode == "sample":
-        cum = torch.cumsum(p_sorted, dim=-1)
-        p_sorted = p_sorted.masked_fill(cum - p_sorted > top_p, 0.0)
+        p_sorted = p_sorted.masked_fill(~nucleus_keep_sorted(p_sorted, top_p), 0.0)
     else:
         v = x.shape[1]
         k = ints[INT_ROWS.index("top_k")]
         k = torch.where(k > 0, k, torch.full_like(k, v))[:, None]
         p_sorted = p_sorted.masked_fill(torch.arange(v, device=x.device)[None, :] >= k, 0.0)
-        cum = torch.cumsum(p_sorted, dim=-1)
-        p_sorted = p_sorted.masked_fill(cum - p_sorted > top_p * cum[:, -1:], 0.0)  # top-p of the top-k, renormed
+        p_sorted = p_sorted.masked_fill(~nucleus_keep_sorted(p_sorted, top_p), 0.0)  # top-p of the top-k
         min_p = floats[FLOAT_ROWS.index("min_p")][:, None]
         p_sorted = p_sorted.masked_fill(p_sorted < min_p * p_sorted[:, :1], 0.0)
     drawn = _race(p_sorted, idx, hash_uniform(seed, key, step, idx, smp))

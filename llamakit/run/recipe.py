@@ -69,6 +69,10 @@ KEYS: dict[str, KeyInfo] = {
                      "auto or a positive multiple of the checkpoint's MP"),
     "quantize": KeyInfo("int8 weights (about half the memory of bf16)", "one of none, int8"),
     "fast": KeyInfo("CUDA graphs / compiled decode where available", "true or false"),
+    "gpu_memory_utilization": KeyInfo("fraction of each GPU's total memory this run may use (vLLM's name); the paged "
+                                      "KV cache gets what is left of it after the weights and the reserve",
+                                      "a number > 0 and <= 1 (e.g. 0.34 makes a 141 GB H200 behave like a 48 GB "
+                                      "card)"),
 }
 
 
@@ -108,6 +112,7 @@ class Recipe(BaseModel):
     nproc: Literal["auto"] | int = "auto"
     quantize: Literal["none", "int8"] = "none"
     fast: bool = True
+    gpu_memory_utilization: float = Field(1.0, gt=0.0, le=1.0)
 
     @property
     def max_prompt_len(self) -> int:

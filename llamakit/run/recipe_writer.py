@@ -211,7 +211,7 @@ def choose_size(config: ModelConfig, vocab_rows: int, mp: int, model: str, lengt
         batch = max(1, min(fits_batch, BATCH_CAP, per_replica))
         m = plan_memory(config, vocab_rows, mp, weight_dtype("bf16", quantize), batch, max_seq_len)
         typical = min(max_seq_len, sorted(lengths)[len(lengths) // 2] + max_gen_len) if lengths else None
-        kv = kv_tokens_that_fit(config, vocab_rows, mp, weight_dtype("bf16", quantize), max_seq_len, gpu_bytes)
+        kv = kv_tokens_that_fit(config, vocab_rows, mp, weight_dtype("bf16", quantize), max_seq_len, gpu_bytes, batch)
         per_gpu = f"{m.breakdown()} of {fmt_gib(gpu_total)} per GPU; {capacity_words(kv, max_seq_len, typical)}"
         device = "cuda" if target.cuda_ok else "cpu"
         if not target.cuda_ok:

@@ -1,0 +1,307 @@
+"""Where a step's GPU time goes (run on a GPU machine, from a checkout with PYTHONPATH set): a kernel-level profile of
+the 7B decode step at batch 1 / 128 / 1,024 and of a standard-workload prefill, the decode-attention kernel's
+achieved bandwidth per launch configuration, and the sampling step's cost by batch.
+
+    python3 tools/profile_decode.py [--preset 7b] [--part all|step|attn|sample] > profile.txt
+
+Random weights of the bench preset (llamakit.bench), KV lengths as in the standard workload halfway through its
+256 tokens (batch 128) and as the dataset workload holds them (batch 1,024). Numbers are for reading, not for the docs:
+speed claims come from `llamakit bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+
+import torch
+import torch.distributed as dist
+
+from llamakit.bench import BENCH_PRESETS, bench_vocab, random_shard, standard_prompts
+from llamakit.distributed import free_port, init_model_parallel
+from llamakit.engine.sampler import N_FLOAT, N_INT, sample_step
+from llamakit.model import kernels
+from llamakit.model.kv_cache import KVCache
+from llamakit.model.llama import Transformer
+
+PAGE = 16
+
+
+def cuda_ms(fn, reps: int = 20, warm: int = 3) -> float:
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(reps):
+        fn()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / reps
+
+
+def lengths_for(batch: int) -> list[int]:
+    """KV lengths per row: prompt + 128 generated (standard, halfway), capped so 1,024 rows fit ~230k tokens."""
+    prompts = standard_prompts(max(batch, 1))
+    lens = [len(p) + 128 for p in prompts[:batch]]
+    if batch >= 512:
+        lens = [min(n, 225) for n in lens]
+    return lens
+
+
+def paged_table(lens: list[int], n_kv_blocks: int | None = None, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """A block table with the blocks of all rows shuffled (sequences grow together, so their blocks interleave)."""
+    need = [-(-n // PAGE) for n in lens]
+    total = sum(need)
+    ids = list(range(1, total + 1))
+    random.Random(seed).shuffle(ids)
+    width = max(need)
+    table = torch.zeros((len(lens), width), dtype=torch.int32)
+    at = 0
+    for i, n in enumerate(need):
+        table[i, :n] = torch.tensor(ids[at:at + n], dtype=torch.int32)
+        at += n
+    return table.cuda(), total + 1
+
+
+def top_kernels(prof, n: int = 18) -> list[dict]:
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None)
+        if t is None:
+            t = getattr(e, "self_cuda_time_total", 0)
+        if t > 0:
+            rows.append({"kernel": e.key[:90], "calls": e.count, "us": round(t, 1)})
+    rows.sort(key=lambda r: -r["us"])
+    total = sum(r["us"] for r in rows)
+    return [{"total_us": round(total, 1)}] + rows[:n]
+
+
+def build(preset: str) -> Transformer:
+    cfg = BENCH_PRESETS[preset]
+    vocab = bench_vocab(cfg)
+    cfg = cfg.with_vocab(vocab)
+    shard = random_shard(cfg, vocab, 1, torch.bfloat16, torch.device("cuda"), 1234)
+    model = Transformer.from_shard(cfg, shard, 1024, torch.bfloat16, torch.device("cuda"), "none",
+                                   vocab_parallel=cfg.llama3_family)
+    del shard
+    torch.cuda.empty_cache()
+    return model
+
+
+def part_step(model: Transformer) -> None:
+    """Profile decode_fast + sample_step eagerly (the kernels a graph replays) and time the graph-free step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = model.cfg
+    for batch in (1, 128, 1024):
+        lens = lengths_for(batch)
+        table, n_blocks = paged_table(lens)
+        cache = KVCache(cfg.n_layers, n_blocks, PAGE, cfg.kv_heads, cfg.head_dim, torch.bfloat16, "cuda")
+        tok = torch.randint(3, 32000, (batch,), device="cuda")
+        pos = torch.tensor(lens, device="cuda") - 1
+        ints = torch.zeros((N_INT, batch), dtype=torch.int64, device="cuda")
+        floats = torch.zeros((N_FLOAT, batch), dtype=torch.float32, device="cuda")
+        floats[0], floats[1] = 0.6, 0.9
+
+        def step():
+            logits = model.decode_fast(tok, pos, cache, table)
+            return sample_step(logits, ints, floats, None, "sample")
+
+        with torch.inference_mode():
+            eager = cuda_ms(step, reps=5)
+            g = torch.cuda.CUDAGraph()
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                step()
+            torch.cuda.current_stream().wait_stream(s)
+            with torch.cuda.graph(g):
+                step()
+            graph = cuda_ms(g.replay, reps=10)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    step()
+                torch.cuda.synchronize()
+        kv_gb = sum(lens) * cfg.n_layers * 2 * cfg.kv_heads * cfg.head_dim * 2 / 1e9
+        w_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+        print(json.dumps({"part": "step", "batch": batch, "kv_tokens": sum(lens), "eager_ms": round(eager, 3),
+                          "graph_ms": round(graph, 3), "weights_gb": round(w_gb, 2), "kv_gb": round(kv_gb, 2),
+                          "limit_ms_4.3TB/s": round((kv_gb + w_gb) / 4.3, 3)}), flush=True)
+        for r in top_kernels(prof):
+            print("   ", json.dumps(r))
+        del cache, g
+        torch.cuda.empty_cache()
+    # a prefill step of the standard workload's first 48 prompts (8,192 padded tokens), profiled
+    prompts = standard_prompts(128)
+    group = sorted(prompts, key=len)[:48]
+    t = max(len(p) for p in group)
+    t = -(-t // 32) * 32
+    tokens = torch.zeros((len(group), t), dtype=torch.int64)
+    for i, p in enumerate(group):
+        tokens[i, :len(p)] = torch.tensor(p)
+    lens = [len(p) for p in group]
+    table, n_blocks = paged_table([t] * len(group))
+    cache = KVCache(cfg.n_layers, n_blocks, PAGE, cfg.kv_heads, cfg.head_dim, torch.bfloat16, "cuda")
+    tokens, lengths = tokens.cuda(), torch.tensor(lens, device="cuda")
+    ms = cuda_ms(lambda: model.prefill(tokens, lengths, table, cache), reps=5)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model.prefill(tokens, lengths, table, cache)
+        torch.cuda.synchronize()
+    flops = 2 * sum(p.numel() for p in model.parameters()) * len(group) * t
+    print(json.dumps({"part": "prefill", "rows": len(group), "padded_len": t, "real_tokens": sum(lens), "ms": round(ms, 2),
+                      "tflops_padded": round(flops / ms / 1e9, 1)}), flush=True)
+    for r in top_kernels(prof):
+        print("   ", json.dumps(r))
+    del cache
+    torch.cuda.empty_cache()
+
+
+if hasattr(kernels, "triton"):
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _attn_g1_kernel(Q, K, V, BT, LENS, ACC, M, L_OUT, sm_scale, stride_qb, stride_qh, stride_bt, stride_kb,
+                        stride_kh, stride_kl, stride_ab, stride_ah, stride_as, stride_mb, stride_mh,
+                        D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PAGE_: tl.constexpr):
+        """Candidate for MHA (one q head per kv head): no tl.dot, the q row broadcast over a [BLOCK_N, D] tile."""
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        sp = tl.program_id(2)
+        seq_len = tl.load(LENS + b)
+        start = sp * SPLIT
+        end = tl.minimum(start + SPLIT, seq_len)
+        offs_d = tl.arange(0, D)
+        offs_n = tl.arange(0, BLOCK_N)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d).to(tl.float32) * sm_scale
+        m_i = float("-inf")
+        l_i = 0.0
+        acc = tl.zeros([D], tl.float32)
+        kbase = K + h * stride_kh
+        vbase = V + h * stride_kh
+        for n0 in range(start, end, BLOCK_N):
+            offs = n0 + offs_n
+            nmask = offs < end
+            blk = tl.load(BT + b * stride_bt + offs // PAGE_, mask=nmask, other=0).to(tl.int64)
+            where = blk[:, None] * stride_kb + (offs % PAGE_)[:, None] * stride_kl + offs_d[None, :]
+            k = tl.load(kbase + where, mask=nmask[:, None], other=0.0).to(tl.float32)
+            qk = tl.sum(k * q[None, :], 1)
+            qk = tl.where(nmask, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 0))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(qk - m_new)
+            l_i = l_i * alpha + tl.sum(p, 0)
+            v = tl.load(vbase + where, mask=nmask[:, None], other=0.0).to(tl.float32)
+            acc = acc * alpha + tl.sum(p[:, None] * v, 0)
+            m_i = m_new
+        tl.store(ACC + b * stride_ab + h * stride_ah + sp * stride_as + offs_d, acc)
+        tl.store(M + b * stride_mb + h * stride_mh + sp, m_i)
+        tl.store(L_OUT + b * stride_mb + h * stride_mh + sp, l_i)
+
+    def attn_g1(q, k, v, table, lengths, splits, block_n, num_warps, num_stages):
+        b, h, d = q.shape
+        max_len = table.shape[1] * k.shape[2]
+        split_len = -(-max_len // splits)
+        split_len = -(-split_len // block_n) * block_n
+        acc = torch.empty((b, h, splits, d), dtype=torch.float32, device=q.device)
+        m = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
+        l_ = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
+        _attn_g1_kernel[(b, h, splits)](
+            q, k, v, table, lengths, acc, m, l_, 1.0 / math.sqrt(d), q.stride(0), q.stride(1), table.stride(0),
+            k.stride(0), k.stride(1), k.stride(2), acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0),
+            m.stride(1), D=d, BLOCK_N=block_n, SPLIT=split_len, PAGE_=k.shape[2], num_warps=num_warps,
+            num_stages=num_stages)
+        out = torch.empty_like(q)
+        kernels._combine_kernel[(b, h)](acc, m, l_, out, acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0),
+                                        m.stride(1), out.stride(0), out.stride(1), S=splits,
+                                        BLOCK_S=kernels._next_pow2(splits), D=d, num_warps=2)
+        return out
+
+
+def part_attn(h: int = 32, d: int = 128) -> None:
+    """Achieved bandwidth of decode attention (one layer) per configuration, against the eager reference."""
+    for batch in (1, 128, 1024):
+        lens = lengths_for(batch)
+        table, n_blocks = paged_table(lens)
+        k = torch.randn((n_blocks, h, PAGE, d), dtype=torch.bfloat16, device="cuda")
+        v = torch.randn_like(k)
+        q = torch.randn((batch, h, d), dtype=torch.bfloat16, device="cuda")
+        lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        ref = kernels.decode_attention_eager(q, k, v, table, lengths)
+        gb = sum(lens) * h * d * 2 * 2 / 1e9
+        results = []
+        for splits in ((None, 8) if batch == 1 else (None,)):
+            for block_n in (32, 64, 128):
+                for warps in (4, 8):
+                    try:
+                        fn = lambda: kernels.decode_attention(q, k, v, table, lengths, splits, block_n, warps)  # noqa: E731
+                        err = (fn().float() - ref.float()).abs().max().item()
+                        ms = cuda_ms(fn)
+                        results.append({"kernel": "dot", "splits": splits, "block_n": block_n, "warps": warps,
+                                        "us": round(ms * 1000, 1), "GB/s": round(gb / ms * 1000), "err": round(err, 4)})
+                    except Exception as e:  # a configuration that does not compile is a finding, not a stop
+                        results.append({"kernel": "dot", "block_n": block_n, "warps": warps, "error": str(e)[:80]})
+                    for stages in (2, 3):
+                        sp = splits or kernels.n_splits(batch, h, table.shape[1] * PAGE, 132)
+                        try:
+                            fn = lambda: attn_g1(q, k, v, table, lengths, sp, block_n, warps, stages)  # noqa: E731
+                            err = (fn().float() - ref.float()).abs().max().item()
+                            ms = cuda_ms(fn)
+                            results.append({"kernel": "g1", "splits": sp, "block_n": block_n, "warps": warps,
+                                            "stages": stages, "us": round(ms * 1000, 1),
+                                            "GB/s": round(gb / ms * 1000), "err": round(err, 4)})
+                        except Exception as e:
+                            results.append({"kernel": "g1", "block_n": block_n, "warps": warps, "stages": stages,
+                                            "error": str(e)[:80]})
+        ok = sorted((r for r in results if "us" in r), key=lambda r: r["us"])
+        default = [r for r in results if r.get("kernel") == "dot" and r.get("splits") is None and r.get("block_n") == 64
+                   and r.get("warps") == 4]
+        print(json.dumps({"part": "attn", "batch": batch, "kv_tokens": sum(lens), "kv_gb": round(gb, 3),
+                          "default": default, "best": ok[:8], "errors": [r for r in results if "error" in r][:3]}),
+              flush=True)
+        del k, v
+        torch.cuda.empty_cache()
+
+
+def part_sample(vocab: int = 32000) -> None:
+    """The sampling step's cost by batch: the whole sample_step, and its pieces."""
+    for batch in (1, 128, 1024):
+        logits = torch.randn((batch, vocab), device="cuda").to(torch.bfloat16) * 0.5
+        ints = torch.zeros((N_INT, batch), dtype=torch.int64, device="cuda")
+        floats = torch.zeros((N_FLOAT, batch), dtype=torch.float32, device="cuda")
+        floats[0], floats[1] = 0.6, 0.9
+        probs = torch.softmax(logits.float() / 0.6, -1)
+        out = {"part": "sample", "batch": batch}
+        for name, fn in {
+            "sample_step": lambda: sample_step(logits, ints, floats, None, "sample"),
+            "greedy_step": lambda: sample_step(logits, ints, floats, None, "greedy"),
+            "softmax": lambda: torch.softmax(logits.float() / 0.6, -1),
+            "sort": lambda: torch.sort(probs, dim=-1, descending=True),
+            "cumsum": lambda: torch.cumsum(probs, -1),
+            "topk64": lambda: torch.topk(probs, 64, dim=-1),
+        }.items():
+            out[name + "_us"] = round(cuda_ms(fn) * 1000, 1)
+        print(json.dumps(out), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="7b")
+    ap.add_argument("--part", default="all")
+    a = ap.parse_args()
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    init_model_parallel(1)
+    torch.cuda.set_device(0)
+    for name, fn in (("sample", part_sample), ("attn", part_attn), ("step", lambda: part_step(build(a.preset)))):
+        if a.part in ("all", name):
+            try:
+                fn()
+            except Exception as e:  # one part failing still leaves the others' numbers
+                print(json.dumps({"part": name, "error": repr(e)[:300]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
