@@ -101,8 +101,8 @@ def test_every_int8_config_bf16(name):
         assert _rel(Q.int8_matmul(x, q, s, config=name), Q.int8_matmul_eager(x.float(), q, s)) < 1e-2, (m, n, k)
 
 
-@pytest.mark.parametrize("m,config", [(1, None), (4, None), (8, None), (1, "gemv_n8_k512_w4_s3_sk2"),
-                                      (8, "dot_n16_k256_w4_s4_sk2")])
+@pytest.mark.parametrize("m,config", [(1, None), (4, None), (8, None), (1, "gemv_n8_k512_w4_s3_cvtbf16"),
+                                      (8, "dot_n32_k128_w4_s4_skauto")])
 def test_int8_matmul_is_captured_by_a_cuda_graph(m, config):
     """The decode graphs (engine/graphs.py) capture the int8 path: no host sync, the split-K partials come from the
     graph's pool; a replay with new x equals the eager result."""

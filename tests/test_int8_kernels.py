@@ -18,19 +18,20 @@ from llamakit.model import int8_kernels as Q
 ROOT = Path(__file__).resolve().parents[1]
 
 # (rows of x, N, K): N and K are no multiple of any block (K a multiple of 16, which the kernel needs), and one K
-# that every BLOCK_K divides (the unmasked path). 16 rows take 4 GEMV programs per column block: one config there.
+# that every BLOCK_K divides (the unmasked path; long enough that split-K "auto" cuts it on the interpreter's 4 SMs).
+# 16 rows take 4 GEMV programs per column block: one config there.
 INT8_CHECK = r"""
 import json, torch
 from llamakit.model import int8_kernels as Q
 from llamakit.model.linear import quantize_int8
 torch.manual_seed(0)
-cases = [(1, 37, 160), (3, 37, 160), (2, 21, 1024), (16, 37, 160), (40, 21, 160)]
+cases = [(1, 37, 160), (3, 37, 160), (2, 21, 2048), (16, 37, 160), (40, 21, 160)]
 res = {}
 for m, n, k in cases:
     x = torch.randn(m, k); q, s = quantize_int8(torch.randn(n, k))
     ref = Q.int8_matmul_eager(x, q, s)
     for name, cfg in Q.CONFIGS.items():
-        if (m == 16 and cfg.kernel == "gemv" and name != "gemv_n16_k512_w8_s3") or (m == 40 and cfg.kernel == "gemv"):
+        if (m == 16 and cfg.kernel == "gemv" and name != "gemv_n16_k512_w4_s3") or (m == 40 and cfg.kernel == "gemv"):
             continue
         got = Q.int8_matmul(x, q, s, config=name)
         err = ((got - ref).abs().max() / ref.abs().max()).item()
@@ -63,11 +64,11 @@ def test_schedule_gives_every_decode_batch_a_known_config(monkeypatch):
 
 
 def test_schedule_override_for_a_measurement(monkeypatch):
-    monkeypatch.setenv("LLAMAKIT_INT8_MM", "1:gemv_n16_k256_w4_s4, 8:dot_n32_k256_w4_s4")
-    assert Q.pick_config(1).name == "gemv_n16_k256_w4_s4"
-    assert Q.pick_config(5).name == "dot_n32_k256_w4_s4"
+    monkeypatch.setenv("LLAMAKIT_INT8_MM", "1:gemv_n16_k512_w4_s3, 8:dot_n32_k128_w4_s4_skauto")
+    assert Q.pick_config(1).name == "gemv_n16_k512_w4_s3"
+    assert Q.pick_config(5).name == "dot_n32_k128_w4_s4_skauto"
     assert Q.pick_config(200).name == Q.SCHEDULE[-1][1]  # past the override: the SCHEDULE
     monkeypatch.setenv("LLAMAKIT_INT8_MM", "1:gemv_fastest")
     with pytest.raises(LlamakitError, match="LLAMAKIT_INT8_MM.*gemv_fastest") as e:
         Q.pick_config(1)
-    assert "gemv_n8_k512_w4_s3" in e.value.fix
+    assert "gemv_n8_k512_w4_s3_cvtbf16" in e.value.fix  # the fix lists the configs

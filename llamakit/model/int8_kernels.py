@@ -1,12 +1,15 @@
 """The int8 weight-only matmul of decode, x [M, K] @ int8 W [N, K].T * scale [N], read straight from the int8 weights
-by Triton: a GEMV without tl.dot for a few rows (batch 1 streams the weights), tl.dot tiles for more rows.
+by Triton: a GEMV without tl.dot for batch 1 (it streams the weights), tl.dot tiles for more rows.
 
 A decode step at batch 1 reads every weight once and does two flops per byte, so its speed is the memory bandwidth
-the kernel reaches: the GEMV gives each program BLOCK_N weight rows (thousands of programs fill every SM), loads
-16 contiguous int8 per thread, pipelines the loads (`tl.range(num_stages=)`), accumulates elementwise in fp32 and
-sums over K once at the end. Named configurations (CONFIGS) stay selectable; SCHEDULE says which runs for how many
-rows (`tools/int8_mm_bench.py` times them all on a GPU; env LLAMAKIT_INT8_MM="1:name,4:name,..." overrides
-SCHEDULE for a measurement). `int8_matmul_eager` is the reference: used on CPU and in the tests.
+the kernel reaches, and on an H200 (~16 bytes per clock per SM) also how few instructions it spends per byte. The
+GEMV gives each program BLOCK_N weight rows (512+ programs for N = 4096), loads 16 contiguous int8 per thread,
+pipelines the loads (`tl.range(num_stages=)`: Triton pipelines a loop without tl.dot only when asked), turns int8
+into fp32 with two instructions (inline PTX; Triton's cast takes four) and accumulates elementwise in fp32, summed
+over K once. The tl.dot kernel converts on tensor-core operands; split-K gives it enough programs for small N.
+Named configurations (CONFIGS) stay selectable; SCHEDULE says which runs for how many rows (`tools/int8_mm_bench.py`
+times them all on a GPU; env LLAMAKIT_INT8_MM="1:name,16:name" overrides SCHEDULE for a measurement).
+`int8_matmul_eager` is the reference: used on CPU and in the tests.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ GEMV_MAX_ROWS = 4  # a GEMV program handles up to this many rows of x (one fp32 
 @dataclass(frozen=True)
 class Int8Config:
     """One launch configuration. kernel "gemv": no tl.dot, a program multiplies BLOCK_N weight rows with up to 4 rows
-    of x; "dot": tl.dot tiles of 16/32/64 rows (rows past M are wasted work, not wasted bytes). split_k > 1 cuts K
-    into parts that write fp32 partial sums, added in a second small kernel (deterministic; no atomics)."""
+    of x; "dot": tl.dot tiles x [16/32/64 rows] @ W.T (rows past M are wasted work, not wasted bytes). split_k > 1
+    cuts K into parts that write fp32 partial sums, added in a second small kernel (a fixed order: deterministic; no
+    atomics); 0 ("auto"): as many parts as give 2 programs per SM. cvt: how a GEMV turns int8 into fp32: "ptx" (byte
+    permute into a float's mantissa, one subtract) or "bf16" (Triton's int8 -> bf16 -> fp32)."""
 
     kernel: str
     block_n: int
@@ -40,39 +45,41 @@ class Int8Config:
     num_warps: int
     num_stages: int
     split_k: int = 1
+    cvt: str = "ptx"
 
     @property
     def name(self) -> str:
-        tail = f"_sk{self.split_k}" if self.split_k > 1 else ""
+        tail = "" if self.split_k == 1 else ("_skauto" if self.split_k == 0 else f"_sk{self.split_k}")
+        tail += "_cvtbf16" if self.kernel == "gemv" and self.cvt == "bf16" else ""
         return f"{self.kernel}_n{self.block_n}_k{self.block_k}_w{self.num_warps}_s{self.num_stages}{tail}"
 
 
 CONFIGS: dict[str, Int8Config] = {c.name: c for c in (
-    # GEMV: BLOCK_N * BLOCK_K / (32 * warps) fp32 accumulators per thread and per row of x (16..32 keeps 4 rows in
-    # registers); 7B's N = 4096 rows give 512 programs at BLOCK_N 8
-    Int8Config("gemv", 2, 1024, 2, 3),
-    Int8Config("gemv", 4, 512, 4, 4),
-    Int8Config("gemv", 4, 1024, 4, 3),
+    # GEMV: BLOCK_N * BLOCK_K / (32 * warps) fp32 accumulators per thread and per row of x: 64 amortize the loop's
+    # overhead best at one row (sm_90 SASS: ~0.14 warp instructions per weight byte, vs 0.17 at 32; at 4 rows they
+    # spill), 16..32 keep 2..4 rows in registers. 7B's N = 4096 gives 512 programs at BLOCK_N 8.
+    Int8Config("gemv", 8, 1024, 4, 3),
+    Int8Config("gemv", 16, 512, 4, 3),
+    Int8Config("gemv", 16, 512, 4, 3, split_k=0),
     Int8Config("gemv", 8, 512, 4, 3),
-    Int8Config("gemv", 16, 256, 4, 4),
-    Int8Config("gemv", 16, 512, 8, 3),
-    Int8Config("gemv", 8, 512, 4, 3, split_k=2),
-    # tl.dot: n32_k128 (<= 16 rows) and n64_k128 (more rows) are the kernel's configurations before the GEMV
+    Int8Config("gemv", 8, 512, 4, 3, cvt="bf16"),
+    Int8Config("gemv", 4, 512, 4, 4),
+    # tl.dot: n32_k128 (<= 16 rows) and n64_k128 (more rows) are the kernel's configurations before the GEMV: their
+    # inner loops are lean (0.17 / 0.14 instructions per byte) but N / BLOCK_N programs are too few for N = 4096
+    # (64..128 for 132 SMs); split-K "auto" fixes that
     Int8Config("dot", 32, 128, 4, 4),
     Int8Config("dot", 64, 128, 4, 4),
-    Int8Config("dot", 16, 256, 4, 4),
-    Int8Config("dot", 16, 512, 4, 3),
-    Int8Config("dot", 32, 256, 4, 4),
-    Int8Config("dot", 16, 256, 4, 4, split_k=2),
+    Int8Config("dot", 32, 128, 4, 4, split_k=0),
+    Int8Config("dot", 64, 128, 4, 4, split_k=0),
+    Int8Config("dot", 64, 256, 8, 3, split_k=0),
 )}
 
 # Which configuration runs for how many rows (decode batch): (up to rows, name), the first that fits wins. The one
-# place to change after measuring with tools/int8_mm_bench.py on the GPU. Not yet measured: the choice follows the
-# bandwidth reasoning in the module docstring.
+# place to change after measuring with tools/int8_mm_bench.py on the GPU. Chosen before a GPU measurement, from the
+# sm_90 SASS (compiled without a GPU): the fewest instructions per weight byte with >= 2 programs per SM.
 SCHEDULE: tuple[tuple[int, str], ...] = (
-    (2, "gemv_n8_k512_w4_s3"),
-    (4, "gemv_n4_k512_w4_s4"),
-    (16, "dot_n16_k256_w4_s4"),
+    (1, "gemv_n8_k1024_w4_s3"),
+    (16, "dot_n64_k128_w4_s4_skauto"),
     (INT8_MM_MAX_ROWS, "dot_n64_k128_w4_s4"),
 )
 
@@ -87,7 +94,8 @@ def _schedule(env: str | None) -> tuple[tuple[int, str], ...]:
         rows, _, name = item.strip().partition(":")
         if not rows.isdigit() or name not in CONFIGS:
             raise LlamakitError(f"LLAMAKIT_INT8_MM has {item.strip()!r}, not rows:config with a known config",
-                                f"use e.g. 1:gemv_n8_k512_w4_s3,16:dot_n16_k256_w4_s4; configs: {', '.join(CONFIGS)}")
+                                "use e.g. 1:gemv_n8_k1024_w4_s3,16:dot_n64_k128_w4_s4_skauto; configs: "
+                                + ", ".join(CONFIGS))
         pairs.append((int(rows), name))
     return tuple(sorted(pairs)) + SCHEDULE
 
@@ -103,6 +111,31 @@ def use_int8_kernel(x: torch.Tensor) -> bool:
 
 
 if HAVE_TRITON:
+
+    @triton.jit
+    def _i8_to_f32(w, CVT: tl.constexpr):
+        """0: plain cast (Triton's CPU interpreter: its int8 -> bf16 gives NaN, and it runs no PTX); 1: via bf16
+        (exact; Triton uses bit tricks on Hopper); 2: inline PTX."""
+        if CVT == 2:  # 4 int8 in one register: byte + 128 into the mantissa of 2^23 (exponent byte 0x4B), minus
+            # 2^23 + 128; exact, 2 instructions per value where int8 -> bf16 -> fp32 takes about 4
+            return tl.inline_asm_elementwise(
+                """{
+                .reg .b32 t, c;
+                xor.b32 t, $4, 0x80808080;
+                mov.b32 c, 0x4B000000;
+                prmt.b32 $0, t, c, 0x7440;
+                prmt.b32 $1, t, c, 0x7441;
+                prmt.b32 $2, t, c, 0x7442;
+                prmt.b32 $3, t, c, 0x7443;
+                sub.f32 $0, $0, 0f4B000080;
+                sub.f32 $1, $1, 0f4B000080;
+                sub.f32 $2, $2, 0f4B000080;
+                sub.f32 $3, $3, 0f4B000080;
+                }""", "=r,=r,=r,=r,r", [w], dtype=tl.float32, is_pure=True, pack=4)
+        elif CVT == 1:
+            return w.to(tl.bfloat16).to(tl.float32)
+        else:
+            return w.to(tl.float32)
 
     @triton.jit
     def _gemv_store(acc, m, offs_n, S, Y, P, M, N, stride_ym, pid_k, SPLIT_K: tl.constexpr):
@@ -126,7 +159,7 @@ if HAVE_TRITON:
     @triton.jit
     def _int8_gemv_kernel(X, W, S, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, K_SPLIT,
                           ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                          EVEN_K: tl.constexpr, CAST_BF16: tl.constexpr, NUM_STAGES: tl.constexpr):
+                          EVEN_K: tl.constexpr, CVT: tl.constexpr, NUM_STAGES: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         m0 = tl.program_id(2) * ROWS
@@ -150,9 +183,7 @@ if HAVE_TRITON:
                 w = tl.load(w_rows + kk[None, :])
             else:
                 w = tl.load(w_rows + kk[None, :], mask=kk[None, :] < K, other=0)
-            if CAST_BF16:  # int8 -> bf16 is exact and, on Hopper, bit tricks instead of the slow cvt int -> fp32
-                w = w.to(tl.bfloat16)
-            w = w.to(tl.float32)
+            w = _i8_to_f32(w, CVT)  # not cvt int -> fp32: a quarter-rate instruction, too slow to keep up
             acc0 += w * _x_tile(x0, kk, K, EVEN_K)
             if ROWS > 1:
                 acc1 += w * _x_tile(x1, kk, K, EVEN_K)
@@ -221,26 +252,42 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, config: s
     cfg = CONFIGS[config] if config else pick_config(m)
     x = x.contiguous()
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    k_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
-    part = y if cfg.split_k == 1 else torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device)
+    even_k = k % cfg.block_k == 0
     if cfg.kernel == "gemv":
         rows = min(_pow2(m), GEMV_MAX_ROWS)
-        grid = (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, rows))
-        _int8_gemv_kernel[grid](x, w, scale, y, part, m, n, k, x.stride(0), w.stride(0), y.stride(0), k_split,
-                                ROWS=rows, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-                                EVEN_K=k % cfg.block_k == 0,
-                                CAST_BF16=x.is_cuda,  # Triton's CPU interpreter turns int8 -> bf16 into NaN
-                                NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        tiles = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, rows))
     else:
-        block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
-        grid = (triton.cdiv(m, block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
-        _int8_mm_kernel[grid](x, w, scale, y, part, m, n, k, x.stride(0), w.stride(0), y.stride(0), k_split,
-                              BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-                              num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if cfg.split_k > 1:
-        _splitk_sum_kernel[(m, triton.cdiv(n, 1024))](part, scale, y, m, n, y.stride(0), SPLIT_K=cfg.split_k,
+        rows = 16 if m <= 16 else (32 if m <= 32 else 64)
+        tiles = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, rows))
+    split = cfg.split_k or _auto_split(tiles[0] * tiles[1], k, cfg.block_k, x.device)
+    k_split = triton.cdiv(triton.cdiv(k, split), cfg.block_k) * cfg.block_k
+    part = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    args = (x, w, scale, y, part, m, n, k, x.stride(0), w.stride(0), y.stride(0), k_split)
+    if cfg.kernel == "gemv":
+        cvt = 0 if not x.is_cuda else (2 if cfg.cvt == "ptx" and torch.version.hip is None else 1)
+        _int8_gemv_kernel[(tiles[0], split, tiles[1])](*args, ROWS=rows, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                                                       SPLIT_K=split, EVEN_K=even_k, CVT=cvt,
+                                                       NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps,
+                                                       num_stages=cfg.num_stages)
+    else:
+        _int8_mm_kernel[(tiles[1], tiles[0], split)](*args, BLOCK_M=rows, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                                                     SPLIT_K=split, num_warps=cfg.num_warps,
+                                                     num_stages=cfg.num_stages)
+    if split > 1:
+        _splitk_sum_kernel[(m, triton.cdiv(n, 1024))](part, scale, y, m, n, y.stride(0), SPLIT_K=split,
                                                       BLOCK=1024, num_warps=4)
     return y
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def _auto_split(tiles: int, k: int, block_k: int, device: torch.device) -> int:
+    """Parts of K that give >= 2 programs per SM, each part at least 2 blocks of K long, at most 8 parts."""
+    want = triton.cdiv(2 * _sm_count(device), tiles)
+    return max(1, min(8, want, k // (2 * block_k)))
 
 
 def _pow2(n: int) -> int:
