@@ -79,3 +79,21 @@ def test_memory_plan_states_what_the_paged_cache_holds_in_sequences_and_tokens()
     words = capacity_words(v.kv_tokens, 1024, 400)
     assert f"{v.kv_tokens:,} tokens" in words and f"{v.max_batch} sequences of max_seq_len 1024" in words
     assert f"about {v.kv_tokens // 400} of ~400 tokens" in words and "upper limit" in words
+
+
+def test_a_request_larger_than_the_whole_cache_is_refused_at_add_not_waited_for_forever():
+    """Without this guard the scheduler would wait for blocks that can never be free (run and bench check prompt
+    lengths first; the engine does not rely on it)."""
+    from llamakit.errors import LlamakitError
+
+    bm = BlockManager(1 + 4, 4)  # 16 tokens of cache
+    sched = Scheduler(n_slots=4, max_seq_len=64, eos_ids=(2,), prefill_tokens=64, blocks=bm)
+    sched.add([Request(0, [5] * 10, 6)])  # 16 tokens at its end: fits exactly
+    with pytest.raises(LlamakitError) as e:
+        sched.add([Request(1, [5] * 16, 1)])  # the prompt and its one new token: 17 tokens, 5 blocks
+    assert "request 1: its prompt (16 tokens) and up to 1 new tokens need 20 tokens of KV cache" in e.value.what
+    assert "more than the whole cache (16 tokens)" in e.value.what and "shorten the prompt" in e.value.fix
+    with pytest.raises(LlamakitError, match="request 2: "):
+        sched.add([Request(2, [5] * 12, 8)])  # the prompt fits, but not prompt + 8 new tokens
+    done, _ = _drive(sched)
+    assert [c.request.key for c in done] == [0]

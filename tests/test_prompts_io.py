@@ -174,3 +174,19 @@ def test_finalize_rewrites_in_input_order_once_each(tmp_path):
     assert finalize_output(out, read_prompts(p)) == 5
     assert [r["id"] for _, r in read_rows(out)] == ["k0", "k1", "k2", "k3", "k4"]
     assert not list(tmp_path.glob(".*sorting"))
+
+
+def test_free_space_warning_counts_every_sample_of_a_prompt(tmp_path):
+    """n samples write n rows: a prompt's max_gen_len sized to a fifth of the free disk fits once (its row and the
+    ordered copy), but not four times."""
+    import shutil
+
+    from llamakit.run.output import space_note
+    from llamakit.run.prompts import Prepared, Prompt
+
+    gen = shutil.disk_usage(tmp_path).free // 20  # 4 bytes per token: a fifth of the free space per row
+    one = Prepared(Prompt(0, 1, 1, "Guten Morgen"), [1, 5, 6], 3, settings={"max_gen_len": gen})
+    four = Prepared(Prompt(0, 1, 1, "Guten Morgen"), [1, 5, 6], 3, samples=[0, 1, 2, 3], settings={"max_gen_len": gen})
+    assert space_note(tmp_path / "out.jsonl", [one], 16) is None
+    note = space_note(tmp_path / "out.jsonl", [four], 16)
+    assert note is not None and "is free on the disk of" in note

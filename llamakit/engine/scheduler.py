@@ -11,6 +11,7 @@ from typing import Iterable
 from llamakit.engine.api import Completion, Request, SamplingParams
 from llamakit.engine.block_manager import BlockManager
 from llamakit.engine.stopping import Stopping, Tracker, attach
+from llamakit.errors import LlamakitError
 
 
 @dataclass(eq=False)
@@ -67,8 +68,18 @@ class Scheduler:
         self.peak_tokens = 0
 
     def add(self, requests: Iterable[Request]) -> None:
+        """Queue requests; one that could never fit the whole cache (its prompt + 1, or at its end prompt +
+        max_new - 1 tokens and the next one's block) is refused here: it would wait for blocks forever."""
         for req in requests:
             max_new = max(1, min(req.max_gen_len, self.max_seq_len - len(req.prompt_tokens)))
+            need = self.blocks.blocks_for(len(req.prompt_tokens) + max_new)
+            if need > self.blocks.usable_blocks:
+                size = self.blocks.usable_blocks * self.blocks.block_size
+                raise LlamakitError(
+                    f"request {req.key}: its prompt ({len(req.prompt_tokens)} tokens) and up to {max_new} new "
+                    f"tokens need {need * self.blocks.block_size} tokens of KV cache, more than the whole cache "
+                    f"({size} tokens)", f"shorten the prompt to at most max_seq_len - max_gen_len tokens, or give "
+                    f"the KV cache more room (raise max_seq_len or kv_cache_tokens, int8 weights, a higher MP)")
             self.queue.append(Sequence(req, max_new, next(self._order)))
 
     @property

@@ -375,11 +375,11 @@ def _tokens_of(path: Path, keys: set[str]) -> int:
 
 
 def space_note(out_path: Path, todo: list[Any], max_gen_len: int) -> str | None:
-    """A warning when the disk under the output has less free space than the run will write: its rows (prompt
-    and extra fields as given, at most max_gen_len tokens of about 4 bytes each in JSON, 120 bytes of fields)
-    plus a second copy of the whole file while it is put in input order at the end."""
-    rows = sum(len(encode_row({"prompt": t.prompt.text, **t.prompt.extra})) + 120 + 4 * max_gen_len
-               for t in todo if not t.skipped)
+    """A warning when the disk under the output has less free space than the run will write: one row per sample
+    still to write (n per prompt), each its prompt and extra fields as given, at most its max_gen_len tokens of
+    about 4 bytes each in JSON (with logprobs K, about 40 + 30 K bytes more per token), 120 bytes of fields; plus
+    a second copy of the whole file while it is put in input order at the end."""
+    rows = sum(len(t.samples) * row_bytes(t, max_gen_len) for t in todo if not t.skipped)
     existing = out_path.stat().st_size if out_path.is_file() else 0
     need = rows + existing + rows  # the rows, then the ordered copy of everything
     folder = out_path.parent
@@ -394,6 +394,14 @@ def space_note(out_path: Path, todo: list[Any], max_gen_len: int) -> str | None:
     return (f"the output may need up to {human_bytes(need)} (its rows, and a second copy while they are put in input "
             f"order at the end), but only {human_bytes(free)} is free on the disk of {folder}: free space or set "
             "out_path to another disk; a full disk stops the run (rows so far are kept)")
+
+
+def row_bytes(t: Any, max_gen_len: int) -> int:
+    """At most how many bytes one row of this prepared prompt takes (see space_note)."""
+    gen = int(t.settings.get("max_gen_len", max_gen_len))
+    k = t.settings.get("logprobs")
+    per_token = 4 + (40 + 30 * int(k) if k is not None else 0)
+    return len(encode_row({"prompt": t.prompt.text, **t.prompt.extra})) + 120 + per_token * gen
 
 
 def disk_full_error(out_path: Path) -> LlamakitError:
