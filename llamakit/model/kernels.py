@@ -307,3 +307,56 @@ def silu_mul(x13: torch.Tensor, hidden: int) -> torch.Tensor:
                                                                BLOCK=1024, num_warps=4)
     return out.view(*x13.shape[:-1], hidden)
 
+
+# ----------------------------------------------------------------------------------- int8 weight-only matmul
+
+INT8_MM_MAX_ROWS = 256  # above this (prefill) dequantize + cuBLAS is faster
+
+
+def use_int8_kernel(x: torch.Tensor) -> bool:
+    return _use_triton(x) and x.shape[-1] % 16 == 0 and (x.dtype in (torch.bfloat16, torch.float16) or not x.is_cuda)
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _int8_mm_kernel(X, W, S, Y, M, N, K, stride_xm, stride_wn, stride_ym,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + offs_k
+            x = tl.load(X + offs_m[:, None] * stride_xm + kk[None, :], mask=(offs_m[:, None] < M) & (kk[None, :] < K),
+                        other=0.0)
+            w = tl.load(W + offs_n[:, None] * stride_wn + kk[None, :], mask=(offs_n[:, None] < N) & (kk[None, :] < K),
+                        other=0)
+            acc += tl.dot(x, tl.trans(w.to(x.dtype)))
+        s = tl.load(S + offs_n, mask=offs_n < N, other=0.0)
+        acc = acc * s[None, :]
+        tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(Y.dtype.element_ty),
+                 mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def int8_matmul_eager(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Reference: dequantize, multiply in fp32."""
+    return (torch.nn.functional.linear(x.float(), w.float()) * scale.float()).to(x.dtype)
+
+
+def int8_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [M, K] (bf16/fp16) @ int8 w [N, K].T * scale [N] -> [M, N], reading the int8 weights directly."""
+    if not use_int8_kernel(x):
+        return int8_matmul_eager(x, w, scale)
+    m, k = x.shape
+    n = w.shape[0]
+    x = x.contiguous()
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
+    block_n = 32 if m <= 16 else 64
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    _int8_mm_kernel[grid](x, w, scale, y, m, n, k, x.stride(0), w.stride(0), y.stride(0),
+                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=128, num_warps=4, num_stages=4)
+    return y
