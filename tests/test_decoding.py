@@ -204,3 +204,19 @@ def test_processors_follow_vllm_order_and_definitions():
     many[INT_ROWS.index("top_k")] = 0
     toks = sample_step(logits.expand(2000, -1), many, fl, hist.expand(2000, -1), "full")[:, 0].long()
     assert set(toks.tolist()) == {0}
+
+
+def test_ignore_eos_generates_to_max_gen_len_but_stop_ids_still_end():
+    from llamakit.engine.api import Request, SamplingParams
+    from llamakit.engine.stopping import Tracker
+    from llamakit.run.decoding import DecodingKeys, to_params
+
+    req = Request(0, [5, 6], 4)
+    keep = Tracker(req, SamplingParams(ignore_eos=True, stop_token_ids=(9,)), (2,), None)
+    gen: list[int] = []
+    assert keep.add(gen, 4, 2, None) is None and gen == [2]  # eos is just a token now
+    done = keep.add(gen, 4, 9, None)
+    assert done is not None and done.stop_reason == 9 and done.tokens == [2]
+    plain = Tracker(req, SamplingParams(), (2,), None)
+    assert plain.add([], 4, 2, None).finish_reason == "stop"
+    assert to_params({**DecodingKeys(ignore_eos=True).model_dump()}).ignore_eos is True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llamakit.model import int8_kernels as Q
 from llamakit.model import kernels as K
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -74,14 +75,47 @@ def test_fast_engine_matches_plain_engine_on_gpu(tiny_factory, mp1_group):
     assert sum(first) >= len(first) - 2
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 12288, 4096), (64, 4096, 11008), (200, 22016, 4096)])
-def test_int8_matmul_bf16(m, n, k):
+def _int8_case(m: int, n: int, k: int):
     from llamakit.model.linear import quantize_int8
 
     torch.manual_seed(0)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     q, s = quantize_int8(torch.randn(n, k, device="cuda") * 0.02)
-    assert _rel(K.int8_matmul(x, q, s), K.int8_matmul_eager(x.float(), q, s)) < 1e-2
+    return x, q, s
+
+
+# decode batches 1, 2 and 8 on 7B's weight shapes (wqkv 12288x4096, wo 4096x4096, w13 22016x4096, w2 4096x11008)
+# with the default schedule, and the medium/prefill-sized batches of the tl.dot kernel
+@pytest.mark.parametrize("m,n,k", [(m, n, k) for m in (1, 2, 8) for n in (4096, 12288, 22016) for k in (4096, 11008)]
+                         + [(64, 4096, 11008), (200, 22016, 4096)])
+def test_int8_matmul_bf16(m, n, k):
+    x, q, s = _int8_case(m, n, k)
+    assert _rel(Q.int8_matmul(x, q, s), Q.int8_matmul_eager(x.float(), q, s)) < 1e-2
+
+
+@pytest.mark.parametrize("name", sorted(Q.CONFIGS))
+def test_every_int8_config_bf16(name):
+    """Every candidate of tools/int8_mm_bench.py, with N and K no multiple of its blocks."""
+    for m, n, k in [(1, 4100, 4096), (3, 4100, 11008)]:
+        x, q, s = _int8_case(m, n, k)
+        assert _rel(Q.int8_matmul(x, q, s, config=name), Q.int8_matmul_eager(x.float(), q, s)) < 1e-2, (m, n, k)
+
+
+@pytest.mark.parametrize("m,config", [(1, None), (4, None), (8, None), (1, "gemv_n8_k512_w4_s3_cvtbf16"),
+                                      (8, "dot_n32_k128_w4_s4_skauto")])
+def test_int8_matmul_is_captured_by_a_cuda_graph(m, config):
+    """The decode graphs (engine/graphs.py) capture the int8 path: no host sync, the split-K partials come from the
+    graph's pool; a replay with new x equals the eager result."""
+    x, q, s = _int8_case(m, 12288, 4096)
+    Q.int8_matmul(x, q, s, config)  # compile outside the capture, as the graphs' warm-up step does
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = Q.int8_matmul(x, q, s, config)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    assert _rel(y, Q.int8_matmul_eager(x.float(), q, s)) < 1e-2
 
 
 def test_decoding_controls_through_cuda_graphs_equal_the_eager_step(tiny_factory, mp1_group, capsys):

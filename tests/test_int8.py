@@ -10,7 +10,7 @@ from llamakit.checkpoint import open_checkpoint
 from llamakit.checkpoint.params import PRESETS
 from llamakit.engine.api import EngineConfig, Request
 from llamakit.engine.engine import build_engine
-from llamakit.model.kernels import int8_matmul_eager
+from llamakit.model.int8_kernels import int8_matmul_eager
 from llamakit.memory import GiB, plan_memory
 from llamakit.model.linear import quantize_int8
 from llamakit.tokenizer import Tokenizer

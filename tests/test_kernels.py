@@ -47,13 +47,14 @@ q1 = K.rope_store(qkv, pos, cos, sin, kc1, vc1, perm, H, HKV)
 q2 = K.rope_store_eager(qkv, pos, cos, sin, kc2, vc2, perm, H, HKV)
 res["rope"] = max((q1 - q2).abs().max().item(), (kc1 - kc2).abs().max().item(), (vc1 - vc2).abs().max().item())
 res["written"] = bool(kc1.abs().sum() > 0)
+T = 40; qkvp = torch.randn(B, T, (H + 2 * HKV) * D); plens = torch.tensor([40, 3, 17])
+kc1.zero_(); vc1.zero_(); kc2.zero_(); vc2.zero_()
+a = K.rope_prefill(qkvp, plens, cos, sin, kc1, vc1, perm, H, HKV)
+b = K.rope_prefill_eager(qkvp, plens, cos, sin, kc2, vc2, perm, H, HKV)
+res["rope_prefill"] = max((a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item(),
+                          (kc1[1:] - kc2[1:]).abs().max().item(), (vc1[1:] - vc2[1:]).abs().max().item())
 x13 = torch.randn(3, 2, 2 * 1500)
 res["silu"] = (K.silu_mul(x13, 1500) - K.silu_mul_eager(x13, 1500)).abs().max().item()
-from llamakit.model.linear import quantize_int8
-res["int8"] = 0.0
-for m, n, kk in [(1, 96, 256), (5, 70, 160), (40, 64, 128)]:
-    x = torch.randn(m, kk); q8, s8 = quantize_int8(torch.randn(n, kk))
-    res["int8"] = max(res["int8"], (K.int8_matmul(x, q8, s8) - K.int8_matmul_eager(x, q8, s8)).abs().max().item())
 print(json.dumps(res))
 """
 
@@ -65,7 +66,8 @@ def test_triton_kernels_match_eager_twins_in_interpreter():
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["attn_ref"] < 1e-5 and res["attn"] < 1e-5 and res["norm"] < 1e-5 and res["rope"] < 1e-6 and res["written"]
-    assert res["int8"] < 1e-4 and res["silu"] < 1e-5
+    assert res["rope_prefill"] < 1e-6
+    assert res["silu"] < 1e-5  # the int8 matmul: tests/test_int8_kernels.py
 
 
 def _greedy(ckpt: Path, fast: bool, batch: int) -> dict:

@@ -41,6 +41,7 @@ def probe(cc: int) -> dict:
         return k
 
     jit.JITFunction.run = run
+    from llamakit.model import int8_kernels as Q
     from llamakit.model import kernels as K
 
     dev, bf = "cuda", torch.bfloat16
@@ -62,9 +63,9 @@ def probe(cc: int) -> dict:
             table = torch.zeros(b, 32, dtype=torch.int32, device=dev)
             K.rope_store(qkv, torch.zeros(b, dtype=torch.long, device=dev), tab, tab, cache, cache, table, h, hkv)
             K.silu_mul(torch.empty(b, 2 * 11008, device=dev, dtype=bf), 11008)
-        for m in (1, 16, 32, 64, 256):
-            K.int8_matmul(torch.empty(m, 4096, device=dev, dtype=bf), torch.empty(4096, 4096, device=dev,
-                          dtype=torch.int8), torch.empty(4096, device=dev, dtype=bf))
+        for m in (1, 2, 4, 16, 32, 64, 256):  # each config of the schedule at the batch sizes it serves
+            Q.int8_matmul(torch.empty(m, dim, device=dev, dtype=bf), torch.empty(4096, dim, device=dev,
+                          dtype=torch.int8), torch.empty(4096, device=dev, dtype=torch.float32))
     return {"cc": cc, "triton": triton.__version__, "kernels": seen}
 
 

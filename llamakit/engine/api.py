@@ -34,6 +34,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # K: token logprob, rank and the K most likely per position
+    ignore_eos: bool = False  # keep generating past the tokenizer's eos (stop_token_ids and stop still end it)
 
     @cached_property
     def needs_processors(self) -> bool:

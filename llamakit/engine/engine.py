@@ -49,8 +49,21 @@ class BatchEngine:
             for group in sched.admit():
                 yield from sched.record(group, *self.runner.prefill(group))
             running = sched.schedule_decode()
-            if running:
+            if not running:
+                continue
+            step = self.runner.launch(running)
+            if step is None:
                 yield from sched.record(running, *self.runner.decode(running))
+                continue
+            while step is not None:  # while the batch stays, step N+1 runs while step N's tokens are recorded
+                rows = sched.chain_rows(step.rows)
+                nxt = self.runner.chain(step, rows) if rows is not None else None
+                tokens = self.runner.result(step)
+                alive = [i for i, s in enumerate(step.rows) if s is not None]
+                yield from sched.record([step.rows[i] for i in alive], [tokens[i] for i in alive])
+                if nxt is not None:  # sequences that ended with step N's token (eos, stop): their rows are ignored
+                    nxt.rows = [s if s is not None and s.slot >= 0 else None for s in nxt.rows]
+                step = nxt
 
 
 KV_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}

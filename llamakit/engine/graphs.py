@@ -1,16 +1,22 @@
 """CUDA graphs for decode steps: one graph per batch-size bucket, captured once before the first request,
 replayed every step (a 7B step is ~1,000 kernels: launching them one by one would cost more than running them).
-The block table is a static buffer too, so the whole paged step (cache writes and attention) is in the graph."""
+The block table is a static buffer too, so the whole paged step (cache writes and attention) is in the graph.
+
+Greedy and sample steps also feed themselves: the step writes its tokens into the next step's input and advances
+positions and step counts on the device, so the engine can launch step N+1 before it reads step N's tokens
+(`chain`): the host's bookkeeping of step N then runs while the GPU computes N+1. Without capture (CPU, tests)
+the same buffers run the step eagerly."""
 
 from __future__ import annotations
 
 import torch
 
 from llamakit.engine.api import EngineConfig
-from llamakit.engine.sampler import MODES, SamplingBuffers, record_history, sample_step
+from llamakit.engine.sampler import INT_ROWS, MODES, SamplingBuffers, record_history, sample_step
 from llamakit.model.kv_cache import KVCache
 from llamakit.model.llama import Transformer
 
+STEP_ROW = INT_ROWS.index("step")
 BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768,
            896, 1024, 1280, 1536, 1792, 2048)
 
@@ -28,10 +34,22 @@ class GraphDecoder:
         self.buckets = sorted({b for b in BUCKETS if b < n} | {n})
         self.modes = tuple(m for m in MODES if m in cfg.graph_modes)
         dev = model.device
+        pin = dev.type == "cuda"
+
+        def host(shape, dtype):
+            t = torch.zeros(shape, dtype=dtype)
+            return t.pin_memory() if pin else t
+
         self.inputs = torch.zeros((2, n), dtype=torch.int64, device=dev)  # tokens, pos
-        self.staging = torch.zeros((2, n), dtype=torch.int64).pin_memory()
+        self.live = torch.zeros(n, dtype=torch.int64, device=dev)  # 1: a running row; 0: padding or finished
+        self.staging = host((2, n), torch.int64)
         self.table = torch.zeros((n, max_blocks), dtype=torch.int32, device=dev)  # block table, static too
-        self.table_staging = torch.zeros((n, max_blocks), dtype=torch.int32).pin_memory()
+        # two of each host buffer a launch copies from or into: step N+1 is staged while step N may still run
+        self.table_staging = host((2, n, max_blocks), torch.int32)
+        self.live_staging = host((2, n), torch.int64)
+        self.results = host((2, n), torch.int64)
+        self.events = [torch.cuda.Event() if pin else None for _ in range(2)]
+        self._k = 0
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.outputs: dict[tuple[str, int], torch.Tensor] = {}
         if capture:
@@ -42,7 +60,20 @@ class GraphDecoder:
         logits = self.model.decode_fast(tok, pos, self.cache, self.table[:b])
         if mode == "full":
             record_history(self.history, tok, pos)
-        return sample_step(logits, self.rows.ints[:, :b], self.rows.floats[:, :b], self.history[:b], mode)
+        out = sample_step(logits, self.rows.ints[:, :b], self.rows.floats[:, :b], self.history[:b], mode)
+        if mode != "full":  # the next step's inputs, should the engine chain it (see `chain`)
+            tok.copy_(out)
+            pos.add_(1)
+            self.rows.ints[STEP_ROW, :b] += 1
+        return out
+
+    def _replay(self, mode: str, b: int) -> torch.Tensor:
+        graph = self.graphs.get((mode, b))
+        if graph is None:  # not captured (CPU): the same step, eagerly
+            self.outputs[mode, b] = self._step(b, mode)
+        else:
+            graph.replay()
+        return self.outputs[mode, b]
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
@@ -68,6 +99,16 @@ class GraphDecoder:
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
+    def _stage_table(self, table: torch.Tensor, b: int, live: list[int] | None) -> None:
+        k = self._k
+        self.table_staging[k, :b].copy_(table)
+        self.table[:b].copy_(self.table_staging[k, :b], non_blocking=True)
+        if live is not None:
+            ls = self.live_staging[k]
+            ls[:b] = 0
+            ls[:len(live)] = torch.tensor(live, dtype=torch.int64)
+            self.live[:b].copy_(ls[:b], non_blocking=True)
+
     def __call__(self, table: torch.Tensor, tokens: list[int], pos: list[int], mode: str) -> torch.Tensor:
         """Replay the step (sampling rows staged in self.rows); returns the graph's output rows (read them before
         the next call). `table` is the host block table of the whole bucket (padding rows point at the scratch
@@ -75,16 +116,45 @@ class GraphDecoder:
         n = len(tokens)
         b = self.bucket(n)
         assert table.shape[0] == b
-        self.table_staging[:b].copy_(table)
-        self.table[:b].copy_(self.table_staging[:b], non_blocking=True)
+        self._stage_table(table, b, [1] * n)
         st = self.staging
         st[:, :b].zero_()  # padding rows: token 0 at position 0 of the scratch block
         st[0, :n] = torch.tensor(tokens)
         st[1, :n] = torch.tensor(pos)
         self.inputs[:, :b].copy_(st[:, :b], non_blocking=True)
         self.rows.upload(b)
-        self.graphs[mode, b].replay()
-        return self.outputs[mode, b][:n]
+        return self._replay(mode, b)[:n]
+
+    def launch(self, table: torch.Tensor, tokens: list[int], pos: list[int], mode: str) -> tuple[int, int]:
+        """`__call__` without waiting: the tokens are copied to a host buffer behind the step; read them with
+        `result`. Returns a handle."""
+        out = self(table, tokens, pos, mode)
+        return self._collect(out, len(tokens))
+
+    def chain(self, table: torch.Tensor, live: list[int], mode: str) -> tuple[int, int]:
+        """Launch the next step of the same rows from the inputs the last step left on the device (its tokens, the
+        next positions and step counts). `table`: the bucket's host block table (finished rows point at scratch);
+        `live`: 1 for rows still running, 0 for rows whose sequence finished (their position is reset to 0, so
+        they read one scratch position). Returns a handle for `result`."""
+        b = table.shape[0]
+        self._stage_table(table, b, live)
+        self.inputs[1, :b].mul_(self.live[:b])
+        return self._collect(self._replay(mode, b), len(live))
+
+    def _collect(self, out: torch.Tensor, n: int) -> tuple[int, int]:
+        k = self._k
+        self.results[k, :n].copy_(out[:n], non_blocking=True)
+        if self.events[k] is not None:
+            self.events[k].record()
+        self._k = 1 - k
+        return k, n
+
+    def result(self, handle: tuple[int, int]) -> list[int]:
+        """The tokens of a launched step (waits for that step only)."""
+        k, n = handle
+        if self.events[k] is not None:
+            self.events[k].synchronize()
+        return self.results[k, :n].tolist()
 
 
 @torch.inference_mode()

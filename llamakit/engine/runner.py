@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from llamakit.engine.api import EngineConfig
@@ -23,9 +25,15 @@ class BlockTables:
         self._owner: list[Sequence | None] = [None] * rows
         self._len = [0] * rows
 
-    def update(self, seqs: list[Sequence], rows: int) -> torch.Tensor:
-        """Rows 0..len(seqs)-1 hold `seqs`, rows up to `rows` point at the scratch block; returns host[:rows]."""
+    def update(self, seqs: list[Sequence | None], rows: int) -> torch.Tensor:
+        """Rows 0..len(seqs)-1 hold `seqs` (None: a finished row), the others up to `rows` point at the scratch
+        block; returns host[:rows]."""
         for i, s in enumerate(seqs):
+            if s is None:
+                if self._owner[i] is not None or self._len[i]:
+                    self.host[i].zero_()
+                    self._owner[i], self._len[i] = None, 0
+                continue
             n = len(s.blocks)
             if self._owner[i] is not s or self._len[i] > n:
                 self.host[i, :n] = torch.tensor(s.blocks, dtype=torch.int32)
@@ -38,6 +46,17 @@ class BlockTables:
                 self.host[i].zero_()
                 self._owner[i], self._len[i] = None, 0
         return self.host[:rows]
+
+
+@dataclass
+class Launched:
+    """A decode step launched without waiting (greedy and sample steps through CUDA graphs): its rows (None: a
+    finished row whose token is ignored), mode and bucket; `ModelRunner.result` reads its tokens."""
+
+    rows: list[Sequence | None]
+    mode: str
+    bucket: int
+    handle: tuple[int, int]
 
 
 class ModelRunner:
@@ -58,10 +77,11 @@ class ModelRunner:
         self.rows = SamplingBuffers(max_rows, self.device)  # per-row settings of decode steps
         self.kv_bucket = 64 if self.device.type == "cuda" else 1
         self.graphs = None
-        if cfg.fast and self.device.type == "cuda":
+        if cfg.fast:  # CUDA graphs on GPUs; elsewhere the same static buffers and chained steps, run eagerly
             from llamakit.engine.graphs import GraphDecoder
 
-            self.graphs = GraphDecoder(model, cache, cfg, self.history.tokens, self.rows, self.max_blocks)
+            self.graphs = GraphDecoder(model, cache, cfg, self.history.tokens, self.rows, self.max_blocks,
+                                       capture=self.device.type == "cuda")
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence], hist: torch.Tensor | None) -> Step:
         return sample_rows(logits, seqs, self.default, self.eos_ids, hist)
@@ -82,6 +102,32 @@ class ModelRunner:
         tokens = tokens.to(self.device)
         logits = self.model.prefill(tokens, lengths.to(self.device), table.to(self.device), self.cache)
         return self._sample(logits, seqs, tokens)  # the penalties' history: the sequences themselves
+
+    def launch(self, seqs: list[Sequence]) -> Launched | None:
+        """`decode` without waiting for the tokens, when a CUDA graph serves the step and feeds the next one
+        (greedy, sample); None otherwise (then call `decode`)."""
+        if self.graphs is None:
+            return None
+        mode = self.rows.stage(seqs, self.default, self.eos_ids)
+        if mode not in self.graphs.modes or mode == "full":
+            return None
+        b = self.graphs.bucket(len(seqs))
+        table = self.tables.update(seqs, b)
+        handle = self.graphs.launch(table, [s.generated[-1] for s in seqs], [s.next_pos for s in seqs], mode)
+        return Launched(list(seqs), mode, b, handle)
+
+    def chain(self, step: Launched, rows: list[Sequence | None]) -> Launched:
+        """Launch the step after `step` on the same rows (Scheduler.chain_rows: None for finished rows) before
+        `step`'s tokens are read: its inputs are what `step` left on the device."""
+        assert self.graphs is not None
+        table = self.tables.update(rows, step.bucket)
+        handle = self.graphs.chain(table, [0 if s is None else 1 for s in rows], step.mode)
+        return Launched(rows, step.mode, step.bucket, handle)
+
+    def result(self, step: Launched) -> list[int]:
+        """The launched step's token per row (waits for that step only)."""
+        assert self.graphs is not None
+        return self.graphs.result(step.handle)
 
     def decode(self, seqs: list[Sequence]) -> Step:
         """One decode step for the running sequences, which occupy rows 0..len(seqs)-1 in order."""

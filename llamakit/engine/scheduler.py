@@ -147,6 +147,27 @@ class Scheduler:
         self.peak_tokens = max(self.peak_tokens, sum(s.next_pos + 1 for s in running))
         return running
 
+    def chain_rows(self, rows: list[Sequence | None]) -> list[Sequence | None] | None:
+        """The rows of a step launched before the tokens of the step in flight on `rows` are read (engine.graphs
+        chain): the same rows, less the sequences that end by length with the token in flight (None: a finished
+        row, which computes on a scratch position). None when the batch should change first: a waiting sequence
+        can be admitted, more than 1/32 of the rows are finished, or a sequence cannot get its next block."""
+        nxt = [s if s is not None and len(s.generated) + 1 < s.max_new else None for s in rows]
+        live = [s for s in nxt if s is not None]
+        if not live or 32 * (len(nxt) - len(live)) > len(nxt) or self._can_admit():
+            return None
+        for s in live:  # the chained step writes the position after the token in flight
+            if not self.blocks.grow(s.blocks, s.next_pos + 2):
+                return None
+        self.peak_running = max(self.peak_running, len(live))
+        self.peak_tokens = max(self.peak_tokens, sum(s.next_pos + 2 for s in live))
+        return nxt
+
+    def _can_admit(self) -> bool:
+        if not self.queue or all(s is not None for s in self.slots):
+            return False
+        return self.blocks.blocks_for(self.queue[0].prefill_len + 1) + self.watermark <= self.blocks.n_free
+
     def compact(self) -> None:
         """Fill holes below the last running row by moving the last running sequence down."""
         lo, hi = 0, self.n_slots - 1

@@ -44,7 +44,7 @@ class Tracker:
         self.request, self.params = request, params
         self.serial = next(_serial)  # tells sequences apart for long-lived per-row state (sampler.TokenHistory)
         self.eos_ids = eos_ids  # the tokenizer's own stop ids: a natural end (stop_reason None), like eos
-        self.stop_ids = {t for t in (*eos_ids, *params.stop_token_ids) if t >= 0}
+        self.stop_ids = {t for t in (*(() if params.ignore_eos else eos_ids), *params.stop_token_ids) if t >= 0}
         self.logprobs = TokenLogprobs() if params.logprobs is not None else None
         self.text: IncrementalText | None = None
         if params.stop:

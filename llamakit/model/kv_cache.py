@@ -32,17 +32,6 @@ class KVCache:
         blk = torch.gather(table.long(), 1, idx).reshape(pos.shape)
         return blk, pos % self.block_size
 
-    def write_prefill(self, layer: int, table: torch.Tensor, lengths: torch.Tensor, k: torch.Tensor,
-                      v: torch.Tensor) -> None:
-        """Store k/v [B, T, H, D] of right-padded sequences at positions 0..T-1; padding goes to scratch."""
-        b, t = k.shape[:2]
-        pos = torch.arange(t, device=k.device).expand(b, t)
-        real = pos < lengths[:, None]
-        blk, off = self.where(table, torch.where(real, pos, 0))
-        blk = torch.where(real, blk, 0)
-        self.k[layer][blk, :, off] = k
-        self.v[layer][blk, :, off] = v
-
     def write_decode(self, layer: int, table: torch.Tensor, pos: torch.Tensor, k: torch.Tensor,
                      v: torch.Tensor) -> None:
         """Store one k/v [B, H, D] per row at its position pos [B]."""

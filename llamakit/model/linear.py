@@ -1,8 +1,8 @@
 """The matmul of every linear layer: plain, or int8 weight-only with per-output-channel scales.
 
 int8 halves the bytes of weights (65B: ~65 GB instead of ~130 GB), so 30B/65B fit on two 48 GB GPUs. On CUDA,
-small-batch matmuls (decode) run through a Triton kernel that reads the int8 weights directly; large ones
-(prefill) dequantize the layer and use cuBLAS.
+small-batch matmuls (decode) run through Triton kernels that read the int8 weights directly (model/int8_kernels.py);
+large ones (prefill) dequantize the layer and use cuBLAS.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llamakit.model import kernels
+from llamakit.model import int8_kernels
 
 
 def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -21,8 +21,8 @@ def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
         return F.linear(x, module.weight)
     w = module.weight
     rows = x.numel() // x.shape[-1]
-    if rows <= kernels.INT8_MM_MAX_ROWS and kernels.use_int8_kernel(x):
-        y = kernels.int8_matmul(x.reshape(rows, x.shape[-1]), w, scale)
+    if rows <= int8_kernels.INT8_MM_MAX_ROWS and int8_kernels.use_int8_kernel(x):
+        y = int8_kernels.int8_matmul(x.reshape(rows, x.shape[-1]), w, scale)
         return y.view(*x.shape[:-1], w.shape[0])
     return F.linear(x, w.to(x.dtype)) * scale.to(x.dtype)
 

@@ -137,11 +137,15 @@ class Attention(nn.Module):
     def prefill(self, x, cos, sin, cache: KVCache | None, table: torch.Tensor | None,
                 lengths: torch.Tensor | None) -> torch.Tensor:
         """Whole sequences from position 0 (right-padded): store k/v in their blocks (unless no cache: scoring),
-        causal attention in the chunk."""
+        causal attention in the chunk. cos/sin: the model's rotary tables [max_pos, head_dim / 2]."""
         b, t, _ = x.shape
-        q, k, v = self._qkv(x, cos, sin)
-        if cache is not None:
-            cache.write_prefill(self.layer_id, table, lengths, k, v)
+        if cache is None:
+            q, k, v = self._qkv(x, cos[:t][None], sin[:t][None])
+        else:  # rotary and the paged cache write in one kernel on GPUs (its eager twin elsewhere)
+            qkv = linear(x, self.wqkv)
+            q, k = kernels.rope_prefill(qkv, lengths, cos, sin, cache.k[self.layer_id], cache.v[self.layer_id], table,
+                                        self.n_heads, self.n_kv)
+            v = qkv[..., (self.n_heads + self.n_kv) * self.head_dim:].reshape(b, t, self.n_kv, self.head_dim)
         with _prefill_backends(x.device):
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                is_causal=True, enable_gqa=self.n_kv != self.n_heads)
@@ -294,9 +298,8 @@ class Transformer(nn.Module):
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run right-padded sequences `tokens` [B, T] into the cache blocks of `table` [B, max_blocks]; logits
         [B, V] at each last real token."""
-        b, t = tokens.shape
-        cos = self.rope_cos[:t].unsqueeze(0).expand(b, t, -1)
-        sin = self.rope_sin[:t].unsqueeze(0).expand(b, t, -1)
+        b = tokens.shape[0]
+        cos, sin = self.rope_cos, self.rope_sin
         # on GPUs the fused add + RMSNorm: a 48-prompt prefill step spent 43% of its GPU time outside the matmuls,
         # mostly in eager fp32 elementwise passes (torch.profiler, 7B shape, H200, 2026-11-30)
         add_norm = add_norm_fused if tokens.is_cuda else add_norm_eager
@@ -310,9 +313,7 @@ class Transformer(nn.Module):
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """Final normed hidden states [B, T, dim] of right-padded texts, no KV cache (for `llamakit score`, which
         sends only the positions it scores through the output layer, see `logits_shard`)."""
-        b, t = tokens.shape
-        cos = self.rope_cos[:t].unsqueeze(0).expand(b, t, -1)
-        sin = self.rope_sin[:t].unsqueeze(0).expand(b, t, -1)
+        cos, sin = self.rope_cos, self.rope_sin
         h, delta = self._layers(self.tok_embeddings(tokens),
                                 lambda att, x: att.prefill(x, cos, sin, None, None, None), add_norm_eager)
         return add_norm_eager(h, delta, self.norm)[0]

@@ -16,7 +16,7 @@ from llamakit.errors import LlamakitError
 
 # The keys a prompt's row may override (with max_gen_len); the recipe holds the same keys as its defaults.
 ROW_KEYS = ("n", "temperature", "top_p", "seed", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-            "frequency_penalty", "min_tokens", "stop", "stop_token_ids", "logprobs", "max_gen_len")
+            "frequency_penalty", "min_tokens", "stop", "stop_token_ids", "logprobs", "ignore_eos", "max_gen_len")
 SAMPLING_KEYS = tuple(f.name for f in fields(SamplingParams))
 assert set(SAMPLING_KEYS) | {"max_gen_len"} == set(ROW_KEYS)
 
@@ -39,6 +39,7 @@ class DecodingKeys(BaseModel):
     stop: str | list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list, max_length=MAX_STOP_IDS)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    ignore_eos: bool = False
 
     @field_validator("stop")
     @classmethod
@@ -77,6 +78,8 @@ KEY_HELP: dict[str, tuple[str, str]] = {  # meaning, allowed (recipe.KEYS, docs/
     "logprobs": ("K: rows get token_ids, token_logprobs (log-softmax of the raw logits), token_ranks (1 = most "
                  "likely) and the K most likely [id, logprob] per position", f"an integer from 0 to {MAX_LOGPROBS}, "
                  "or leave it out"),
+    "ignore_eos": ("keep generating past the tokenizer's eos, to max_gen_len (stop_token_ids and stop still end a "
+                   "text); vLLM's key", "true or false"),
     "params_field": ("JSONL field holding a prompt's own decoding settings (any key above and max_gen_len)",
                      "a field name (default: params)"),
 }

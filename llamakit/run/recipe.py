@@ -102,6 +102,7 @@ class Recipe(BaseModel):
     stop: str | list[str] = DecodingKeys.model_fields["stop"]
     stop_token_ids: list[int] = DecodingKeys.model_fields["stop_token_ids"]
     logprobs: int | None = DecodingKeys.model_fields["logprobs"]
+    ignore_eos: bool = DecodingKeys.model_fields["ignore_eos"]
     prompt_field: str = Field("prompt", min_length=1)
     params_field: str = Field("params", min_length=1)
     chat_format: Literal["none", "llama2-chat", "llama3-instruct"] = "none"

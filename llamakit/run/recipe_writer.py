@@ -408,6 +408,7 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
     key("stop", [], 'e.g. ["\\n\\n"] ends each text at its first blank line.')
     key("stop_token_ids", [], "The tokenizer's end-of-text token always stops a text; these ids too.")
     key("logprobs", None, "e.g. 5: rows also get each token's log-probability, rank and the 5 most likely tokens.")
+    key("ignore_eos", False, "true = every text runs to max_gen_len, past the end-of-text token.")
     return "\n".join(lines).rstrip() + "\n"
 
 

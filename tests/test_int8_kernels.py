@@ -1,0 +1,74 @@
+"""The int8 weight-only matmul kernels (model/int8_kernels.py): every named configuration, GEMV and tl.dot, split-K
+or not, computes what the eager twin computes (Triton's CPU interpreter; at 7B sizes in bf16: tests/test_gpu.py),
+and the schedule that picks one per decode batch covers every batch the kernel takes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamakit.errors import LlamakitError
+from llamakit.model import int8_kernels as Q
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (rows of x, N, K): N and K are no multiple of any block (K a multiple of 16, which the kernel needs), and one K
+# that every BLOCK_K divides (the unmasked path; long enough that split-K "auto" cuts it on the interpreter's 4 SMs).
+# 16 rows take 4 GEMV programs per column block: one config there.
+INT8_CHECK = r"""
+import json, torch
+from llamakit.model import int8_kernels as Q
+from llamakit.model.linear import quantize_int8
+torch.manual_seed(0)
+cases = [(1, 37, 160), (3, 37, 160), (2, 21, 2048), (16, 37, 160), (40, 21, 160)]
+res = {}
+for m, n, k in cases:
+    x = torch.randn(m, k); q, s = quantize_int8(torch.randn(n, k))
+    ref = Q.int8_matmul_eager(x, q, s)
+    for name, cfg in Q.CONFIGS.items():
+        if (m == 16 and cfg.kernel == "gemv" and name != "gemv_n16_k512_w4_s3") or (m == 40 and cfg.kernel == "gemv"):
+            continue
+        got = Q.int8_matmul(x, q, s, config=name)
+        err = ((got - ref).abs().max() / ref.abs().max()).item()
+        res[f"{name}@{m}x{n}x{k}"] = err if got.shape == ref.shape else 1.0
+    res[f"default@{m}x{n}x{k}"] = ((Q.int8_matmul(x, q, s) - ref).abs().max() / ref.abs().max()).item()
+print(json.dumps(res))
+"""
+
+
+def test_every_int8_config_matches_the_eager_twin_in_interpreter():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("LLAMAKIT_INT8_MM", None)
+    proc = subprocess.run([sys.executable, "-c", INT8_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {key.split("@")[0] for key in res} == set(Q.CONFIGS) | {"default"}
+    bad = {key: err for key, err in res.items() if not err < 1e-5}
+    assert not bad, bad
+
+
+def test_schedule_gives_every_decode_batch_a_known_config(monkeypatch):
+    monkeypatch.delenv("LLAMAKIT_INT8_MM", raising=False)
+    assert all(name in Q.CONFIGS for _, name in Q.SCHEDULE)
+    assert Q.SCHEDULE[-1][0] >= Q.INT8_MM_MAX_ROWS  # every batch the linear layers send to the kernel
+    for rows in range(1, Q.INT8_MM_MAX_ROWS + 1):
+        cfg = Q.pick_config(rows)
+        assert cfg.kernel == "dot" or rows <= Q.GEMV_MAX_ROWS  # a GEMV past 4 rows would read the weights again
+    assert Q.pick_config(1).kernel == "gemv"  # batch 1 streams the weights without tl.dot
+
+
+def test_schedule_override_for_a_measurement(monkeypatch):
+    monkeypatch.setenv("LLAMAKIT_INT8_MM", "1:gemv_n16_k512_w4_s3, 8:dot_n32_k128_w4_s4_skauto")
+    assert Q.pick_config(1).name == "gemv_n16_k512_w4_s3"
+    assert Q.pick_config(5).name == "dot_n32_k128_w4_s4_skauto"
+    assert Q.pick_config(200).name == Q.SCHEDULE[-1][1]  # past the override: the SCHEDULE
+    monkeypatch.setenv("LLAMAKIT_INT8_MM", "1:gemv_fastest")
+    with pytest.raises(LlamakitError, match="LLAMAKIT_INT8_MM.*gemv_fastest") as e:
+        Q.pick_config(1)
+    assert "gemv_n8_k512_w4_s3_cvtbf16" in e.value.fix  # the fix lists the configs
