@@ -64,7 +64,6 @@ class Verdict:
     fits: bool
     max_batch: int  # largest batch at this MP, dtype and seq on gpu_bytes (0: weights too big, or MP > GPUs)
     # the change (None/False: keep it); fix_plan is the plan after it, None when nothing on these GPUs fits
-    batch_to: Optional[int] = None  # set max_batch_size to this
     mp_to: Optional[int] = None  # reshard to this MP (reshard_command)
     int8: bool = False  # set quantize: int8
     fix_plan: Optional[MemoryPlan] = None
@@ -77,14 +76,17 @@ class Verdict:
 
 def verdict(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, seq: int, gpu_bytes: int,
             n_gpus: int, cap: int = 512) -> Verdict:
-    """Fit of (MP, dtype, batch, seq) on `n_gpus` GPUs of `gpu_bytes`; when it does not fit, the smallest change:
-    no reshard before a reshard (100+ GB to convert), no int8 before int8 (slightly different text), fewer shards
-    before more (more data-parallel copies); within that, the largest batch up to the one asked for."""
+    """Fit of (MP, dtype, max_seq_len) on `n_gpus` GPUs of `gpu_bytes`, the paged KV cache's way: it fits when the
+    weights, the reserve and one sequence of max_seq_len do (memory.kv_capacity); max_batch_size is an upper
+    limit, never the thing to change. When it does not fit, the smallest change: no reshard before a reshard (100+
+    GB to convert), no int8 before int8 (slightly different text), fewer shards before more (more data-parallel
+    copies). `max_batch`: sequences of max_seq_len that fit at once (at most `cap`); `plan` and `fix_plan` are the
+    fixed plans of min(batch, that many) sequences, for the bytes they list."""
     plan = plan_memory(config, vocab, mp, dtype, batch, seq)
     runs_here = mp <= n_gpus
     max_batch = max_batch_that_fits(config, vocab, mp, dtype, seq, gpu_bytes, cap) if runs_here else 0
     kv = kv_tokens_that_fit(config, vocab, mp, dtype, seq, gpu_bytes) if runs_here else 0  # as max_batch: no graphs
-    if runs_here and plan.fits(gpu_bytes):
+    if runs_here and max_batch >= 1:
         return Verdict(plan, gpu_bytes, n_gpus, True, max_batch, kv_tokens=kv)
     dtypes = [dtype] if dtype == "int8" else [dtype, "int8"]
     mps = [m for m in config.allowed_mp(vocab) if m <= n_gpus]
@@ -92,10 +94,9 @@ def verdict(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, se
     for _, m, dt in candidates:
         best = max_batch if (m, dt) == (mp, dtype) else max_batch_that_fits(config, vocab, m, dt, seq, gpu_bytes, cap)
         if best >= 1:
-            b = min(batch, best)
-            return Verdict(plan, gpu_bytes, n_gpus, False, max_batch, batch_to=b if b < batch else None,
-                           mp_to=m if m != mp else None, int8=dt != dtype,
-                           fix_plan=plan_memory(config, vocab, m, dt, b, seq), kv_tokens=kv)
+            return Verdict(plan, gpu_bytes, n_gpus, False, max_batch, mp_to=m if m != mp else None,
+                           int8=dt != dtype, fix_plan=plan_memory(config, vocab, m, dt, min(batch, best), seq),
+                           kv_tokens=kv)
     return Verdict(plan, gpu_bytes, n_gpus, False, max_batch, kv_tokens=kv)
 
 

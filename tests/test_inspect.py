@@ -250,8 +250,9 @@ def test_tokenizer_found_in_parent_and_missing_is_a_warning(tiny_copy):
 def test_fits_on_two_a6000_with_data_parallel_copies(tiny_factory):
     r = inspect_checkpoint(tiny_factory("llama2", 1), batch=2, seq=8, gpus=gpus(2))
     assert r.memory.fits_here is True
-    assert r.memory.advice[0].startswith("fits: 0.8 GiB per GPU at MP 1 on NVIDIA RTX A6000 (48.0 GiB); "
-                                         "2 data-parallel copies use 2 GPUs (torchrun --nproc_per_node 2")
+    assert r.memory.advice[0].startswith("fits: weights 0.0 GiB + reserve 0.8 GiB per GPU at MP 1 on NVIDIA RTX "
+                                         "A6000 (48.0 GiB), the rest is KV cache; 2 data-parallel copies use 2 GPUs "
+                                         "(torchrun --nproc_per_node 2")
     # largest batch: (48 GB card - weights - overhead) / (8 tokens * 512 bytes), capped at 512
     assert r.memory.max_batch_here == 512
 
@@ -278,12 +279,17 @@ def test_int8_suggested_when_bf16_does_not_fit():
     assert info8.fits_here is True and info8.weights_bytes == int8.weights < info.weights_bytes // 2 + (1 << 30)
 
 
-def test_lower_batch_suggested_when_only_the_cache_is_too_big(tiny_factory):
+def test_a_batch_beyond_the_cache_fits_as_an_upper_limit(tiny_factory):
+    """Paged KV cache: room for 10 sequences of --seq, --batch 20 still fits (the cache holds 10 at once); without
+    room for one sequence it does not."""
     ckpt = tiny_factory("llama2", 1)
     card = overhead_bytes(open_checkpoint(ckpt).config, 1, "bf16", 8) + 344_704 + 10 * 8 * 512  # room for 10 seqs
     r = inspect_checkpoint(ckpt, batch=20, seq=8, gpus=gpus(1, card, "small"))
-    assert r.memory.fits_here is False and r.memory.max_batch_here == 10
-    assert "lower --batch to 10 (or --seq) and it fits" in r.memory.advice
+    assert r.memory.fits_here is True and r.memory.max_batch_here == 10
+    assert "10 sequences of max_seq_len 8" in r.memory.advice[0] and "upper limit" in r.memory.advice[0]
+    r = inspect_checkpoint(ckpt, batch=20, seq=8, gpus=gpus(1, card - 9 * 8 * 512 - 1, "small"))
+    assert r.memory.fits_here is False and r.memory.max_batch_here == 0
+    assert "for its weights, reserve and one sequence of 8 tokens" in r.memory.advice[0]
 
 
 def test_the_four_folders_on_two_a6000():

@@ -49,6 +49,7 @@ class RecipeFact:
     device: str = "auto"  # auto | cuda | cpu
     nproc: str | int = "auto"
     quantize: str | None = None
+    gpu_memory_utilization: float = 1.0  # the share of each GPU run may use
     out_path: str | None = None
     error: str | None = None
     fix: str = ""
@@ -344,6 +345,7 @@ def _recipe(path: Path) -> tuple[RecipeFact, str | None]:
     r.dtype = str(getattr(rec, "dtype", r.dtype))
     r.device = str(getattr(rec, "device", r.device))
     r.nproc = getattr(rec, "nproc", "auto")
+    r.gpu_memory_utilization = float(getattr(rec, "gpu_memory_utilization", 1.0))
     q = getattr(rec, "quantize", None)
     r.quantize = str(q) if q and str(q) != "none" else None
     r.out_path = str(out) if out else None

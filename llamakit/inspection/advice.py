@@ -45,21 +45,22 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
         fits_here = v.fits
         max_batch = v.max_batch if mp <= n else None
         if fits_here:
-            line = f"fits: {fmt_gib(plan.total)} per GPU at MP {mp} on {card}; "
+            line = (f"fits: weights {fmt_gib(plan.weights)} + reserve {fmt_gib(plan.overhead)} per GPU at MP {mp} on "
+                    f"{card}, the rest is KV cache; ")
             copies = n // mp
             if copies > 1:
                 line += (f"{copies} data-parallel copies use {copies * mp} GPUs "
                          f"(torchrun --nproc_per_node {copies * mp}; Meta's own scripts: {mp})")
             else:
                 line += f"run with torchrun --nproc_per_node {mp}"
-            advice.append(line + f"; batch up to {max_batch} fits at seq {seq}; {capacity_words(v.kv_tokens, seq)}")
+            advice.append(line + f"; {capacity_words(v.kv_tokens, seq)}")
         else:
             if mp > n:
                 advice.append(f"this checkpoint has MP {mp}, so it needs {mp} GPUs; this machine has {n}")
             else:
-                advice.append(f"MP {mp} at {dtype} needs {fmt_gib(plan.total)} per GPU; {card} is too small")
-                if max_batch:
-                    advice.append(f"lower --batch to {max_batch} (or --seq) and it fits")
+                one = plan_memory(config, vocab, mp, dtype, 1, seq).total
+                advice.append(f"MP {mp} at {dtype} needs {fmt_gib(one)} per GPU for its weights, reserve and one "
+                              f"sequence of {seq} tokens; {card} is too small")
             advice.extend(_fix_words(v, config, vocab, dtype, batch, seq, ckpt))
     if dtype != "int8":  # int8 options only where they beat every option at the chosen dtype
         options += [o for o in fit_options(config, vocab, "int8", batch, seq)
@@ -79,6 +80,4 @@ def _fix_words(v: Verdict, config: ModelConfig, vocab: int, dtype: str, batch: i
                    f"({fmt_gib(v.fix_plan.total)} per GPU at {v.fix_plan.dtype})")
     if v.int8:
         out.append(f"it does not fit these GPUs at {dtype} but does at int8: set `quantize: int8` in the recipe")
-    if v.batch_to and out:
-        out.append(f"with --batch {v.batch_to}")
     return out

@@ -202,7 +202,7 @@ def choose_size(config: ModelConfig, vocab_rows: int, mp: int, model: str, lengt
             raise LlamakitError(f"{model} at MP={mp} does not fit {fmt_gib(gpu_total)} per GPU even with int8 "
                                 f"weights ({fmt_gib(w.total)} at batch 1, max_seq_len {max_seq_len})", more,
                                 str(ckpt_path))
-        fits_batch = v.max_batch if v.fits else (v.batch_to or 4096)
+        fits_batch = v.max_batch if v.fits else (v.fix_plan.batch if v.fix_plan else 4096)
         if v.int8:
             quantize = "int8"
             notes.append(f"the bf16 weights do not fit {fmt_gib(gpu_total)} per GPU at MP={mp}: the recipe uses "

@@ -60,8 +60,6 @@ def _fix_words(v: Verdict, src: str) -> str:
                      "ckpt_dir")
     if v.int8:
         parts.append(f"set `quantize: int8` in the recipe (needs {gib(v.fix_plan.total)} per GPU)")
-    if v.batch_to:
-        parts.append(f"set max_batch_size: {v.batch_to}")
     return " and ".join(parts)
 
 
@@ -104,36 +102,37 @@ def rule_mp_plan(f: Facts) -> CheckResult:
 
 
 def rule_memory_fit(f: Facts) -> CheckResult:
+    """The paged KV cache's fit: the weights, the reserve and one sequence of max_seq_len must fit each GPU's
+    share (gpu_memory_utilization); max_batch_size is an upper limit, so the finding says how many sequences the
+    cache holds rather than asking for a smaller batch."""
     c, r = f.ckpt, f.recipe
     if c is None or c.error or r is None:
         return CheckResult("memory-fit", SKIP, "no checkpoint given" if c is None else "checkpoint not readable (see checkpoint)")
     if not f.gpus or r.device == "cpu":
         return CheckResult("memory-fit", SKIP, "runs on the CPU: no GPU memory to fit (see ram)")
     dtype = _dtype(f)
-    mp = c.mp
+    mp, util = c.mp, r.gpu_memory_utilization
     small = min(f.gpus, key=lambda g: g.total_bytes)
     busy = min(f.gpus, key=lambda g: g.free_bytes)
+    share = int(small.total_bytes * util)
     n = max(len(f.gpus), mp)  # whether there are GPUs enough for the shards is mp-plan's finding, not this one's
-    empty = _verdict(f, small.total_bytes, n)
-    now = _verdict(f, busy.free_bytes, n)  # the batch to suggest fits what is free now
-    plan, best, best_empty = empty.plan, now.max_batch, empty.max_batch
-    parts = (f"weights {gib(plan.weights)} + KV cache {gib(plan.kv_cache)} (batch {r.max_batch_size} x "
-             f"{r.max_seq_len} tokens) + {gib(plan.overhead)} overhead")
-    head = f"{dtype} at MP={mp} needs {gib(plan.total)} per GPU = {parts}"
-    if plan.total > small.total_bytes:
-        if best > 0:
-            fix = f"set max_batch_size: {best} (or a shorter max_seq_len)"
-        elif best_empty > 0:
-            fix = (f"set max_batch_size: {best_empty} once the GPUs are free (other processes hold memory now: "
-                   "see `nvidia-smi`)")
-        elif empty.fix_plan is not None:
+    empty = _verdict(f, share, n)
+    plan = empty.plan
+    of = f"{gib(share)} (gpu_memory_utilization {util:g})" if util < 1 else gib(share)
+    head = (f"{dtype} at MP={mp}: weights {gib(plan.weights)} + reserve {gib(plan.overhead)} per GPU, then the "
+            f"KV cache")
+    if not empty.fits:
+        if empty.fix_plan is not None:
             fix = _fix_words(empty, c.path)
         else:
             fix = ("even with `quantize: int8` it does not fit: reshard to more GPUs (llamakit reshard SRC DST --mp N) "
                    "on a machine that has them")
-        return CheckResult("memory-fit", FAIL, f"{head}, but GPU{small.index} has {gib(small.total_bytes)}", fix)
-    if plan.total > busy.free_bytes:
-        return CheckResult("memory-fit", WARN, f"{head}: fits GPU{busy.index}'s {gib(busy.total_bytes)} but only "
+        if util < 1:
+            fix += ", or raise gpu_memory_utilization"
+        return CheckResult("memory-fit", FAIL, f"{head}: not even one sequence of max_seq_len {r.max_seq_len} fits "
+                           f"GPU{small.index}'s {of}", fix + " (or a shorter max_seq_len)")
+    if not _verdict(f, min(share, busy.free_bytes), n).fits:
+        return CheckResult("memory-fit", WARN, f"{head}: fits GPU{busy.index}'s {of} but only "
                            f"{gib(busy.free_bytes)} is free now", "another process uses the GPU: see `nvidia-smi`")
-    return CheckResult("memory-fit", OK, f"{head}; fits {gib(small.total_bytes)} (max batch at this length: {best}; "
-                       f"{fit_module().capacity_words(now.kv_tokens, r.max_seq_len)})")
+    words = fit_module().capacity_words(empty.kv_tokens, r.max_seq_len)
+    return CheckResult("memory-fit", OK, f"{head}: fits {of}; {words}")
