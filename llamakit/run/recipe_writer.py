@@ -393,6 +393,8 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
     key("nproc", "auto", f"auto = MP x data-parallel copies = {p.mp} x {p.dp} = {p.mp * p.dp} process(es) "
         f"{'on ' + str(p.mp * p.dp) + ' GPU(s)' if p.device == 'cuda' else 'on the CPU'}.")
     key("fast", True, "Set false only to rule it out when looking for a bug.")
+    key("gpu_memory_utilization", 1.0, "Fraction of each GPU's memory this run may use (vLLM's key); e.g. 0.34 "
+        "acts as a 48 GB card on a 141 GB H200.")
 
     lines += ["# ---- sampling (how the next token is chosen)", ""]
     key("temperature", TEMPERATURE, "Meta's example value. 0 = greedy: the same text every time.")
