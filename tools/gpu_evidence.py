@@ -5,7 +5,7 @@
   tests  the GPU tests (tests/test_gpu.py: Triton kernels on the paged cache, graphs = eager, decoding controls)
   bench  `llamakit bench --preset 7b`: standard, dataset, int8 (JSON each)
   run    `llamakit run` of a 7B-shaped checkpoint on disk (the tiny tokenizer's vocabulary) on the dataset
-         workload's prompts and max_gen_len per row (ignore_eos), against `llamakit bench --params-json` of the same
+         workload's prompts and max_gen_len per row (ignore_eos), against `llamakit bench --params` of the same
          checkpoint and workload, in the same call
   peers  Meta's generation.py and gpt-fast on the same prompts (tools/peer_bench.py; their source under .peers/,
          carried for the call, never committed)
@@ -105,7 +105,7 @@ def main() -> None:
                 log.write(f"run inputs failed: {e!r}\n")
             else:
                 sh(log, "bench on the run's checkpoint (same shape, prompts, lengths)",
-                   lk + ["bench", "--params-json", str(work / "ck7b" / "params.json"), "--workload", "dataset",
+                   lk + ["bench", "--params", str(work / "ck7b" / "params.json"), "--workload", "dataset",
                          "--json"], 400, out / "bench-ck7b-dataset.json")
                 sh(log, "llamakit run (same checkpoint, prompts, lengths)", lk + ["run", str(recipe)], 500,
                    out / "run-ck7b.txt")
