@@ -131,9 +131,10 @@ def dataset_gen_lens(n: int, seed: int = 1) -> list[int]:
     return [max(16, min(512, int(rng.lognormvariate(math.log(200), 0.5)))) for _ in range(n)]
 
 
-def workload(opts: BenchOptions) -> tuple[list[list[int]], list[int]]:
-    """Prompts and max_gen_len per prompt of the chosen workload."""
-    prompts = standard_prompts(opts.prompts, opts.max_prompt_len)
+def workload(opts: BenchOptions, vocab: int = VOCAB) -> tuple[list[list[int]], list[int]]:
+    """Prompts and max_gen_len per prompt of the chosen workload (ids below the vocabulary: the same prompts for
+    every preset; a smaller vocabulary, e.g. a checkpoint's params.json, draws its own)."""
+    prompts = standard_prompts(opts.prompts, opts.max_prompt_len, min(vocab, VOCAB))
     if opts.workload == "dataset":
         return prompts, dataset_gen_lens(len(prompts))
     return prompts, [opts.gen_len] * len(prompts)
@@ -179,7 +180,7 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     cfg = (load_params(Path(opts.params_json).parent) if opts.params_json else BENCH_PRESETS[opts.preset])
     vocab = bench_vocab(cfg)
     cfg = cfg.with_vocab(vocab)
-    prompts, gen_lens = workload(opts)  # ids < 32000 for every preset: the same prompts
+    prompts, gen_lens = workload(opts, vocab)
     max_seq_len = max(len(p) for p in prompts) + max(gen_lens)
     dtype = DTYPES[opts.dtype]
     params, n = sampling_params(opts)

@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
                                           for w in ws]
             for name, calls in variants.items():
                 row = dict(m=m, shape=shape, n=n, k=k, variant=name, default=name == default,
-                           old=name == OLD[m <= 16])
+                           old=name == OLD[m <= 16], at_s=round(time.time() - t0, 1))
                 try:
                     us = time_graph(calls, args.reps)
                     nbytes = n * k * (2 if name == "bf16_linear" else 1)

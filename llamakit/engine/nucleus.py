@@ -117,8 +117,14 @@ if HAVE_TRITON:
         tl.store(OUT + r, tl.where(temp > 0, tok, arg).to(tl.int64))
 
 
+# One program per row: below this many rows the GPU is mostly idle and the row's serial passes take longer than
+# sorting it (batch 1 went from 200.3 to 200.7 tok/s with the kernel on an H200, where the chained steps alone should
+# have gained; `llamakit bench --preset 7b`, 2026-11-30). Both paths keep the same nucleus (nucleus_keep_sorted).
+MIN_ROWS = 64
+
+
 def use_kernel(logits: torch.Tensor) -> bool:
-    return _use_triton(logits) and logits.dim() == 2
+    return _use_triton(logits) and logits.dim() == 2 and (logits.shape[0] >= MIN_ROWS or not logits.is_cuda)
 
 
 def nucleus_sample(logits: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor, passes: int = 7) -> torch.Tensor:

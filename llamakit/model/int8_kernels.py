@@ -63,7 +63,6 @@ CONFIGS: dict[str, Int8Config] = {c.name: c for c in (
     Int8Config("gemv", 16, 512, 4, 3, split_k=0),
     Int8Config("gemv", 8, 512, 4, 3),
     Int8Config("gemv", 8, 512, 4, 3, cvt="bf16"),
-    Int8Config("gemv", 4, 512, 4, 4),
     # tl.dot: n32_k128 (<= 16 rows) and n64_k128 (more rows) are the kernel's configurations before the GEMV: their
     # inner loops are lean (0.17 / 0.14 instructions per byte) but N / BLOCK_N programs are too few for N = 4096
     # (64..128 for 132 SMs); split-K "auto" fixes that
@@ -71,7 +70,6 @@ CONFIGS: dict[str, Int8Config] = {c.name: c for c in (
     Int8Config("dot", 64, 128, 4, 4),
     Int8Config("dot", 32, 128, 4, 4, split_k=0),
     Int8Config("dot", 64, 128, 4, 4, split_k=0),
-    Int8Config("dot", 64, 256, 8, 3, split_k=0),
 )}
 
 # Which configuration runs for how many rows (decode batch): (up to rows, name), the first that fits wins. The one
