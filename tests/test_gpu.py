@@ -150,3 +150,31 @@ def test_decoding_controls_through_cuda_graphs_equal_the_eager_step(tiny_factory
     same = sum(one[k].tokens == many[k].tokens for k in one)
     with capsys.disabled():
         print(f"\nbf16, CUDA graphs, batch 1 vs 8: {same} of {len(one)} sampled texts identical")
+
+
+def test_gpu_memory_utilization_caps_the_process_and_sizes_the_cache_from_the_cap(tiny_factory, mp1_group):
+    """gpu_memory_utilization 0.1: the allocator may hold a tenth of the GPU (set_per_process_memory_fraction), the
+    KV cache is sized from that tenth (not from mem_get_info's free bytes, which ignore the cap) and a run stays
+    inside it; the cap is lifted afterwards for the other tests."""
+    from llamakit.checkpoint import open_checkpoint
+    from llamakit.engine.api import EngineConfig, Request
+    from llamakit.engine.engine import build_engine
+
+    total = torch.cuda.mem_get_info()[1]
+    cap = int(0.1 * total)
+    try:
+        # 4,096 rows of 8,192 tokens would need far more than the cap: the cap decides the size
+        eng = build_engine(open_checkpoint(tiny_factory("llama2", 1)),
+                           EngineConfig(max_seq_len=8192, max_batch_size=4096, dtype="bf16", device="cuda",
+                                        fast=False, gpu_memory_utilization=0.1))
+        cache = eng.runner.cache
+        kv = 2 * cache.k.numel() * cache.k.element_size()
+        assert 0.5 * cap < kv < cap and torch.cuda.memory_reserved() <= cap
+        done = list(eng.generate([Request(i, [1, 5 + i, 9, 7], 32) for i in range(64)]))
+        assert len(done) == 64 and torch.cuda.memory_reserved() <= cap
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(cap, dtype=torch.uint8, device="cuda")  # the cap holds
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        eng = cache = None
+        torch.cuda.empty_cache()
