@@ -14,7 +14,8 @@ from llamakit.checkpoint.params import PRESETS
 from llamakit.checkpoint.tiny import train_tokenizer
 from llamakit.errors import LlamakitError
 from llamakit.gpus import GpuInfo
-from llamakit.run.plan import Devices, choose_devices, memory_line, plan_run, torchrun_argv
+from llamakit.run.capacity import memory_line
+from llamakit.run.plan import Devices, choose_devices, plan_run, torchrun_argv
 
 GiB = 1024**3
 REPO = Path(__file__).resolve().parents[1]
