@@ -313,12 +313,21 @@ def step_c(step: Step, work: Path, args: argparse.Namespace) -> None:
     spec.write_text(json.dumps({"preset": "tiny" if args.dry else "13b", "mp": 2, "utilization": args.utilization,
                                 "device": "cpu" if args.dry else "cuda", "prompts": prompts, "gens": gens,
                                 "result": str(work / "before-result.json"), "slots": args.before_slots}))
-    (work / "before-result.json").unlink(missing_ok=True)
-    r = step.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                  "127.0.0.1", "--master_port", str(free_port()), str(Path(__file__).resolve()),
-                  "--before-worker", str(spec)], args.timeout_c / 2, cwd=before, pythonpath=str(before))
     res = work / "before-result.json"
+    Path(f"{res}.slots").unlink(missing_ok=True)
+    for attempt in (1, 2):  # the fixed-slot engine had no reserve for its CUDA graphs: one retry with 80% slots
+        res.unlink(missing_ok=True)
+        r = step.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                      "127.0.0.1", "--master_port", str(free_port()), str(Path(__file__).resolve()),
+                      "--before-worker", str(spec)], args.timeout_c / 2, cwd=before, pythonpath=str(before))
+        if res.exists() or attempt == 2 or not Path(f"{res}.slots").exists():
+            break
+        tried = json.loads(Path(f"{res}.slots").read_text())["slots"]
+        step.note(f"the fixed-slot engine failed at {tried} slots; once more at {int(tried * 0.8)}")
+        spec.write_text(json.dumps({**json.loads(spec.read_text()), "slots": int(tried * 0.8)}))
     step.result["before"] = json.loads(res.read_text()) if res.exists() else {"rc": r.returncode}
+    if res.exists() and attempt == 2:
+        step.result["before"]["note"] = f"its own plan's {tried} slots ran out of memory; measured at 80 %"
 
 
 def free_port() -> int:
@@ -370,6 +379,8 @@ def before_worker(spec_path: str) -> None:
     slots = spec.get("slots") or (max(1, max_batch_that_fits(cfg, VOCAB, spec["mp"], dtype_name, seq, cap, cap=4096))
                                   if cuda else 8)
     slots = min(slots, len(prompts))
+    if dist.get_rank() == 0:
+        Path(f"{spec['result']}.slots").write_text(json.dumps({"slots": slots}))
     ecfg = EngineConfig(max_seq_len=seq, max_batch_size=slots, dtype=dtype_name, device=device.type,
                         temperature=0.6, top_p=0.9)
     dtype = DTYPES[dtype_name]
