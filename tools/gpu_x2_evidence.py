@@ -17,8 +17,9 @@ failure in one not stopping the others; results in $OUT/summary.json plus one lo
      slots of max_seq_len as that tree's own memory plan (memory.max_batch_that_fits) fits in the cap.
   d  `llamakit bench --preset 65b --mp 2 --quantize int8 --json` (must not end in "benchmark workers failed").
 
-Device command (from the checkout root, with fairscale and pydantic installed from the carried wheels and the
-6025c86 tree at .before/):
+Device command (from the checkout root, with the carried wheels (fairscale, pydantic) importable, e.g. through
+PYTHONPATH=/tmp/site:$PWD, which every command here keeps behind this checkout or the 6025c86 tree, and that tree
+at .before/):
 
     NCCL_NVLS_ENABLE=0 PYTHONPATH=$PWD python3 tools/gpu_x2_evidence.py --out $OUT
 
@@ -63,14 +64,17 @@ class Step:
             f.write(text.rstrip("\n") + "\n")
         print(text, flush=True)
 
-    def env(self, pythonpath: str | None = None) -> dict[str, str]:
+    def env(self, first: str | None = None) -> dict[str, str]:
+        """This checkout (or `first`: the 6025c86 tree) ahead of the caller's PYTHONPATH, which keeps the rest (the
+        carried wheels, e.g. /tmp/site)."""
         e = dict(os.environ, PYTHONUNBUFFERED="1", NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1")
-        e["PYTHONPATH"] = pythonpath or (str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else ""))
+        e["PYTHONPATH"] = os.pathsep.join([first or str(REPO)] + [p for p in e.get("PYTHONPATH", "").split(
+            os.pathsep) if p])
         return e
 
     def run(self, cmd: list[str], timeout: float, cwd: Path | None = None, pythonpath: str | None = None,
             tail: int = 25) -> subprocess.CompletedProcess:
-        """Run `cmd`, log it with its exit status, time and the tail of its output."""
+        """Run `cmd`, log it with its exit status, time, its error lines and the tail of its output."""
         timeout = min(timeout, DEADLINE[0] - time.monotonic())
         if timeout < 5:
             self.note(f"skipped (the --budget is spent): {' '.join(cmd)}")
@@ -86,6 +90,10 @@ class Step:
             out, _ = p.communicate()
             self.note(f"TIMEOUT after {timeout:.0f} s (process group killed)")
         lines = (out or "").splitlines()
+        errors = [ln for ln in lines[:-tail] if re.search(r"Error|Traceback|error:|Exception", ln)
+                  and "ChildFailedError" not in ln]
+        if errors:  # a worker's own error, before torchrun's banner fills the tail
+            self.note("error lines:\n" + "\n".join(errors[:20]) + "\n...")
         self.note("\n".join(lines[-tail:]))
         self.note(f"rc={p.returncode} in {time.monotonic() - t0:.1f} s\n")
         return subprocess.CompletedProcess(cmd, p.returncode, out or "", "")
