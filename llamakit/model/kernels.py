@@ -101,32 +101,64 @@ def rope_store_eager(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, si
 if HAVE_TRITON:
 
     @triton.jit
-    def _rope_store_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, BT, stride_qkv, stride_bt, stride_kb, stride_kh,
-                           stride_kl, N_HEADS: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr):
-        b = tl.program_id(0)
-        h = tl.program_id(1)  # 0..N_HEADS-1: q heads, then N_KV k heads (v copied with them)
-        pos = tl.load(POS + b)
+    def _rope_kernel(QKV, POS, LENS, COS, SIN, QOUT, KOUT, KC, VC, BT, T, stride_qkv, stride_bt, stride_kb, stride_kh,
+                     stride_kl, N_HEADS: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
+                     BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, PREFILL: tl.constexpr):
+        """One program per token, all its heads: rotate q and k (interleaved pairs, fp32), write q (and for a
+        prefill k) out, store k/v in the paged cache. Decode: token b at POS[b]; prefill: token b*T + t at t, padding
+        (t >= LENS[b]) into the scratch block 0."""
+        tok = tl.program_id(0)
+        if PREFILL:
+            b = tok // T
+            pos = tok % T
+            real = pos < tl.load(LENS + b)
+        else:
+            b = tok
+            pos = tl.load(POS + tok)
+            real = pos >= 0
         half = tl.arange(0, D // 2)
-        c = tl.load(COS + pos * (D // 2) + half)
-        s = tl.load(SIN + pos * (D // 2) + half)
-        base = QKV + b * stride_qkv + h * D
-        xr = tl.load(base + 2 * half).to(tl.float32)
-        xi = tl.load(base + 2 * half + 1).to(tl.float32)
+        hh = tl.arange(0, BLOCK_H)  # q heads, then k heads
+        hmask = hh < N_HEADS + N_KV
+        c = tl.load(COS + pos * (D // 2) + half)[None, :]
+        s = tl.load(SIN + pos * (D // 2) + half)[None, :]
+        row = QKV + tok.to(tl.int64) * stride_qkv
+        pairs = hh[:, None] * D + 2 * half[None, :]
+        xr = tl.load(row + pairs, mask=hmask[:, None], other=0.0).to(tl.float32)
+        xi = tl.load(row + pairs + 1, mask=hmask[:, None], other=0.0).to(tl.float32)
         out_r = xr * c - xi * s
         out_i = xr * s + xi * c
-        if h < N_HEADS:
-            qo = QOUT + b * N_HEADS * D + h * D
-            tl.store(qo + 2 * half, out_r.to(QOUT.dtype.element_ty))
-            tl.store(qo + 2 * half + 1, out_i.to(QOUT.dtype.element_ty))
-        else:
-            kh = h - N_HEADS
-            blk = tl.load(BT + b * stride_bt + pos // PAGE).to(tl.int64)
-            where = blk * stride_kb + kh * stride_kh + (pos % PAGE) * stride_kl
-            tl.store(KC + where + 2 * half, out_r.to(KC.dtype.element_ty))
-            tl.store(KC + where + 2 * half + 1, out_i.to(KC.dtype.element_ty))
-            full = tl.arange(0, D)
-            v = tl.load(QKV + b * stride_qkv + (N_HEADS + N_KV + kh) * D + full)
-            tl.store(VC + where + full, v)
+        qmask = (hh < N_HEADS)[:, None]
+        qo = QOUT + tok.to(tl.int64) * (N_HEADS * D) + pairs
+        tl.store(qo, out_r.to(QOUT.dtype.element_ty), mask=qmask)
+        tl.store(qo + 1, out_i.to(QOUT.dtype.element_ty), mask=qmask)
+        kmask = ((hh >= N_HEADS) & hmask)[:, None]
+        kh = hh - N_HEADS
+        if PREFILL:
+            ko = KOUT + tok.to(tl.int64) * (N_KV * D) + kh[:, None] * D + 2 * half[None, :]
+            tl.store(ko, out_r.to(KOUT.dtype.element_ty), mask=kmask)
+            tl.store(ko + 1, out_i.to(KOUT.dtype.element_ty), mask=kmask)
+        blk = tl.load(BT + b * stride_bt + pos // PAGE, mask=real, other=0).to(tl.int64)
+        at = blk * stride_kb + (pos % PAGE) * stride_kl
+        kw = KC + at + kh[:, None] * stride_kh + 2 * half[None, :]
+        tl.store(kw, out_r.to(KC.dtype.element_ty), mask=kmask)
+        tl.store(kw + 1, out_i.to(KC.dtype.element_ty), mask=kmask)
+        vh = tl.arange(0, BLOCK_KV)
+        full = tl.arange(0, D)
+        vmask = (vh < N_KV)[:, None]
+        v = tl.load(row + (N_HEADS + N_KV + vh[:, None]) * D + full[None, :], mask=vmask, other=0.0)
+        tl.store(VC + at + vh[:, None] * stride_kh + full[None, :], v, mask=vmask)
+
+
+def _rope_launch(qkv2: torch.Tensor, pos, lens, cos, sin, q, k, k_cache, v_cache, table, t: int, n_heads: int,
+                 n_kv: int, prefill: bool) -> None:
+    d = k_cache.shape[-1]
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and qkv2.stride(-1) == 1
+    block_h = _next_pow2(n_heads + n_kv)
+    _rope_kernel[(qkv2.shape[0],)](
+        qkv2, pos, lens, cos, sin, q, k, k_cache, v_cache, table, t, qkv2.stride(0), table.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), N_HEADS=n_heads, N_KV=n_kv, D=d,
+        PAGE=k_cache.shape[2], BLOCK_H=block_h, BLOCK_KV=_next_pow2(n_kv), PREFILL=prefill,
+        num_warps=4 if block_h * d <= 8192 else 8)
 
 
 def rope_store(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -136,12 +168,8 @@ def rope_store(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: tor
     if not _use_triton(qkv):
         return rope_store_eager(qkv, pos, cos, sin, k_cache, v_cache, table, n_heads, n_kv)
     b = qkv.shape[0]
-    d = k_cache.shape[-1]
-    q = torch.empty((b, n_heads, d), dtype=qkv.dtype, device=qkv.device)
-    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and qkv.stride(-1) == 1
-    _rope_store_kernel[(b, n_heads + n_kv)](qkv, pos, cos, sin, q, k_cache, v_cache, table, qkv.stride(0),
-                                           table.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-                                           N_HEADS=n_heads, N_KV=n_kv, D=d, PAGE=k_cache.shape[2], num_warps=1)
+    q = torch.empty((b, n_heads, k_cache.shape[-1]), dtype=qkv.dtype, device=qkv.device)
+    _rope_launch(qkv, pos, pos, cos, sin, q, q, k_cache, v_cache, table, 1, n_heads, n_kv, prefill=False)
     return q
 
 
@@ -172,43 +200,6 @@ def rope_prefill_eager(qkv: torch.Tensor, lengths: torch.Tensor, cos: torch.Tens
     return qr, kr
 
 
-if HAVE_TRITON:
-
-    @triton.jit
-    def _rope_prefill_kernel(QKV, LENS, COS, SIN, QOUT, KOUT, KC, VC, BT, T, stride_qkv, stride_bt, stride_kb,
-                             stride_kh, stride_kl, N_HEADS: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr,
-                             PAGE: tl.constexpr):
-        tok = tl.program_id(0)  # b * T + position
-        h = tl.program_id(1)  # q heads, then kv heads
-        b = tok // T
-        pos = tok % T
-        half = tl.arange(0, D // 2)
-        c = tl.load(COS + pos * (D // 2) + half)
-        s = tl.load(SIN + pos * (D // 2) + half)
-        base = QKV + tok.to(tl.int64) * stride_qkv + h * D
-        xr = tl.load(base + 2 * half).to(tl.float32)
-        xi = tl.load(base + 2 * half + 1).to(tl.float32)
-        out_r = xr * c - xi * s
-        out_i = xr * s + xi * c
-        if h < N_HEADS:
-            qo = QOUT + tok.to(tl.int64) * N_HEADS * D + h * D
-            tl.store(qo + 2 * half, out_r.to(QOUT.dtype.element_ty))
-            tl.store(qo + 2 * half + 1, out_i.to(QOUT.dtype.element_ty))
-        else:
-            kh = h - N_HEADS
-            ko = KOUT + tok.to(tl.int64) * N_KV * D + kh * D
-            tl.store(ko + 2 * half, out_r.to(KOUT.dtype.element_ty))
-            tl.store(ko + 2 * half + 1, out_i.to(KOUT.dtype.element_ty))
-            real = pos < tl.load(LENS + b)
-            blk = tl.load(BT + b * stride_bt + pos // PAGE, mask=real, other=0).to(tl.int64)
-            where = blk * stride_kb + kh * stride_kh + (pos % PAGE) * stride_kl
-            tl.store(KC + where + 2 * half, out_r.to(KC.dtype.element_ty))
-            tl.store(KC + where + 2 * half + 1, out_i.to(KC.dtype.element_ty))
-            full = tl.arange(0, D)
-            v = tl.load(QKV + tok.to(tl.int64) * stride_qkv + (N_HEADS + N_KV + kh) * D + full)
-            tl.store(VC + where + full, v)
-
-
 def rope_prefill(qkv: torch.Tensor, lengths: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                  k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, n_heads: int,
                  n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,14 +209,10 @@ def rope_prefill(qkv: torch.Tensor, lengths: torch.Tensor, cos: torch.Tensor, si
         return rope_prefill_eager(qkv, lengths, cos, sin, k_cache, v_cache, table, n_heads, n_kv)
     b, t, width = qkv.shape
     d = k_cache.shape[-1]
-    qkv2 = qkv.reshape(b * t, width)
     q = torch.empty((b, t, n_heads, d), dtype=qkv.dtype, device=qkv.device)
     k = torch.empty((b, t, n_kv, d), dtype=qkv.dtype, device=qkv.device)
-    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and qkv2.stride(-1) == 1
-    _rope_prefill_kernel[(b * t, n_heads + n_kv)](
-        qkv2, lengths, cos, sin, q, k, k_cache, v_cache, table, t, qkv2.stride(0), table.stride(0),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), N_HEADS=n_heads, N_KV=n_kv, D=d,
-        PAGE=k_cache.shape[2], num_warps=1)
+    _rope_launch(qkv.reshape(b * t, width), lengths, lengths, cos, sin, q, k, k_cache, v_cache, table, t, n_heads,
+                 n_kv, prefill=True)
     return q, k
 
 
@@ -252,11 +239,11 @@ def decode_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ta
 if HAVE_TRITON:
 
     @triton.jit
-    def _decode_attn_kernel(Q, K, V, BT, LENS, ACC, M, L_OUT, sm_scale,
+    def _decode_attn_kernel(Q, K, V, BT, LENS, ACC, M, L_OUT, OUT, sm_scale,
                             stride_qb, stride_qh, stride_bt, stride_kb, stride_kh, stride_kl,
-                            stride_ab, stride_ah, stride_as, stride_mb, stride_mh,
+                            stride_ab, stride_ah, stride_as, stride_mb, stride_mh, stride_ob, stride_oh,
                             G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
-                            BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PAGE: tl.constexpr):
+                            BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PAGE: tl.constexpr, DIRECT: tl.constexpr):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         sp = tl.program_id(2)
@@ -289,10 +276,15 @@ if HAVE_TRITON:
             vt = tl.load(vbase + where, mask=nmask[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
             m_i = m_new
-        out = ACC + b * stride_ab + heads[:, None] * stride_ah + sp * stride_as + offs_d[None, :]
-        tl.store(out, acc, mask=gmask[:, None])
-        tl.store(M + b * stride_mb + heads * stride_mh + sp, m_i, mask=gmask)
-        tl.store(L_OUT + b * stride_mb + heads * stride_mh + sp, l_i, mask=gmask)
+        if DIRECT:  # one split: normalise here (what the combine kernel computes for one split, bit for bit)
+            o = acc / l_i[:, None]
+            tl.store(OUT + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], o.to(OUT.dtype.element_ty),
+                     mask=gmask[:, None])
+        else:
+            out = ACC + b * stride_ab + heads[:, None] * stride_ah + sp * stride_as + offs_d[None, :]
+            tl.store(out, acc, mask=gmask[:, None])
+            tl.store(M + b * stride_mb + heads * stride_mh + sp, m_i, mask=gmask)
+            tl.store(L_OUT + b * stride_mb + heads * stride_mh + sp, l_i, mask=gmask)
 
 
 @functools.lru_cache(maxsize=None)
@@ -302,9 +294,13 @@ def sm_count(device_index: int) -> int:
 
 
 def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 64) -> int:
-    """How many key ranges each (row, kv head) is cut into: enough programs to fill the GPU at small batch."""
-    want = max(1, -(-2 * n_sm // max(1, batch * n_kv)))
-    return int(min(want, max(1, max_len // (4 * block))))
+    """How many key ranges each (row, kv head) is cut into. Enough (row, kv head) pairs to give every SM two
+    programs: one range, normalised in the kernel itself. Fewer (small batches): ranges of one tile each, so a
+    single sequence's keys are read by many SMs at once (batch 1 spent ~9 us a layer in attention with two ranges on
+    an H200, 2026-11-30); ranges past a row's length end at once."""
+    if batch * n_kv >= 2 * n_sm:
+        return 1
+    return max(1, -(-max_len // block))
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
@@ -325,18 +321,27 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
         splits = n_splits(b, hkv, max_len, n_sm)
     split_len = -(-max_len // splits)
     split_len = -(-split_len // block_n) * block_n  # whole tiles per split
-    acc = torch.empty((b, h, splits, d), dtype=torch.float32, device=q.device)
-    m = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
-    l_ = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
-    assert k.stride() == v.stride() and k.stride(-1) == 1 and q.is_contiguous()
-    _decode_attn_kernel[(b, hkv, splits)](
-        q, k, v, table, lengths, acc, m, l_, 1.0 / math.sqrt(d),
-        q.stride(0), q.stride(1), table.stride(0), k.stride(0), k.stride(1), k.stride(2),
-        acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0), m.stride(1),
-        G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_N=block_n, SPLIT=split_len, PAGE=page, num_warps=num_warps)
     out = torch.empty_like(q)
-    _combine_kernel[(b, h)](acc, m, l_, out, acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0), m.stride(1),
-                            out.stride(0), out.stride(1), S=splits, BLOCK_S=_next_pow2(splits), D=d, num_warps=2)
+    assert k.stride() == v.stride() and k.stride(-1) == 1 and q.is_contiguous()
+    direct = splits == 1  # at 128+ rows: no partial sums to merge, no second kernel (0.68 ms a step at 1,024 rows)
+    if direct:
+        acc = m = l_ = out
+        acc_strides, m_strides = (0, 0, 0), (0, 0)
+    else:
+        acc = torch.empty((b, h, splits, d), dtype=torch.float32, device=q.device)
+        m = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
+        l_ = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
+        acc_strides, m_strides = (acc.stride(0), acc.stride(1), acc.stride(2)), (m.stride(0), m.stride(1))
+    _decode_attn_kernel[(b, hkv, splits)](
+        q, k, v, table, lengths, acc, m, l_, out, 1.0 / math.sqrt(d),
+        q.stride(0), q.stride(1), table.stride(0), k.stride(0), k.stride(1), k.stride(2),
+        *acc_strides, *m_strides, out.stride(0), out.stride(1),
+        G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_N=block_n, SPLIT=split_len, PAGE=page, DIRECT=direct,
+        num_warps=num_warps)
+    if not direct:
+        _combine_kernel[(b, h)](acc, m, l_, out, acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0),
+                                m.stride(1), out.stride(0), out.stride(1), S=splits, BLOCK_S=_next_pow2(splits), D=d,
+                                num_warps=max(2, min(8, _next_pow2(splits) * d // 2048)))
     return out
 
 
