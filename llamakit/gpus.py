@@ -16,6 +16,14 @@ class GpuInfo:
     total_bytes: int
     free_bytes: int
     compute_capability: tuple[int, int] | None
+    # what the driver and firmware keep (NVML's v2 memory info): CUDA reports total - this as the GPU's total
+    # (an H200: NVML 143,771 MiB, torch.cuda.mem_get_info 143,155 MiB); 0 where NVML does not say
+    reserved_bytes: int = 0
+
+    @property
+    def cuda_total_bytes(self) -> int:
+        """The total CUDA reports (torch.cuda.mem_get_info): what the engine sizes from."""
+        return self.total_bytes - self.reserved_bytes
 
 
 def apply_visible_devices(indices: list[int], env: str | None) -> list[int]:
@@ -42,7 +50,12 @@ def read_gpu(pynvml: Any, index: int) -> GpuInfo:
         cc: tuple[int, int] | None = tuple(int(x) for x in pynvml.nvmlDeviceGetCudaComputeCapability(h))  # type: ignore[assignment]
     except Exception:  # noqa: BLE001 - old drivers / bindings: the name still finds it in checks/gpus.yaml
         cc = None
-    return GpuInfo(index, name, int(mem.total), int(mem.free), cc)
+    try:  # v2 splits off what the driver reserves (drivers >= 510); a bogus figure is ignored
+        reserved = int(pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2).reserved)
+        reserved = reserved if 0 < reserved < int(mem.total) // 10 else 0
+    except Exception:  # noqa: BLE001 - older drivers / bindings: NVML's total as it is
+        reserved = 0
+    return GpuInfo(index, name, int(mem.total), int(mem.free), cc, reserved)
 
 
 def detect_gpus() -> list[GpuInfo]:

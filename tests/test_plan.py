@@ -348,3 +348,35 @@ def test_gpu_memory_utilization_is_a_recipe_key_and_a_set_override(tiny_factory,
     with pytest.raises(LlamakitError) as e:
         plan_run(recipe(tmp_path, ckpt, PROMPTS, gpu_memory_utilization=1.5), gpu_facts=([H200], True))
     assert e.value.line == 6 and "gpu_memory_utilization" in e.value.what and "<= 1" in e.value.fix
+
+
+def test_the_plan_sizes_from_the_total_cuda_reports_not_nvmls():
+    """NVML's total includes what the driver reserves (v2 memory info says how much); CUDA's total, which the engine
+    sizes from, does not (an H200: 143,771 vs 143,155 MiB). The NVML reader keeps both; the plan uses CUDA's."""
+    from types import SimpleNamespace
+
+    from llamakit.gpus import read_gpu
+
+    MiB = 2**20
+
+    class Nvml:  # the three calls read_gpu makes, answering as an H200 with driver 580 does
+        nvmlMemory_v2 = 33554472
+
+        def nvmlDeviceGetHandleByIndex(self, i):
+            return i
+
+        def nvmlDeviceGetName(self, h):
+            return b"NVIDIA H200"
+
+        def nvmlDeviceGetCudaComputeCapability(self, h):
+            return (9, 0)
+
+        def nvmlDeviceGetMemoryInfo(self, h, version=None):
+            if version == self.nvmlMemory_v2:
+                return SimpleNamespace(total=143771 * MiB, reserved=616 * MiB, free=143155 * MiB, used=0)
+            return SimpleNamespace(total=143771 * MiB, free=143155 * MiB, used=616 * MiB)
+
+    g = read_gpu(Nvml(), 0)
+    assert (g.total_bytes, g.cuda_total_bytes) == (143771 * MiB, 143155 * MiB)
+    text, _ = memory_line(PRESETS["llama-7b"], 32000, Devices("cuda", 1, 1, "bf16", "nccl", (g,)), "none", 8, 1024)
+    assert "of 139.8 GiB per GPU" in text

@@ -39,7 +39,7 @@ def memory_info(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int
     if not gpus:
         advice.append("no NVIDIA GPU detected on this machine (NVML), so no verdict for here")
     else:
-        n, smallest = len(gpus), min(g.total_bytes for g in gpus)
+        n, smallest = len(gpus), min(g.cuda_total_bytes for g in gpus)
         card = f"{gpus[0].name} ({fmt_gib(smallest)})"
         v = verdict(config, vocab, mp, dtype, batch, seq, smallest, n)
         fits_here = v.fits

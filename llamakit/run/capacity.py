@@ -25,7 +25,7 @@ def memory_line(config: Any, vocab: int, dev: Devices, quantize: str, batch: int
     dtype = weight_dtype(dev.dtype, quantize)
     if not dev.gpus:  # the CPU engine gives every sequence max_seq_len: the fixed plan is what it holds
         return f"{plan_memory(config, vocab, dev.mp, dtype, batch, seq).breakdown()} per process", None
-    total = min(g.total_bytes for g in dev.gpus)
+    total = min(g.cuda_total_bytes for g in dev.gpus)  # what the engine's torch.cuda.mem_get_info reports
     small = int(total * utilization) if utilization < 1 else total
     cap = plan_capacity(config, vocab, dev.mp, dtype, seq, batch, small, graphs=fast, kv_dtype=dev.dtype)
     weights = weight_bytes_per_rank(config, vocab, dev.mp, dtype)

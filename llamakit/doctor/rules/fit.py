@@ -112,9 +112,9 @@ def rule_memory_fit(f: Facts) -> CheckResult:
         return CheckResult("memory-fit", SKIP, "runs on the CPU: no GPU memory to fit (see ram)")
     dtype = _dtype(f)
     mp, util = c.mp, r.gpu_memory_utilization
-    small = min(f.gpus, key=lambda g: g.total_bytes)
+    small = min(f.gpus, key=lambda g: g.cuda_total_bytes)
     busy = min(f.gpus, key=lambda g: g.free_bytes)
-    share = int(small.total_bytes * util)
+    share = int(small.cuda_total_bytes * util)
     n = max(len(f.gpus), mp)  # whether there are GPUs enough for the shards is mp-plan's finding, not this one's
     empty = _verdict(f, share, n)
     plan = empty.plan
