@@ -73,10 +73,13 @@ CONFIGS: dict[str, Int8Config] = {c.name: c for c in (
 )}
 
 # Which configuration runs for how many rows (decode batch): (up to rows, name), the first that fits wins. The one
-# place to change after measuring with tools/int8_mm_bench.py on the GPU. Chosen before a GPU measurement, from the
-# sm_90 SASS (compiled without a GPU): the fewest instructions per weight byte with >= 2 programs per SM.
+# place to change after measuring with tools/int8_mm_bench.py on the GPU; the fastest there for 1 and 8 rows, the others
+# as chosen before (the fewest sm_90 instructions per weight byte with >= 2 programs per SM).
+# measured on an H200 (tools/int8_mm_bench.py, 2026-11-30; docs/evidence/2026-11-30-h200-session3/call2-int8_mm.jsonl):
+# one row, the 7B step's five matmuls: gemv_n8_k512 2,039 us, gemv_n8_k1024 2,078, the old dot_n32 2,826, bf16 3,661;
+# eight rows: dot_n64_k128 with split-K 2,364 us (old 2,873)
 SCHEDULE: tuple[tuple[int, str], ...] = (
-    (1, "gemv_n8_k1024_w4_s3"),
+    (1, "gemv_n8_k512_w4_s3"),
     (16, "dot_n64_k128_w4_s4_skauto"),
     (INT8_MM_MAX_ROWS, "dot_n64_k128_w4_s4"),
 )
