@@ -125,3 +125,23 @@ def test_sampling_with_preemption_equals_sampling_at_batch_1(tiny_factory, mp1_g
     alone, _ = run(1, 0)
     squeezed, preemptions = run(5, 64)
     assert preemptions > 0 and squeezed == alone
+
+
+def test_chained_steps_with_rows_ending_mid_chain_sample_what_batch_1_samples(tiny_factory, mp1_group):
+    """Steps launched before the previous step's tokens are read (engine.graphs chain; eager on the CPU): rows that end
+    by length or at eos inside a chain stay as scratch rows until compaction, and a queue waits for free rows. Every
+    sequence still gets exactly the tokens it gets alone."""
+    ckpt = tiny_factory("llama2", 1)
+    prompts = _prompts(ckpt) * 2
+
+    def run(batch: int) -> tuple[dict, int]:
+        cfg = EngineConfig(max_seq_len=96, max_batch_size=batch, temperature=0.9, seed=3, eos_id=5)
+        engine = build_engine(open_checkpoint(ckpt), cfg)
+        reqs = [Request(i, p, 4 + 5 * (i % 4)) for i, p in enumerate(prompts)]
+        out = {c.request.key: (c.tokens, c.finish_reason) for c in engine.generate(reqs)}
+        return out, engine.last.chained
+
+    alone, _ = run(1)
+    together, chained = run(6)
+    assert chained > 5 and together == alone
+    assert {r for _, r in alone.values()} == {"length", "stop"}  # ends known ahead and ends found when recorded

@@ -64,6 +64,7 @@ class Scheduler:
         self.slots: list[Sequence | None] = [None] * n_slots
         self._order = itertools.count()
         self.preemptions = 0
+        self.chained = 0  # decode steps launched before the previous step's tokens were read (chain_rows)
         self.peak_running = 0
         self.peak_tokens = 0
 
@@ -161,6 +162,7 @@ class Scheduler:
                 return None
         self.peak_running = max(self.peak_running, len(live))
         self.peak_tokens = max(self.peak_tokens, sum(s.next_pos + 2 for s in live))
+        self.chained += 1
         return nxt
 
     def _can_admit(self) -> bool:
