@@ -104,10 +104,11 @@ if HAVE_TRITON:
     def _rope_kernel(QKV, POS, LENS, COS, SIN, QOUT, KOUT, KC, VC, BT, T, stride_qkv, stride_bt, stride_kb, stride_kh,
                      stride_kl, N_HEADS: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, PREFILL: tl.constexpr):
-        """One program per token, all its heads: rotate q and k (interleaved pairs, fp32), write q (and for a
+        """One program per (token, block of heads): rotate q and k (interleaved pairs, fp32), write q (and for a
         prefill k) out, store k/v in the paged cache. Decode: token b at POS[b]; prefill: token b*T + t at t, padding
-        (t >= LENS[b]) into the scratch block 0."""
+        (t >= LENS[b]) into the scratch block 0. Head block j holds q/k heads j*BLOCK_H.. and v heads j*BLOCK_KV..."""
         tok = tl.program_id(0)
+        hb = tl.program_id(1)
         if PREFILL:
             b = tok // T
             pos = tok % T
@@ -117,7 +118,7 @@ if HAVE_TRITON:
             pos = tl.load(POS + tok)
             real = pos >= 0
         half = tl.arange(0, D // 2)
-        hh = tl.arange(0, BLOCK_H)  # q heads, then k heads
+        hh = hb * BLOCK_H + tl.arange(0, BLOCK_H)  # q heads, then k heads
         hmask = hh < N_HEADS + N_KV
         c = tl.load(COS + pos * (D // 2) + half)[None, :]
         s = tl.load(SIN + pos * (D // 2) + half)[None, :]
@@ -142,7 +143,7 @@ if HAVE_TRITON:
         kw = KC + at + kh[:, None] * stride_kh + 2 * half[None, :]
         tl.store(kw, out_r.to(KC.dtype.element_ty), mask=kmask)
         tl.store(kw + 1, out_i.to(KC.dtype.element_ty), mask=kmask)
-        vh = tl.arange(0, BLOCK_KV)
+        vh = hb * BLOCK_KV + tl.arange(0, BLOCK_KV)
         full = tl.arange(0, D)
         vmask = (vh < N_KV)[:, None]
         v = tl.load(row + (N_HEADS + N_KV + vh[:, None]) * D + full[None, :], mask=vmask, other=0.0)
@@ -153,12 +154,18 @@ def _rope_launch(qkv2: torch.Tensor, pos, lens, cos, sin, q, k, k_cache, v_cache
                  n_kv: int, prefill: bool) -> None:
     d = k_cache.shape[-1]
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and qkv2.stride(-1) == 1
-    block_h = _next_pow2(n_heads + n_kv)
-    _rope_kernel[(qkv2.shape[0],)](
+    tokens, heads = qkv2.shape[0], n_heads + n_kv
+    # all of a token's heads in one program when the tokens alone fill the GPU (1,024 one-warp programs per head
+    # took 1.34 ms a step at 1,024 rows); few tokens (batch 1: 14.9 us a layer with one program) spread the heads
+    parts = min(heads, max(1, 256 // tokens))
+    block_h = _next_pow2(-(-heads // parts))
+    parts = -(-heads // block_h)
+    block_kv = _next_pow2(-(-n_kv // parts))
+    _rope_kernel[(tokens, parts)](
         qkv2, pos, lens, cos, sin, q, k, k_cache, v_cache, table, t, qkv2.stride(0), table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), N_HEADS=n_heads, N_KV=n_kv, D=d,
-        PAGE=k_cache.shape[2], BLOCK_H=block_h, BLOCK_KV=_next_pow2(n_kv), PREFILL=prefill,
-        num_warps=4 if block_h * d <= 8192 else 8)
+        PAGE=k_cache.shape[2], BLOCK_H=block_h, BLOCK_KV=block_kv, PREFILL=prefill,
+        num_warps=1 if block_h * d <= 512 else 4 if block_h * d <= 8192 else 8)
 
 
 def rope_store(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
