@@ -52,6 +52,7 @@ class GraphDecoder:
         self._k = 0
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.outputs: dict[tuple[str, int], torch.Tensor] = {}
+        self.captured = capture
         if capture:
             self._capture_all()
 
@@ -97,6 +98,9 @@ class GraphDecoder:
         torch.cuda.synchronize()
 
     def bucket(self, n: int) -> int:
+        """The rows a step of n sequences runs: the smallest captured bucket; n itself without graphs (eager)."""
+        if not self.captured:
+            return n
         return next(b for b in self.buckets if b >= n)
 
     def _stage_table(self, table: torch.Tensor, b: int, live: list[int] | None) -> None:
