@@ -61,33 +61,64 @@ def _row_chat_format(obj: dict[str, Any], path: Path, line: int, params_field: s
     return fmt
 
 
+def records(path: Path, what: str, example_field: str) -> tuple[bool, Iterator[tuple[int, int, Any]]]:
+    """A .jsonl (.json, .ndjson) or .txt file of `what`s (prompt, text), checked by type now: (is it .txt, the
+    non-blank lines as (0-based index, line number, the JSON object or, for .txt, the line's text)). A line that is
+    not JSON, or not an object, is a LlamakitError naming file:line (raised while iterating)."""
+    is_txt = path.suffix.lower() == ".txt"
+    if not is_txt and path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
+        raise LlamakitError(f"unknown {what} file type {path.suffix or '(no suffix)'!r}",
+                            f"use .jsonl (one JSON object per line) or .txt (one {what} per line)", path)
+
+    def rows() -> Iterator[tuple[int, int, Any]]:
+        for index, text in _lines(path):
+            if not text.strip():
+                continue
+            line = index + 1
+            if is_txt:
+                yield index, line, text
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                example = f"{{\"id\": 1, \"{example_field}\": \"...\"}}"
+                raise LlamakitError(f"not valid JSON ({e.msg.removesuffix(' at')}, at column {e.colno})",
+                                    f"each line must be one JSON object, e.g. {example}", path, line) from None
+            if not isinstance(obj, dict):
+                raise LlamakitError(f"line is a JSON {type(obj).__name__}, not an object",
+                                    f"write one object per line, e.g. {{\"{example_field}\": \"...\"}}", path, line)
+            yield index, line, obj
+
+    return is_txt, rows()
+
+
+def unique_id(obj: dict, id_field: str, line: int, seen: dict[str, int], path: Path, found: str) -> str | int:
+    """The row's id (its line number when it has none), checked: a string or integer, not seen before on another
+    line (`seen`: id key -> line, updated); `found` says what resume finds by id (e.g. "finished prompts")."""
+    rid = obj.get(id_field, line)
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise LlamakitError(f"field '{id_field}' is {type(rid).__name__}, not a string or integer",
+                            "use string or integer ids (or set id_field in the recipe)", path, line)
+    k = id_key(rid)
+    if k in seen:
+        raise LlamakitError(f"duplicate id {rid!r} (also on line {seen[k]})",
+                            f"give every line a unique id (resume finds {found} by id)", path, line)
+    seen[k] = line
+    return rid
+
+
 def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id",
                  chat_format: str = "none", params_field: str = PARAMS_FIELD) -> list[Prompt]:
     """Read every prompt; blank lines are ignored, anything else that is not a usable prompt is an error. With a
     chat format (the recipe's or the row's) a prompt may be a list of {role, content} messages, checked here."""
     path = Path(path)
-    is_txt = path.suffix.lower() == ".txt"
-    if not is_txt and path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
-        raise LlamakitError(f"unknown prompt file type {path.suffix or '(no suffix)'!r}",
-                            "use .jsonl (one JSON object per line) or .txt (one prompt per line)", path)
+    is_txt, rows = records(path, "prompt", prompt_field)
     prompts: list[Prompt] = []
     seen: dict[str, int] = {}
-    for index, text in _lines(path):
-        if not text.strip():
-            continue
-        line = index + 1
+    for index, line, obj in rows:
         if is_txt:
-            prompts.append(Prompt(index, line, line, text))
+            prompts.append(Prompt(index, line, line, obj))
             continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LlamakitError(f"not valid JSON ({e.msg.removesuffix(' at')}, at column {e.colno})",
-                                "each line must be one JSON object, e.g. {\"id\": 1, \"prompt\": \"...\"}",
-                                path, line) from None
-        if not isinstance(obj, dict):
-            raise LlamakitError(f"line is a JSON {type(obj).__name__}, not an object",
-                                f"write one object per line, e.g. {{\"{prompt_field}\": \"...\"}}", path, line)
         if prompt_field not in obj:
             keys = ", ".join(list(obj)[:6]) or "none"
             raise LlamakitError(f"no '{prompt_field}' field (fields: {keys})",
@@ -105,20 +136,12 @@ def read_prompts(path: Path, prompt_field: str = "prompt", id_field: str = "id",
         if isinstance(value, str) and not value.strip():
             raise LlamakitError(f"field '{prompt_field}' is empty", "remove the line or give it a prompt",
                                 path, line)
-        pid = obj.get(id_field, line)
-        if isinstance(pid, bool) or not isinstance(pid, (str, int)):
-            raise LlamakitError(f"field '{id_field}' is {type(pid).__name__}, not a string or integer",
-                                "use string or integer ids (or set id_field in the recipe)", path, line)
         extra = {k: v for k, v in obj.items() if k not in (prompt_field, id_field, params_field)}
         clash = sorted(RESERVED & set(extra))
         if clash:
             raise LlamakitError(f"field '{clash[0]}' would be overwritten by the output field of that name",
                                 "rename it in the input (or point prompt_field/id_field at it)", path, line)
-        k = id_key(pid)
-        if k in seen:
-            raise LlamakitError(f"duplicate id {pid!r} (also on line {seen[k]})",
-                                "give every line a unique id (resume finds finished prompts by id)", path, line)
-        seen[k] = line
+        pid = unique_id(obj, id_field, line, seen, path, "finished prompts")
         prompts.append(Prompt(index, line, pid, value, extra, obj.get(params_field), row_format))
     if not prompts:
         raise LlamakitError("prompt file has no prompts",

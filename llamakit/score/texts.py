@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,34 +29,20 @@ class Text:
 def read_texts(path: Path, text_field: str = "text", prefix_field: str | None = None, id_field: str = "id",
                label_field: str | None = None) -> list[Text]:
     """Every text; blank lines are ignored, anything else that cannot be scored is an error naming file:line."""
-    from llamakit.run.prompts import _lines, id_key
+    from llamakit.run.prompts import records, unique_id
 
     path = Path(path)
-    is_txt = path.suffix.lower() == ".txt"
-    if not is_txt and path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
-        raise LlamakitError(f"unknown text file type {path.suffix or '(no suffix)'!r}",
-                            "use .jsonl (one JSON object per line) or .txt (one text per line)", path)
+    is_txt, rows = records(path, "text", text_field)
     if is_txt and (prefix_field or label_field):
         raise LlamakitError("a .txt file has one text per line and no fields, but the recipe sets "
                             f"{'prefix_field' if prefix_field else 'label_field'}",
                             "use a .jsonl file with those fields, or leave the key out", path)
     texts: list[Text] = []
     seen: dict[str, int] = {}
-    for index, raw in _lines(path):
-        if not raw.strip():
-            continue
-        line = index + 1
+    for index, line, obj in rows:
         if is_txt:
-            texts.append(Text(index, line, line, raw))
+            texts.append(Text(index, line, line, obj))
             continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise LlamakitError(f"not valid JSON ({e.msg}, at column {e.colno})",
-                                "write one JSON object per line", path, line) from None
-        if not isinstance(obj, dict):
-            raise LlamakitError(f"line is a JSON {type(obj).__name__}, not an object",
-                                f"write one object per line, e.g. {{\"{text_field}\": \"...\"}}", path, line)
         for key, what, required in ((text_field, "text", True), (prefix_field, "prefix", False)):
             if key is None:
                 continue
@@ -80,20 +65,12 @@ def read_texts(path: Path, text_field: str = "text", prefix_field: str | None = 
             if not isinstance(obj[label_field], (str, int, bool)):
                 raise LlamakitError(f"label '{label_field}' is {type(obj[label_field]).__name__}",
                                     "use a string, integer or true/false label", path, line)
-        tid = obj.get(id_field, line)
-        if isinstance(tid, bool) or not isinstance(tid, (str, int)):
-            raise LlamakitError(f"field '{id_field}' is {type(tid).__name__}, not a string or integer",
-                                "use string or integer ids (or set id_field in the recipe)", path, line)
         extra = {k: v for k, v in obj.items() if k != id_field}
         clash = sorted(set(ROW_FIELDS) & set(extra) - {text_field, prefix_field})
         if clash:
             raise LlamakitError(f"field '{clash[0]}' would be overwritten by the score of that name",
                                 "rename it in the input", path, line)
-        k = id_key(tid)
-        if k in seen:
-            raise LlamakitError(f"duplicate id {tid!r} (also on line {seen[k]})",
-                                "give every line a unique id (resume finds scored texts by id)", path, line)
-        seen[k] = line
+        tid = unique_id(obj, id_field, line, seen, path, "scored texts")
         texts.append(Text(index, line, tid, obj[text_field], obj[prefix_field] if prefix_field else "", extra))
     if not texts:
         raise LlamakitError("text file has no texts",
