@@ -18,6 +18,20 @@ def port_is_free(port: int) -> bool:
             return False
 
 
+def can_bind(ip: str, port: int) -> bool:
+    """Whether this machine can listen on ip:port (the address is its own and the port is free), judged as torch's
+    TCPStore binds it (SO_REUSEADDR: a port a closed run left in TIME_WAIT counts as free); port 0 asks only about
+    the address."""
+    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((ip, port))
+            return True
+        except OSError:
+            return False
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (for torchrun's rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

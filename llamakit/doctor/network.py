@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llamakit.data import load_table
+from llamakit.distributed import can_bind
 from llamakit.doctor.rules import FAIL, OK, SKIP, WARN, CheckResult
 
 
@@ -55,7 +56,7 @@ def gather_network(master_addr: str | None = None, master_port: int | None = Non
     nf.route_addr = _route_addr(nf.master_ip, nf.master_port)
     nf.connect = _connect(nf.master_ip, nf.master_port, timeout)
     if nf.master_is_local:
-        nf.local_port_busy = nf.connect == "open" or _port_busy(nf.master_ip, nf.master_port)
+        nf.local_port_busy = nf.connect == "open" or not can_bind(nf.master_ip, nf.master_port)
     return nf
 
 
@@ -106,17 +107,6 @@ def _connect(ip: str, port: int, timeout: float) -> str:
             return "refused"
         except OSError as e:
             return "unreachable" if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH) else f"error: {e}"
-
-
-def _port_busy(ip: str, port: int) -> bool:
-    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's TCPStore binds it
-        try:
-            s.bind((ip, port))
-            return False
-        except OSError:
-            return True
 
 
 # ---------------------------------------------------------------- pure rules over NetFacts + checks/network.yaml

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from llamakit.distributed import can_bind
 from llamakit.errors import LlamakitError
 
 
@@ -207,23 +208,11 @@ def check_rendezvous_host(nodes: Nodes) -> None:
                             "--master-addr HOST` on each node checks it)", flag) from None
     if nodes.node_rank != 0:
         return
-    if not _bindable(ip, 0):
+    if not can_bind(ip, 0):
         raise LlamakitError(f"--node-rank 0 hosts the rendezvous, but --master-addr {host} ({ip}) is not this "
                             "machine", "start node 0 on that host, or give this machine's own address (in SLURM the "
                             "first node of $SLURM_JOB_NODELIST, never the login node)", flag)
-    if not _bindable(ip, int(port or 0)):
+    if not can_bind(ip, int(port or 0)):
         raise LlamakitError(f"port {port} on {host} is in use (another run, or another job on this node)",
                             f"use another --master-port on every node (the sbatch script derives one from the job "
                             f"id); `ss -ltnp | grep :{port}` shows who holds it", "--master-port")
-
-
-def _bindable(ip: str, port: int) -> bool:
-    """Whether this machine can listen on ip:port (the address is its own and the port is free)."""
-    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's TCPStore: a closed run's port is free
-        try:
-            s.bind((ip, port))
-            return True
-        except OSError:
-            return False
