@@ -108,15 +108,21 @@ class BenchResult:
     gpu_memory_utilization: float = 1.0
 
 
-def standard_prompts(n: int, max_len: int = 480, vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
-    """The benchmark's prompts: length max(8, min(max_len, int(lognormvariate(log 120, 0.6)))), ids uniform in
-    [3, vocab), all drawn from one random.Random(seed) stream, prompt by prompt (length, then its ids)."""
+def lognormal_token_lists(n: int, median: float, sigma: float, min_len: int, max_len: int, vocab: int,
+                          seed: int) -> list[list[int]]:
+    """n lists of token ids: length max(min_len, min(max_len, int(lognormvariate(log median, sigma)))), ids uniform in
+    [3, vocab), all drawn from one random.Random(seed) stream, list by list (length, then its ids)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        length = max(8, min(max_len, int(rng.lognormvariate(math.log(120), 0.6))))
+        length = max(min_len, min(max_len, int(rng.lognormvariate(math.log(median), sigma))))
         out.append([rng.randrange(3, vocab) for _ in range(length)])
     return out
+
+
+def standard_prompts(n: int, max_len: int = 480, vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
+    """The benchmark's prompts: lengths lognormal around 120 (sigma 0.6), 8..max_len (lognormal_token_lists)."""
+    return lognormal_token_lists(n, 120, 0.6, 8, max_len, vocab, seed)
 
 
 WORKLOADS = ("standard", "dataset")

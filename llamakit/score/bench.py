@@ -5,13 +5,12 @@ Its peer, an HF forward-pass loop at batch 1 and at the best batch, is tools/hf_
 from __future__ import annotations
 
 import datetime as _dt
-import math
-import random
 import time
 from dataclasses import dataclass
 
 import torch
 
+from llamakit.bench import lognormal_token_lists
 from llamakit.errors import LlamakitError
 
 SCORE_VOCAB = 32000
@@ -21,12 +20,7 @@ def score_texts(n: int = 1000, seed: int = 2, vocab: int = SCORE_VOCAB, max_len:
     """The score workload: text i has length max(16, min(max_len, int(lognormvariate(log 300, 0.4)))) tokens, ids
     uniform in [3, vocab), all from one random.Random(seed) stream, text by text (length, then its ids). The first
     token stands for bos: every later token is scored."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        length = max(16, min(max_len, int(rng.lognormvariate(math.log(300), 0.4))))
-        out.append([rng.randrange(3, vocab) for _ in range(length)])
-    return out
+    return lognormal_token_lists(n, 300, 0.4, 16, max_len, vocab, seed)
 
 
 @dataclass
