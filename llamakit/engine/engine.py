@@ -11,7 +11,7 @@ from llamakit.checkpoint.layout import DTYPES
 from llamakit.checkpoint.shards import Checkpoint
 from llamakit.engine.api import Completion, EngineConfig, Request
 from llamakit.engine.block_manager import BlockManager
-from llamakit.engine.runner import ModelRunner
+from llamakit.engine.runner import Launched, ModelRunner
 from llamakit.engine.scheduler import Scheduler
 from llamakit.errors import LlamakitError
 from llamakit.engine.stopping import Stopping
@@ -51,10 +51,11 @@ class BatchEngine:
             running = sched.schedule_decode()
             if not running:
                 continue
-            step = self.runner.launch(running)
-            if step is None:
-                yield from sched.record(running, *self.runner.decode(running))
+            launched = self.runner.launch(running)
+            if not isinstance(launched, Launched):  # run and read at once (full mode, or no graphs)
+                yield from sched.record(running, *launched)
                 continue
+            step: Launched | None = launched
             while step is not None:  # while the batch stays, step N+1 runs while step N's tokens are recorded
                 rows = sched.chain_rows(step.rows)
                 nxt = self.runner.chain(step, rows) if rows is not None else None

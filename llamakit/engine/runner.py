@@ -103,14 +103,12 @@ class ModelRunner:
         logits = self.model.prefill(tokens, lengths.to(self.device), table.to(self.device), self.cache)
         return self._sample(logits, seqs, tokens)  # the penalties' history: the sequences themselves
 
-    def launch(self, seqs: list[Sequence]) -> Launched | None:
-        """`decode` without waiting for the tokens, when a CUDA graph serves the step and feeds the next one
-        (greedy, sample); None otherwise (then call `decode`)."""
-        if self.graphs is None:
-            return None
+    def launch(self, seqs: list[Sequence]) -> Launched | Step:
+        """Stage the step's rows and launch it without waiting for the tokens when a CUDA graph serves the step and
+        feeds the next one (greedy, sample): a Launched step; otherwise run it with `decode` and return its tokens."""
         mode = self.rows.stage(seqs, self.default, self.eos_ids)
-        if mode not in self.graphs.modes or mode == "full":
-            return None
+        if self.graphs is None or mode not in self.graphs.modes or mode == "full":
+            return self.decode(seqs, mode)
         b = self.graphs.bucket(len(seqs))
         table = self.tables.update(seqs, b)
         handle = self.graphs.launch(table, [s.generated[-1] for s in seqs], [s.next_pos for s in seqs], mode)
@@ -129,10 +127,10 @@ class ModelRunner:
         assert self.graphs is not None
         return self.graphs.result(step.handle)
 
-    def decode(self, seqs: list[Sequence]) -> Step:
-        """One decode step for the running sequences, which occupy rows 0..len(seqs)-1 in order."""
+    def decode(self, seqs: list[Sequence], mode: str) -> Step:
+        """One decode step for the running sequences, which occupy rows 0..len(seqs)-1 in order, run and read at once;
+        their rows already staged (`mode`: what SamplingBuffers.stage returned, see `launch`)."""
         assert all(s.slot == i for i, s in enumerate(seqs)), "running sequences must be compacted"
-        mode = self.rows.stage(seqs, self.default, self.eos_ids)
         if mode == "full":
             self.history.sync(seqs, self.default)
         if self.graphs is not None and mode in self.graphs.modes:
