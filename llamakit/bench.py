@@ -106,6 +106,7 @@ class BenchResult:
     preemptions: int | None = None  # sequences preempted (recomputed later) when the cache ran out of blocks
     sampling: dict = field(default_factory=dict)
     gpu_memory_utilization: float = 1.0
+    timeline: dict = field(default_factory=dict)  # engine.Timeline of the timed run: prefill / decode / waiting
 
 
 def lognormal_token_lists(n: int, median: float, sigma: float, min_len: int, max_len: int, vocab: int,
@@ -229,6 +230,7 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None  # before the batch-1 engine
     sched = engine.last
     held = (sched.peak_running, sched.peak_tokens, sched.preemptions) if sched else (None, None, None)
+    timeline = engine.timeline.as_dict()
     kv_tokens = (engine.runner.cache.n_blocks - 1) * engine.runner.cache.block_size
     del engine, sched
     if device.type == "cuda":
@@ -258,7 +260,7 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         bf16_logit_rel_err=quality[0], int8_logit_rel_err=quality[1], bf16_top1_agreement=quality[2],
         int8_top1_agreement=quality[3], dp=dp, workload=opts.workload, peak_sequences=held[0],
         peak_kv_tokens=held[1], kv_cache_tokens=kv_tokens, preemptions=held[2], sampling=opts.sampling,
-        gpu_memory_utilization=opts.gpu_memory_utilization)
+        gpu_memory_utilization=opts.gpu_memory_utilization, timeline=timeline)
 
 
 def _data_parallel() -> tuple[int, int]:

@@ -1,8 +1,8 @@
 """Where a step's GPU time goes (run on a GPU machine, from a checkout with PYTHONPATH set): a kernel-level profile of
-the 7B decode step at batch 1 / 128 / 1,024 and of a standard-workload prefill, the decode-attention kernel's
-achieved bandwidth per launch configuration, and the sampling step's cost by batch.
+the 7B decode step at batch 1 / 128 / 1,024 and of a standard-workload prefill (int8b1: the int8 step at batch 1), the
+decode-attention and rotary kernels' achieved bandwidth per launch configuration, and the sampling step's cost.
 
-    python3 tools/profile_decode.py [--preset 7b] [--part all|step|attn|sample] > profile.txt
+    python3 tools/profile_decode.py [--preset 7b] [--part all|step,attn,rope,gemv,sample,int8b1] > profile.txt
 
 Random weights of the bench preset (llamakit.bench), KV lengths as in the standard workload halfway through its
 256 tokens (batch 128) and as the dataset workload holds them (batch 1,024). Numbers are for reading, not for the docs:
@@ -39,6 +39,23 @@ def cuda_ms(fn, reps: int = 20, warm: int = 3) -> float:
     b.record()
     torch.cuda.synchronize()
     return a.elapsed_time(b) / reps
+
+
+def graph_ms(fn, calls: int = 10, reps: int = 5) -> float:
+    """GPU time of one fn() inside a CUDA graph of `calls` calls (what a decode step replays): no host launch cost,
+    which dominates eager timings of small kernels (batch 1)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    ms = cuda_ms(g.replay, reps=reps, warm=1)
+    del g
+    return ms / calls
 
 
 def lengths_for(batch: int) -> list[int]:
@@ -78,24 +95,24 @@ def top_kernels(prof, n: int = 18) -> list[dict]:
     return [{"total_us": round(total, 1)}] + rows[:n]
 
 
-def build(preset: str) -> Transformer:
+def build(preset: str, quantize: str = "none") -> Transformer:
     cfg = BENCH_PRESETS[preset]
     vocab = bench_vocab(cfg)
     cfg = cfg.with_vocab(vocab)
     shard = random_shard(cfg, vocab, 1, torch.bfloat16, torch.device("cuda"), 1234)
-    model = Transformer.from_shard(cfg, shard, 1024, torch.bfloat16, torch.device("cuda"), "none",
+    model = Transformer.from_shard(cfg, shard, 1024, torch.bfloat16, torch.device("cuda"), quantize,
                                    vocab_parallel=cfg.llama3_family)
     del shard
     torch.cuda.empty_cache()
     return model
 
 
-def part_step(model: Transformer) -> None:
+def part_step(model: Transformer, batches: tuple[int, ...] = (1, 128, 1024), prefill: bool = True) -> None:
     """Profile decode_fast + sample_step eagerly (the kernels a graph replays) and time the graph-free step."""
     from torch.profiler import ProfilerActivity, profile
 
     cfg = model.cfg
-    for batch in (1, 128, 1024):
+    for batch in batches:
         lens = lengths_for(batch)
         table, n_blocks = paged_table(lens)
         cache = KVCache(cfg.n_layers, n_blocks, PAGE, cfg.kv_heads, cfg.head_dim, torch.bfloat16, "cuda")
@@ -133,6 +150,8 @@ def part_step(model: Transformer) -> None:
             print("   ", json.dumps(r))
         del cache, g
         torch.cuda.empty_cache()
+    if not prefill:
+        return
     # a prefill step of the standard workload's first 48 prompts (8,192 padded tokens), profiled
     prompts = standard_prompts(128)
     group = sorted(prompts, key=len)[:48]
@@ -171,25 +190,104 @@ def part_attn(h: int = 32, d: int = 128) -> None:
         ref = kernels.decode_attention_eager(q, k, v, table, lengths)
         gb = sum(lens) * h * d * 2 * 2 / 1e9
         results = []
-        for splits in ((None, 8) if batch == 1 else (None,)):
-            for block_n in (32, 64, 128):
-                for warps in (4, 8):
-                    try:
-                        fn = lambda: kernels.decode_attention(q, k, v, table, lengths, splits, block_n, warps)  # noqa: E731
-                        err = (fn().float() - ref.float()).abs().max().item()
-                        ms = cuda_ms(fn)
-                        results.append({"kernel": "dot", "splits": splits, "block_n": block_n, "warps": warps,
-                                        "us": round(ms * 1000, 1), "GB/s": round(gb / ms * 1000), "err": round(err, 4)})
-                    except Exception as e:  # a configuration that does not compile is a finding, not a stop
-                        results.append({"kernel": "dot", "block_n": block_n, "warps": warps, "error": str(e)[:80]})
+        for splits in ((None,) if batch == 1 else (None, 2, 4)):
+            for block_n in ((32, 64) if batch == 1 else (64, 128)):
+                for warps in ((4, 8) if batch == 1 else (4,)):
+                    for stages in ((None, 3) if batch == 1 else (None, 2, 3, 4)):
+                        try:
+                            fn = lambda: kernels.decode_attention(q, k, v, table, lengths, splits, block_n,  # noqa
+                                                                  warps, stages)
+                            err = (fn().float() - ref.float()).abs().max().item()
+                            ms = graph_ms(fn)
+                            results.append({"kernel": "dot", "splits": splits, "block_n": block_n, "warps": warps,
+                                            "stages": stages, "us": round(ms * 1000, 1),
+                                            "GB/s": round(gb / ms * 1000), "err": round(err, 4)})
+                        except Exception as e:  # a configuration that does not compile is a finding, not a stop
+                            results.append({"kernel": "dot", "block_n": block_n, "warps": warps, "stages": stages,
+                                            "error": str(e)[:80]})
         ok = sorted((r for r in results if "us" in r), key=lambda r: r["us"])
         default = [r for r in results if r.get("kernel") == "dot" and r.get("splits") is None and r.get("block_n") == 64
-                   and r.get("warps") == 4]
+                   and r.get("warps") == 4 and r.get("stages") is None]
         print(json.dumps({"part": "attn", "batch": batch, "kv_tokens": sum(lens), "kv_gb": round(gb, 3),
                           "default": default, "best": ok[:8], "errors": [r for r in results if "error" in r][:3]}),
               flush=True)
         del k, v
         torch.cuda.empty_cache()
+
+
+def part_rope(h: int = 32, hkv: int = 32, d: int = 128) -> None:
+    """The rotary + cache-write kernel per (heads per program, warps) at 1 / 128 / 1,024 decode rows and a 4,608-token
+    prefill (48 x 96), against its eager twin; bytes moved: qkv read, q (and k) out, k/v into the cache."""
+    from llamakit.model.llama import rope_tables
+
+    cos, sin = (t.cuda() for t in rope_tables(d, 2048, 10000.0))
+    width = (h + 2 * hkv) * d
+    for tokens, prefill in ((1, False), (128, False), (1024, False), (4608, True)):
+        rows, t = (48, 96) if prefill else (tokens, 1)
+        lens = [t] * rows if prefill else lengths_for(tokens)
+        table, n_blocks = paged_table([max(n, t) + 1 for n in lens])
+        kc = torch.zeros((n_blocks, hkv, PAGE, d), dtype=torch.bfloat16, device="cuda")
+        vc = torch.zeros_like(kc)
+        qkv = torch.randn((rows, t, width) if prefill else (rows, width), dtype=torch.bfloat16, device="cuda")
+        pos = torch.tensor(lens, device="cuda") - 1
+        lengths = torch.tensor(lens, device="cuda")
+
+        def call(config):
+            if prefill:
+                return kernels.rope_prefill(qkv, lengths, cos, sin, kc, vc, table, h, hkv, config)[0]
+            return kernels.rope_store(qkv, pos, cos, sin, kc, vc, table, h, hkv, config)
+
+        ref = (kernels.rope_prefill_eager(qkv, lengths, cos, sin, kc, vc, table, h, hkv)[0] if prefill
+               else kernels.rope_store_eager(qkv, pos, cos, sin, kc, vc, table, h, hkv))
+        gb = tokens * (width + (h + 2 * hkv if prefill else h + hkv) * d) * 2 / 1e9
+        results = []
+        for config in (None, (1, 1), (2, 1), (4, 1), (4, 2), (8, 1), (8, 2), (8, 4), (16, 2), (16, 4), (32, 4)):
+            try:
+                err = (call(config).float() - ref.float()).abs().max().item()
+                ms = graph_ms(lambda: call(config))
+                results.append({"config": config, "us": round(ms * 1000, 1), "GB/s": round(gb / ms * 1000),
+                                "err": round(err, 4)})
+            except Exception as e:  # a configuration that does not compile is a finding, not a stop
+                results.append({"config": config, "error": str(e)[:80]})
+        print(json.dumps({"part": "rope", "tokens": tokens, "prefill": prefill, "default": kernels.rope_config(
+            tokens, h + hkv), "results": results}), flush=True)
+        del kc, vc
+        torch.cuda.empty_cache()
+
+
+def part_gemv() -> None:
+    """Batch 1's matmuls (the 7B shapes, bf16 weights): cuBLAS against the Triton GEMV of llamakit.model.int8_kernels
+    reading 16-bit weights, per launch configuration, inside CUDA graphs."""
+    from llamakit.model.int8_kernels import Int8Config, int8_matmul
+
+    shapes = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2": (4096, 11008),
+              "output": (32000, 4096)}
+    configs = [Int8Config("gemv", n, k, w, st) for n, k, w, st in (
+        (8, 512, 4, 3), (8, 1024, 4, 3), (8, 1024, 8, 3), (16, 512, 4, 3), (16, 512, 8, 3), (4, 1024, 4, 3),
+        (8, 512, 4, 4), (16, 1024, 8, 3), (32, 256, 4, 3), (8, 256, 2, 4))]
+    totals: dict[str, float] = {}
+    for name, (n, k) in shapes.items():
+        w = torch.randn((n, k), dtype=torch.bfloat16, device="cuda") * 0.02
+        x = torch.randn((1, k), dtype=torch.bfloat16, device="cuda")
+        one = torch.ones(n, dtype=torch.bfloat16, device="cuda")
+        ref = torch.nn.functional.linear(x, w)
+        row = {"part": "gemv", "matrix": name, "MB": round(n * k * 2 / 1e6, 1)}
+        us = graph_ms(lambda: torch.nn.functional.linear(x, w)) * 1000
+        row["cublas_us"] = round(us, 1)
+        totals["cublas"] = totals.get("cublas", 0.0) + us * (1 if name == "output" else 32)
+        for c in configs:
+            try:
+                err = (int8_matmul(x, w, one, c).float() - ref.float()).abs().max().item()
+                us = graph_ms(lambda: int8_matmul(x, w, one, c)) * 1000
+                row[c.name] = round(us, 1)
+                row[c.name + "_err"] = round(err, 4)
+                totals[c.name] = totals.get(c.name, 0.0) + us * (1 if name == "output" else 32)
+            except Exception as e:  # a configuration that does not compile is a finding, not a stop
+                row[c.name] = str(e)[:60]
+        print(json.dumps(row), flush=True)
+        del w
+    print(json.dumps({"part": "gemv", "step_us (32 layers + output)": {k: round(v) for k, v in totals.items()}}),
+          flush=True)
 
 
 def part_sample(vocab: int = 32000) -> None:
@@ -221,8 +319,11 @@ def main() -> None:
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     init_model_parallel(1)
     torch.cuda.set_device(0)
-    for name, fn in (("sample", part_sample), ("attn", part_attn), ("step", lambda: part_step(build(a.preset)))):
-        if a.part in ("all", name):
+    parts = (("rope", part_rope), ("gemv", part_gemv), ("sample", part_sample), ("attn", part_attn),
+             ("step", lambda: part_step(build(a.preset))),
+             ("int8b1", lambda: part_step(build(a.preset, "int8"), (1,), prefill=False)))
+    for name, fn in parts:
+        if a.part == "all" or name in a.part.split(","):
             try:
                 fn()
             except Exception as e:  # one part failing still leaves the others' numbers

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -38,33 +40,69 @@ class BatchEngine:
         prefill_tokens = PREFILL_TOKENS if runner.device.type == "cuda" else 2048
         self.prefill_tokens = max(prefill_tokens, cfg.max_seq_len)
         self.last: Scheduler | None = None  # the last run's scheduler: peak sequences / tokens, preemptions
+        self.timeline = Timeline()  # the last run's: where its wall time went
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         cache = self.runner.cache
         sched = Scheduler(self.max_rows, self.cfg.max_seq_len, self.eos_ids, self.prefill_tokens,
                           BlockManager(cache.n_blocks, cache.block_size), self.stopping)
         self.last = sched
+        tl = self.timeline = Timeline()
         sched.add(requests)
         while sched.has_work():
             for group in sched.admit():
-                yield from sched.record(group, *self.runner.prefill(group))
+                t0 = time.perf_counter()
+                out = self.runner.prefill(group)  # returns sampled tokens: on the host, so the prefill is done
+                tl.prefills += 1
+                tl.prefill_rows += len(group)
+                tl.prefill_s += time.perf_counter() - t0
+                yield from sched.record(group, *out)
             running = sched.schedule_decode()
             if not running:
                 continue
+            t0 = time.perf_counter()
             launched = self.runner.launch(running)
+            tl.steps += 1
+            tl.rows += len(running)
             if not isinstance(launched, Launched):  # run and read at once (full mode, or no graphs)
+                tl.wait_s += time.perf_counter() - t0
                 yield from sched.record(running, *launched)
                 continue
+            tl.launches += 1
             step: Launched | None = launched
             while step is not None:  # while the batch stays, step N+1 runs while step N's tokens are recorded
                 rows = sched.chain_rows(step.rows)
                 nxt = self.runner.chain(step, rows) if rows is not None else None
+                if nxt is not None:
+                    tl.steps += 1
+                    tl.rows += len(rows)
+                t0 = time.perf_counter()
                 tokens = self.runner.result(step)
+                tl.wait_s += time.perf_counter() - t0
                 alive = [i for i, s in enumerate(step.rows) if s is not None]
                 yield from sched.record([step.rows[i] for i in alive], [tokens[i] for i in alive])
                 if nxt is not None:  # sequences that ended with step N's token (eos, stop): their rows are ignored
                     nxt.rows = [s if s is not None and s.slot >= 0 else None for s in nxt.rows]
                 step = nxt
+
+
+@dataclass
+class Timeline:
+    """Where a generate call's wall time went, for `llamakit bench`'s report: prefill calls (their rows, and seconds
+    until their first tokens were on the host), decode steps (rows summed over steps; launches: steps started with
+    the host waiting, the others chained behind the step in flight) and the seconds the host waited for decode
+    tokens (time the GPU, not the host, was the limit)."""
+
+    prefills: int = 0
+    prefill_rows: int = 0
+    prefill_s: float = 0.0
+    steps: int = 0
+    rows: int = 0
+    launches: int = 0
+    wait_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
 
 
 KV_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}

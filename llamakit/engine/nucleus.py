@@ -43,7 +43,9 @@ if HAVE_TRITON:
         x = x * 0xC2B2AE35
         return x ^ (x >> 16)
 
-    @triton.jit
+    # the settings' row strides are the batch size: not specialised, so a prefill group of another size does not
+    # compile the kernel again (Triton specialises integers on divisibility by 16) inside a timed run
+    @triton.jit(do_not_specialize=["stride_i", "stride_f"])
     def _nucleus_kernel(X, stride_x, V, INTS, stride_i, FLOATS, stride_f, OUT,
                         BLOCK: tl.constexpr, WAYS: tl.constexpr, PASSES: tl.constexpr):
         r = tl.program_id(0)

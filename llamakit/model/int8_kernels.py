@@ -242,7 +242,8 @@ def int8_matmul_eager(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> 
     return (torch.nn.functional.linear(x.float(), w.float()) * scale.float()).to(x.dtype)
 
 
-def int8_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, config: str | None = None) -> torch.Tensor:
+def int8_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
+                config: str | Int8Config | None = None) -> torch.Tensor:
     """x [M, K] (bf16/fp16) @ int8 w [N, K].T * scale [N] -> [M, N], reading the int8 weights directly. `config`: a
     name in CONFIGS (default: the SCHEDULE's for M rows). Shapes only on the host: no sync, so CUDA graphs capture
     it (the split-K partials are allocated from the graph's pool)."""
@@ -250,7 +251,7 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, config: s
         return int8_matmul_eager(x, w, scale)
     m, k = x.shape
     n = w.shape[0]
-    cfg = CONFIGS[config] if config else pick_config(m)
+    cfg = config if isinstance(config, Int8Config) else CONFIGS[config] if config else pick_config(m)
     x = x.contiguous()
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     even_k = k % cfg.block_k == 0
@@ -265,7 +266,8 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, config: s
     part = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     args = (x, w, scale, y, part, m, n, k, x.stride(0), w.stride(0), y.stride(0), k_split)
     if cfg.kernel == "gemv":
-        cvt = 0 if not x.is_cuda else (2 if cfg.cvt == "ptx" and torch.version.hip is None else 1)
+        cvt = 0 if not x.is_cuda or w.dtype != torch.int8 else (2 if cfg.cvt == "ptx" and torch.version.hip is None
+                                                                  else 1)  # 16-bit w (tools' GEMV sweep): a cast
         _int8_gemv_kernel[(tiles[0], split, tiles[1])](*args, ROWS=rows, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                                                        SPLIT_K=split, EVEN_K=even_k, CVT=cvt,
                                                        NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps,

@@ -106,7 +106,8 @@ if HAVE_TRITON:
                      BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, PREFILL: tl.constexpr):
         """One program per (token, block of heads): rotate q and k (interleaved pairs, fp32), write q (and for a
         prefill k) out, store k/v in the paged cache. Decode: token b at POS[b]; prefill: token b*T + t at t, padding
-        (t >= LENS[b]) into the scratch block 0. Head block j holds q/k heads j*BLOCK_H.. and v heads j*BLOCK_KV..."""
+        (t >= LENS[b]) into the scratch block 0. Head block j holds q/k heads j*BLOCK_H.. and v heads j*BLOCK_KV..
+        Rows are read and written whole (contiguous, vectorised); the pairs are split and joined in registers."""
         tok = tl.program_id(0)
         hb = tl.program_id(1)
         if PREFILL:
@@ -118,65 +119,67 @@ if HAVE_TRITON:
             pos = tl.load(POS + tok)
             real = pos >= 0
         half = tl.arange(0, D // 2)
+        full = tl.arange(0, D)
         hh = hb * BLOCK_H + tl.arange(0, BLOCK_H)  # q heads, then k heads
-        hmask = hh < N_HEADS + N_KV
+        hmask = (hh < N_HEADS + N_KV)[:, None]
         c = tl.load(COS + pos * (D // 2) + half)[None, :]
         s = tl.load(SIN + pos * (D // 2) + half)[None, :]
         row = QKV + tok.to(tl.int64) * stride_qkv
-        pairs = hh[:, None] * D + 2 * half[None, :]
-        xr = tl.load(row + pairs, mask=hmask[:, None], other=0.0).to(tl.float32)
-        xi = tl.load(row + pairs + 1, mask=hmask[:, None], other=0.0).to(tl.float32)
-        out_r = xr * c - xi * s
-        out_i = xr * s + xi * c
+        x = tl.load(row + hh[:, None] * D + full[None, :], mask=hmask, other=0.0).to(tl.float32)
+        xr, xi = tl.split(tl.reshape(x, [BLOCK_H, D // 2, 2]))
+        out = tl.reshape(tl.join(xr * c - xi * s, xr * s + xi * c), [BLOCK_H, D])
         qmask = (hh < N_HEADS)[:, None]
-        qo = QOUT + tok.to(tl.int64) * (N_HEADS * D) + pairs
-        tl.store(qo, out_r.to(QOUT.dtype.element_ty), mask=qmask)
-        tl.store(qo + 1, out_i.to(QOUT.dtype.element_ty), mask=qmask)
-        kmask = ((hh >= N_HEADS) & hmask)[:, None]
-        kh = hh - N_HEADS
+        tl.store(QOUT + tok.to(tl.int64) * (N_HEADS * D) + hh[:, None] * D + full[None, :],
+                 out.to(QOUT.dtype.element_ty), mask=qmask)
+        kmask = (hh >= N_HEADS)[:, None] & hmask
+        kh = (hh - N_HEADS)[:, None]
         if PREFILL:
-            ko = KOUT + tok.to(tl.int64) * (N_KV * D) + kh[:, None] * D + 2 * half[None, :]
-            tl.store(ko, out_r.to(KOUT.dtype.element_ty), mask=kmask)
-            tl.store(ko + 1, out_i.to(KOUT.dtype.element_ty), mask=kmask)
+            tl.store(KOUT + tok.to(tl.int64) * (N_KV * D) + kh * D + full[None, :], out.to(KOUT.dtype.element_ty),
+                     mask=kmask)
         blk = tl.load(BT + b * stride_bt + pos // PAGE, mask=real, other=0).to(tl.int64)
         at = blk * stride_kb + (pos % PAGE) * stride_kl
-        kw = KC + at + kh[:, None] * stride_kh + 2 * half[None, :]
-        tl.store(kw, out_r.to(KC.dtype.element_ty), mask=kmask)
-        tl.store(kw + 1, out_i.to(KC.dtype.element_ty), mask=kmask)
+        tl.store(KC + at + kh * stride_kh + full[None, :], out.to(KC.dtype.element_ty), mask=kmask)
         vh = hb * BLOCK_KV + tl.arange(0, BLOCK_KV)
-        full = tl.arange(0, D)
         vmask = (vh < N_KV)[:, None]
         v = tl.load(row + (N_HEADS + N_KV + vh[:, None]) * D + full[None, :], mask=vmask, other=0.0)
         tl.store(VC + at + vh[:, None] * stride_kh + full[None, :], v, mask=vmask)
 
 
+def rope_config(tokens: int, heads: int) -> tuple[int, int]:
+    """(heads per program, warps) of the rotary kernel. Small programs (8 heads of 128: 16 values a thread) keep
+    everything in registers; one program per token with all 48 heads spilled (4.9 ms a 1,024-row step on an H200,
+    tools/profile_decode.py, 2026-11-30) and one per head paid a fixed cost 49,152 times (1.34 ms). Few tokens
+    (batch 1): 2 heads a program, so a token's heads are spread over many SMs."""
+    if tokens * heads >= 2048:
+        return 8, 2
+    return 2, 1
+
+
 def _rope_launch(qkv2: torch.Tensor, pos, lens, cos, sin, q, k, k_cache, v_cache, table, t: int, n_heads: int,
-                 n_kv: int, prefill: bool) -> None:
+                 n_kv: int, prefill: bool, config: tuple[int, int] | None = None) -> None:
     d = k_cache.shape[-1]
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and qkv2.stride(-1) == 1
     tokens, heads = qkv2.shape[0], n_heads + n_kv
-    # all of a token's heads in one program when the tokens alone fill the GPU (1,024 one-warp programs per head
-    # took 1.34 ms a step at 1,024 rows); few tokens (batch 1: 14.9 us a layer with one program) spread the heads
-    parts = min(heads, max(1, 256 // tokens))
-    block_h = _next_pow2(-(-heads // parts))
+    block_h, warps = config or rope_config(tokens, heads)
+    block_h = min(block_h, _next_pow2(heads))
     parts = -(-heads // block_h)
     block_kv = _next_pow2(-(-n_kv // parts))
     _rope_kernel[(tokens, parts)](
         qkv2, pos, lens, cos, sin, q, k, k_cache, v_cache, table, t, qkv2.stride(0), table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), N_HEADS=n_heads, N_KV=n_kv, D=d,
-        PAGE=k_cache.shape[2], BLOCK_H=block_h, BLOCK_KV=block_kv, PREFILL=prefill,
-        num_warps=1 if block_h * d <= 512 else 4 if block_h * d <= 8192 else 8)
+        PAGE=k_cache.shape[2], BLOCK_H=block_h, BLOCK_KV=block_kv, PREFILL=prefill, num_warps=warps)
 
 
 def rope_store(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, n_heads: int,
-               n_kv: int) -> torch.Tensor:
-    """One kernel on CUDA for rotary of q/k and the paged KV-cache write; eager elsewhere."""
+               n_kv: int, config: tuple[int, int] | None = None) -> torch.Tensor:
+    """One kernel on CUDA for rotary of q/k and the paged KV-cache write; eager elsewhere. `config`: rope_config's
+    (heads per program, warps), for tools/profile_decode.py's sweep."""
     if not _use_triton(qkv):
         return rope_store_eager(qkv, pos, cos, sin, k_cache, v_cache, table, n_heads, n_kv)
     b = qkv.shape[0]
     q = torch.empty((b, n_heads, k_cache.shape[-1]), dtype=qkv.dtype, device=qkv.device)
-    _rope_launch(qkv, pos, pos, cos, sin, q, q, k_cache, v_cache, table, 1, n_heads, n_kv, prefill=False)
+    _rope_launch(qkv, pos, pos, cos, sin, q, q, k_cache, v_cache, table, 1, n_heads, n_kv, False, config)
     return q
 
 
@@ -209,7 +212,7 @@ def rope_prefill_eager(qkv: torch.Tensor, lengths: torch.Tensor, cos: torch.Tens
 
 def rope_prefill(qkv: torch.Tensor, lengths: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                  k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, n_heads: int,
-                 n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 n_kv: int, config: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One kernel on CUDA for a prefill's rotary of q/k and its paged KV-cache write (rope_prefill_eager elsewhere):
     a 48-prompt prefill spent ~20 % of its GPU time in the eager fp32 rotary and the indexed cache write."""
     if not _use_triton(qkv):
@@ -219,7 +222,7 @@ def rope_prefill(qkv: torch.Tensor, lengths: torch.Tensor, cos: torch.Tensor, si
     q = torch.empty((b, t, n_heads, d), dtype=qkv.dtype, device=qkv.device)
     k = torch.empty((b, t, n_kv, d), dtype=qkv.dtype, device=qkv.device)
     _rope_launch(qkv.reshape(b * t, width), lengths, lengths, cos, sin, q, k, k_cache, v_cache, table, t, n_heads,
-                 n_kv, prefill=True)
+                 n_kv, True, config)
     return q, k
 
 
@@ -311,9 +314,11 @@ def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
-                     splits: int | None = None, block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
+                     splits: int | None = None, block_n: int = 64, num_warps: int = 4,
+                     num_stages: int | None = None) -> torch.Tensor:
     """Split-K decode attention over the paged cache on CUDA (bf16/fp16): reads positions [0, lengths[b]) of row
-    b only, through its block-table row; eager elsewhere."""
+    b only, through its block-table row; eager elsewhere. splits / block_n / num_warps / num_stages: launch
+    settings (defaults: n_splits, the best measured), for tools/profile_decode.py's sweep."""
     b, h, d = q.shape
     # tl.dot needs a head dim >= 16 (tiny test models use 8) and 16-bit inputs on GPUs (fp32 would run as tf32)
     if d < 16 or not (_use_triton(q) and (q.dtype in (torch.bfloat16, torch.float16) or not q.is_cuda)):
@@ -344,7 +349,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
         q.stride(0), q.stride(1), table.stride(0), k.stride(0), k.stride(1), k.stride(2),
         *acc_strides, *m_strides, out.stride(0), out.stride(1),
         G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_N=block_n, SPLIT=split_len, PAGE=page, DIRECT=direct,
-        num_warps=num_warps)
+        num_warps=num_warps, **({"num_stages": num_stages} if num_stages else {}))
     if not direct:
         _combine_kernel[(b, h)](acc, m, l_, out, acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0),
                                 m.stride(1), out.stride(0), out.stride(1), S=splits, BLOCK_S=_next_pow2(splits), D=d,
