@@ -47,7 +47,7 @@ def test_norm_and_rope_bf16():
     vc, kc2, vc2 = kc.clone(), kc.clone(), kc.clone()
     table = (torch.randperm(6 * 128, device="cuda") + 1).view(6, 128).to(torch.int32)
     q1 = K.rope_store(qkv, pos, cos, sin, kc, vc, table, 32, 32)
-    q2 = K.rope_store_eager(qkv, pos, cos, sin, kc2, vc2, table, 32, 32)
+    q2 = K.rope_store_eager(qkv, pos, cos, sin, kc2, vc2, table, 32, 32)[0]
     assert _rel(q1, q2) < 1e-2 and _rel(kc, kc2) < 1e-2 and torch.equal(vc, vc2)
 
 
@@ -91,6 +91,19 @@ def _int8_case(m: int, n: int, k: int):
 def test_int8_matmul_bf16(m, n, k):
     x, q, s = _int8_case(m, n, k)
     assert _rel(Q.int8_matmul(x, q, s), Q.int8_matmul_eager(x.float(), q, s)) < 1e-2
+
+
+@pytest.mark.parametrize("n,k", [(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008), (32000, 4096), (4100, 5120)])
+def test_gemv16_bf16_matches_cublas(n, k):
+    """Batch 1 with bf16 weights (linear's GEMV path) against cuBLAS at 7B's shapes and an odd N / 13B's K."""
+    from llamakit.model.linear import linear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
+    torch.nn.init.normal_(layer.weight, std=0.02)
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    assert Q.use_gemv16(x, layer.weight)
+    assert _rel(linear(x, layer), torch.nn.functional.linear(x.float(), layer.weight.float())) < 1e-2
 
 
 @pytest.mark.parametrize("name", sorted(Q.CONFIGS))

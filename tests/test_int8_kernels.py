@@ -37,6 +37,10 @@ for m, n, k in cases:
         err = ((got - ref).abs().max() / ref.abs().max()).item()
         res[f"{name}@{m}x{n}x{k}"] = err if got.shape == ref.shape else 1.0
     res[f"default@{m}x{n}x{k}"] = ((Q.int8_matmul(x, q, s) - ref).abs().max() / ref.abs().max()).item()
+    if m == 1:  # the same GEMV over unquantized weights (gemv16: batch 1 with 16-bit weights on GPUs)
+        w = torch.randn(n, k)
+        ref16 = torch.nn.functional.linear(x, w)
+        res[f"gemv16@{m}x{n}x{k}"] = ((Q.gemv16(x, w) - ref16).abs().max() / ref16.abs().max()).item()
 print(json.dumps(res))
 """
 
@@ -48,7 +52,7 @@ def test_every_int8_config_matches_the_eager_twin_in_interpreter():
     proc = subprocess.run([sys.executable, "-c", INT8_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {key.split("@")[0] for key in res} == set(Q.CONFIGS) | {"default"}
+    assert {key.split("@")[0] for key in res} == set(Q.CONFIGS) | {"default", "gemv16"}
     bad = {key: err for key, err in res.items() if not err < 1e-5}
     assert not bad, bad
 

@@ -218,7 +218,7 @@ def part_attn(h: int = 32, d: int = 128) -> None:
 def part_rope(h: int = 32, hkv: int = 32, d: int = 128) -> None:
     """The rotary + cache-write kernel per (heads per program, warps) at 1 / 128 / 1,024 decode rows and a 4,608-token
     prefill (48 x 96), against its eager twin; bytes moved: qkv read, q (and k) out, k/v into the cache."""
-    from llamakit.model.llama import rope_tables
+    from llamakit.model.llama import Packing, rope_tables
 
     cos, sin = (t.cuda() for t in rope_tables(d, 2048, 10000.0))
     width = (h + 2 * hkv) * d
@@ -228,17 +228,16 @@ def part_rope(h: int = 32, hkv: int = 32, d: int = 128) -> None:
         table, n_blocks = paged_table([max(n, t) + 1 for n in lens])
         kc = torch.zeros((n_blocks, hkv, PAGE, d), dtype=torch.bfloat16, device="cuda")
         vc = torch.zeros_like(kc)
-        qkv = torch.randn((rows, t, width) if prefill else (rows, width), dtype=torch.bfloat16, device="cuda")
-        pos = torch.tensor(lens, device="cuda") - 1
-        lengths = torch.tensor(lens, device="cuda")
+        qkv = torch.randn((tokens, width), dtype=torch.bfloat16, device="cuda")
+        pack = Packing(torch.tensor(lens, device="cuda"), t)  # a prefill's tokens, packed (all real here)
+        pos = pack.pos if prefill else torch.tensor(lens, device="cuda") - 1
 
         def call(config):
             if prefill:
-                return kernels.rope_prefill(qkv, lengths, cos, sin, kc, vc, table, h, hkv, config)[0]
+                return kernels.rope_packed(qkv, pos, pack.rows, cos, sin, kc, vc, table, h, hkv, config)[0]
             return kernels.rope_store(qkv, pos, cos, sin, kc, vc, table, h, hkv, config)
 
-        ref = (kernels.rope_prefill_eager(qkv, lengths, cos, sin, kc, vc, table, h, hkv)[0] if prefill
-               else kernels.rope_store_eager(qkv, pos, cos, sin, kc, vc, table, h, hkv))
+        ref = kernels.rope_store_eager(qkv, pos, cos, sin, kc, vc, table, h, hkv, pack.rows if prefill else None)[0]
         gb = tokens * (width + (h + 2 * hkv if prefill else h + hkv) * d) * 2 / 1e9
         results = []
         for config in (None, (1, 1), (2, 1), (4, 1), (4, 2), (8, 1), (8, 2), (8, 4), (16, 2), (16, 4), (32, 4)):

@@ -1,5 +1,6 @@
-"""The int8 weight-only matmul of decode, x [M, K] @ int8 W [N, K].T * scale [N], read straight from the int8 weights
-by Triton: a GEMV without tl.dot for batch 1 (it streams the weights), tl.dot tiles for more rows.
+"""Decode's Triton matmuls: the int8 weight-only x [M, K] @ int8 W [N, K].T * scale [N], read straight from the int8
+weights (a GEMV without tl.dot for batch 1: it streams the weights; tl.dot tiles for more rows), and the same GEMV over
+16-bit weights at batch 1 (gemv16: faster than cuBLAS there).
 
 A decode step at batch 1 reads every weight once and does two flops per byte, so its speed is the memory bandwidth
 the kernel reaches, and on an H200 (~16 bytes per clock per SM) also how few instructions it spends per byte. The
@@ -139,13 +140,14 @@ if HAVE_TRITON:
             return w.to(tl.float32)
 
     @triton.jit
-    def _gemv_store(acc, m, offs_n, S, Y, P, M, N, stride_ym, pid_k, SPLIT_K: tl.constexpr):
+    def _gemv_store(acc, m, offs_n, S, Y, P, M, N, stride_ym, pid_k, SPLIT_K: tl.constexpr, HAS_SCALE: tl.constexpr):
         """Row m of the output: sum the [BLOCK_N, BLOCK_K] accumulator over K, scale, store (or the fp32 partial)."""
         out = tl.sum(acc, axis=1)
         mask = (offs_n < N) & (tl.full(offs_n.shape, m, tl.int32) < M)
         if SPLIT_K == 1:
-            s = tl.load(S + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
-            tl.store(Y + m * stride_ym + offs_n, (out * s).to(Y.dtype.element_ty), mask=mask)
+            if HAS_SCALE:
+                out = out * tl.load(S + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
+            tl.store(Y + m * stride_ym + offs_n, out.to(Y.dtype.element_ty), mask=mask)
         else:
             tl.store(P + (pid_k * M + m) * N + offs_n, out, mask=mask)
 
@@ -160,7 +162,8 @@ if HAVE_TRITON:
     @triton.jit
     def _int8_gemv_kernel(X, W, S, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, K_SPLIT,
                           ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                          EVEN_K: tl.constexpr, CVT: tl.constexpr, NUM_STAGES: tl.constexpr):
+                          EVEN_K: tl.constexpr, CVT: tl.constexpr, NUM_STAGES: tl.constexpr,
+                          HAS_SCALE: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         m0 = tl.program_id(2) * ROWS
@@ -191,12 +194,12 @@ if HAVE_TRITON:
             if ROWS > 2:
                 acc2 += w * _x_tile(x2, kk, K, EVEN_K)
                 acc3 += w * _x_tile(x3, kk, K, EVEN_K)
-        _gemv_store(acc0, m0, offs_n, S, Y, P, M, N, stride_ym, pid_k, SPLIT_K)
+        _gemv_store(acc0, m0, offs_n, S, Y, P, M, N, stride_ym, pid_k, SPLIT_K, HAS_SCALE)
         if ROWS > 1:
-            _gemv_store(acc1, m0 + 1, offs_n, S, Y, P, M, N, stride_ym, pid_k, SPLIT_K)
+            _gemv_store(acc1, m0 + 1, offs_n, S, Y, P, M, N, stride_ym, pid_k, SPLIT_K, HAS_SCALE)
         if ROWS > 2:
-            _gemv_store(acc2, m0 + 2, offs_n, S, Y, P, M, N, stride_ym, pid_k, SPLIT_K)
-            _gemv_store(acc3, m0 + 3, offs_n, S, Y, P, M, N, stride_ym, pid_k, SPLIT_K)
+            _gemv_store(acc2, m0 + 2, offs_n, S, Y, P, M, N, stride_ym, pid_k, SPLIT_K, HAS_SCALE)
+            _gemv_store(acc3, m0 + 3, offs_n, S, Y, P, M, N, stride_ym, pid_k, SPLIT_K, HAS_SCALE)
 
     @triton.jit
     def _int8_mm_kernel(X, W, S, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, K_SPLIT,
@@ -237,18 +240,37 @@ if HAVE_TRITON:
         tl.store(Y + m * stride_ym + offs, acc.to(Y.dtype.element_ty), mask=mask)
 
 
+# Batch 1 with 16-bit weights: the GEMV above, reading bf16 instead of int8, beat cuBLAS on every 7B matrix on an H200
+# (one decode step's 5 x 32 + 1 matmuls in CUDA graphs: 3,275 us against 3,708; tools/profile_decode.py --part gemv,
+# 2026-11-30): cuBLAS split wo and w2 over K and added the parts in a second kernel.
+GEMV16_CONFIG = "gemv_n8_k512_w4_s3"
+
+
+def use_gemv16(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """One row of 16-bit x on CUDA against 16-bit weights of the same dtype (decode at batch 1)."""
+    return (x.is_cuda and HAVE_TRITON and x.numel() == x.shape[-1] and x.dtype in (torch.bfloat16, torch.float16)
+            and w.dtype == x.dtype and x.shape[-1] % 16 == 0)
+
+
+def gemv16(x: torch.Tensor, w: torch.Tensor, config: str | Int8Config = GEMV16_CONFIG) -> torch.Tensor:
+    """x [..., K] (one row) @ w [N, K].T through the GEMV kernel (use_gemv16 says when)."""
+    y = int8_matmul(x.reshape(1, x.shape[-1]), w, None, config)
+    return y.view(*x.shape[:-1], w.shape[0])
+
+
 def int8_matmul_eager(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Reference: dequantize, multiply in fp32."""
     return (torch.nn.functional.linear(x.float(), w.float()) * scale.float()).to(x.dtype)
 
 
-def int8_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
+def int8_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None,
                 config: str | Int8Config | None = None) -> torch.Tensor:
     """x [M, K] (bf16/fp16) @ int8 w [N, K].T * scale [N] -> [M, N], reading the int8 weights directly. `config`: a
     name in CONFIGS (default: the SCHEDULE's for M rows). Shapes only on the host: no sync, so CUDA graphs capture
-    it (the split-K partials are allocated from the graph's pool)."""
+    it (the split-K partials are allocated from the graph's pool). With 16-bit w and scale None (gemv16): x @ w.T,
+    the same kernels reading 16-bit weights."""
     if not use_int8_kernel(x):
-        return int8_matmul_eager(x, w, scale)
+        return int8_matmul_eager(x, w, scale) if scale is not None else torch.nn.functional.linear(x, w)
     m, k = x.shape
     n = w.shape[0]
     cfg = config if isinstance(config, Int8Config) else CONFIGS[config] if config else pick_config(m)
@@ -271,12 +293,14 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
         _int8_gemv_kernel[(tiles[0], split, tiles[1])](*args, ROWS=rows, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                                                        SPLIT_K=split, EVEN_K=even_k, CVT=cvt,
                                                        NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps,
-                                                       num_stages=cfg.num_stages)
+                                                       num_stages=cfg.num_stages, HAS_SCALE=scale is not None)
     else:
+        assert scale is not None, "16-bit weights: the GEMV only"
         _int8_mm_kernel[(tiles[1], tiles[0], split)](*args, BLOCK_M=rows, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                                                      SPLIT_K=split, num_warps=cfg.num_warps,
                                                      num_stages=cfg.num_stages)
     if split > 1:
+        assert scale is not None, "16-bit weights: no split-K"
         _splitk_sum_kernel[(m, triton.cdiv(n, 1024))](part, scale, y, m, n, y.stride(0), SPLIT_K=split,
                                                       BLOCK=1024, num_warps=4)
     return y

@@ -77,47 +77,48 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tenso
 
 def rope_store_eager(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                      k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, n_heads: int,
-                     n_kv: int) -> torch.Tensor:
-    """Split qkv [B, (H+2Hkv)*D], rotate q and k (interleaved pairs, fp32), store k/v of row b at position pos[b]
-    of the paged cache [n_blocks, Hkv, block_size, D] through its block-table row table[b]; returns q [B, H, D]."""
-    b = qkv.shape[0]
+                     n_kv: int, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split qkv [N, (H+2Hkv)*D] of N tokens, rotate q and k (interleaved pairs, fp32), store k/v of token i at
+    position pos[i] of the paged cache [n_blocks, Hkv, block_size, D] through block-table row rows[i] (default: row
+    i); returns the rotated q [N, H, D] and k [N, Hkv, D]."""
+    n = qkv.shape[0]
     d = k_cache.shape[-1]
     bs = k_cache.shape[2]
     q, k, v = qkv.split([n_heads * d, n_kv * d, n_kv * d], dim=-1)
     c, s = cos[pos][:, None, :], sin[pos][:, None, :]
 
     def rot(x: torch.Tensor, h: int) -> torch.Tensor:
-        xf = x.view(b, h, d // 2, 2).float()
+        xf = x.reshape(n, h, d // 2, 2).float()
         xr, xi = xf[..., 0], xf[..., 1]
         return torch.stack((xr * c - xi * s, xr * s + xi * c), -1).flatten(-2).type_as(x)
 
-    rows = torch.arange(b, device=qkv.device)
+    rows = torch.arange(n, device=qkv.device) if rows is None else rows
     blk = table[rows, pos // bs].long()
-    k_cache[blk, :, pos % bs] = rot(k, n_kv)
-    v_cache[blk, :, pos % bs] = v.reshape(b, n_kv, d)
-    return rot(q, n_heads)
+    kr = rot(k, n_kv)
+    k_cache[blk, :, pos % bs] = kr
+    v_cache[blk, :, pos % bs] = v.reshape(n, n_kv, d)
+    return rot(q, n_heads), kr
 
 
 if HAVE_TRITON:
 
     @triton.jit
-    def _rope_kernel(QKV, POS, LENS, COS, SIN, QOUT, KOUT, KC, VC, BT, T, stride_qkv, stride_bt, stride_kb, stride_kh,
+    def _rope_kernel(QKV, POS, ROWS, COS, SIN, QOUT, KOUT, KC, VC, BT, stride_qkv, stride_bt, stride_kb, stride_kh,
                      stride_kl, N_HEADS: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                     BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, PREFILL: tl.constexpr):
+                     BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, PACKED: tl.constexpr):
         """One program per (token, block of heads): rotate q and k (interleaved pairs, fp32), write q (and for a
-        prefill k) out, store k/v in the paged cache. Decode: token b at POS[b]; prefill: token b*T + t at t, padding
-        (t >= LENS[b]) into the scratch block 0. Head block j holds q/k heads j*BLOCK_H.. and v heads j*BLOCK_KV..
-        Rows are read and written whole (contiguous, vectorised); the pairs are split and joined in registers."""
+        packed prefill k) out, store k/v in the paged cache. Decode: token b at POS[b] of block-table row b (POS < 0:
+        a padding row, written to the scratch block 0); packed prefill: token i at POS[i] of row ROWS[i]. Head block
+        j holds q/k heads j*BLOCK_H.. and v heads j*BLOCK_KV.. Rows are read and written whole (contiguous,
+        vectorised); the pairs are split and joined in registers."""
         tok = tl.program_id(0)
         hb = tl.program_id(1)
-        if PREFILL:
-            b = tok // T
-            pos = tok % T
-            real = pos < tl.load(LENS + b)
+        pos = tl.load(POS + tok)
+        real = pos >= 0
+        if PACKED:
+            b = tl.load(ROWS + tok)
         else:
             b = tok
-            pos = tl.load(POS + tok)
-            real = pos >= 0
         half = tl.arange(0, D // 2)
         full = tl.arange(0, D)
         hh = hb * BLOCK_H + tl.arange(0, BLOCK_H)  # q heads, then k heads
@@ -133,7 +134,7 @@ if HAVE_TRITON:
                  out.to(QOUT.dtype.element_ty), mask=qmask)
         kmask = (hh >= N_HEADS)[:, None] & hmask
         kh = (hh - N_HEADS)[:, None]
-        if PREFILL:
+        if PACKED:
             tl.store(KOUT + tok.to(tl.int64) * (N_KV * D) + kh * D + full[None, :], out.to(KOUT.dtype.element_ty),
                      mask=kmask)
         blk = tl.load(BT + b * stride_bt + pos // PAGE, mask=real, other=0).to(tl.int64)
@@ -155,8 +156,8 @@ def rope_config(tokens: int, heads: int) -> tuple[int, int]:
     return 2, 1
 
 
-def _rope_launch(qkv2: torch.Tensor, pos, lens, cos, sin, q, k, k_cache, v_cache, table, t: int, n_heads: int,
-                 n_kv: int, prefill: bool, config: tuple[int, int] | None = None) -> None:
+def _rope_launch(qkv2: torch.Tensor, pos, rows, cos, sin, q, k, k_cache, v_cache, table, n_heads: int, n_kv: int,
+                 packed: bool, config: tuple[int, int] | None = None) -> None:
     d = k_cache.shape[-1]
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and qkv2.stride(-1) == 1
     tokens, heads = qkv2.shape[0], n_heads + n_kv
@@ -165,9 +166,9 @@ def _rope_launch(qkv2: torch.Tensor, pos, lens, cos, sin, q, k, k_cache, v_cache
     parts = -(-heads // block_h)
     block_kv = _next_pow2(-(-n_kv // parts))
     _rope_kernel[(tokens, parts)](
-        qkv2, pos, lens, cos, sin, q, k, k_cache, v_cache, table, t, qkv2.stride(0), table.stride(0),
+        qkv2, pos, rows, cos, sin, q, k, k_cache, v_cache, table, qkv2.stride(0), table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), N_HEADS=n_heads, N_KV=n_kv, D=d,
-        PAGE=k_cache.shape[2], BLOCK_H=block_h, BLOCK_KV=block_kv, PREFILL=prefill, num_warps=warps)
+        PAGE=k_cache.shape[2], BLOCK_H=block_h, BLOCK_KV=block_kv, PACKED=packed, num_warps=warps)
 
 
 def rope_store(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -176,53 +177,25 @@ def rope_store(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: tor
     """One kernel on CUDA for rotary of q/k and the paged KV-cache write; eager elsewhere. `config`: rope_config's
     (heads per program, warps), for tools/profile_decode.py's sweep."""
     if not _use_triton(qkv):
-        return rope_store_eager(qkv, pos, cos, sin, k_cache, v_cache, table, n_heads, n_kv)
+        return rope_store_eager(qkv, pos, cos, sin, k_cache, v_cache, table, n_heads, n_kv)[0]
     b = qkv.shape[0]
     q = torch.empty((b, n_heads, k_cache.shape[-1]), dtype=qkv.dtype, device=qkv.device)
-    _rope_launch(qkv, pos, pos, cos, sin, q, q, k_cache, v_cache, table, 1, n_heads, n_kv, False, config)
+    _rope_launch(qkv, pos, pos, cos, sin, q, q, k_cache, v_cache, table, n_heads, n_kv, False, config)
     return q
 
 
-def rope_prefill_eager(qkv: torch.Tensor, lengths: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                       k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, n_heads: int,
-                       n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefill twin of rope_store: qkv [B, T, (H+2Hkv)*D] of right-padded sequences at positions 0..T-1; rotate q and
-    k, store k/v of the real positions (< lengths[b]) in row b's blocks (padding into the scratch block 0); returns
-    the rotated q [B, T, H, D] and k [B, T, Hkv, D]."""
-    b, t, _ = qkv.shape
-    d = k_cache.shape[-1]
-    bs = k_cache.shape[2]
-    q, k, v = qkv.split([n_heads * d, n_kv * d, n_kv * d], dim=-1)
-    c, s = cos[:t][None, :, None, :], sin[:t][None, :, None, :]
-
-    def rot(x: torch.Tensor, h: int) -> torch.Tensor:
-        xf = x.reshape(b, t, h, d // 2, 2).float()
-        xr, xi = xf[..., 0], xf[..., 1]
-        return torch.stack((xr * c - xi * s, xr * s + xi * c), -1).flatten(-2).type_as(x)
-
-    qr, kr = rot(q, n_heads), rot(k, n_kv)
-    pos = torch.arange(t, device=qkv.device).expand(b, t)
-    real = pos < lengths[:, None]
-    blk = torch.gather(table.long(), 1, (torch.where(real, pos, 0) // bs))
-    blk = torch.where(real, blk, 0)
-    k_cache[blk, :, pos % bs] = kr
-    v_cache[blk, :, pos % bs] = v.reshape(b, t, n_kv, d)
-    return qr, kr
-
-
-def rope_prefill(qkv: torch.Tensor, lengths: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, n_heads: int,
-                 n_kv: int, config: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One kernel on CUDA for a prefill's rotary of q/k and its paged KV-cache write (rope_prefill_eager elsewhere):
-    a 48-prompt prefill spent ~20 % of its GPU time in the eager fp32 rotary and the indexed cache write."""
+def rope_packed(qkv: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, n_heads: int, n_kv: int,
+                config: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed prefill's rotary and paged KV-cache write in one kernel on CUDA (rope_store_eager elsewhere): token i
+    of qkv [N, (H+2Hkv)*D] (the real tokens of several sequences, no padding) at position pos[i] of block-table row
+    rows[i]; returns the rotated q [N, H, D] and k [N, Hkv, D] for the prefill's attention."""
     if not _use_triton(qkv):
-        return rope_prefill_eager(qkv, lengths, cos, sin, k_cache, v_cache, table, n_heads, n_kv)
-    b, t, width = qkv.shape
-    d = k_cache.shape[-1]
-    q = torch.empty((b, t, n_heads, d), dtype=qkv.dtype, device=qkv.device)
-    k = torch.empty((b, t, n_kv, d), dtype=qkv.dtype, device=qkv.device)
-    _rope_launch(qkv.reshape(b * t, width), lengths, lengths, cos, sin, q, k, k_cache, v_cache, table, t, n_heads,
-                 n_kv, True, config)
+        return rope_store_eager(qkv, pos, cos, sin, k_cache, v_cache, table, n_heads, n_kv, rows)
+    n, d = qkv.shape[0], k_cache.shape[-1]
+    q = torch.empty((n, n_heads, d), dtype=qkv.dtype, device=qkv.device)
+    k = torch.empty((n, n_kv, d), dtype=qkv.dtype, device=qkv.device)
+    _rope_launch(qkv, pos, rows, cos, sin, q, k, k_cache, v_cache, table, n_heads, n_kv, True, config)
     return q, k
 
 
@@ -314,7 +287,7 @@ def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
-                     splits: int | None = None, block_n: int = 64, num_warps: int = 4,
+                     splits: int | None = None, block_n: int | None = None, num_warps: int = 4,
                      num_stages: int | None = None) -> torch.Tensor:
     """Split-K decode attention over the paged cache on CUDA (bf16/fp16): reads positions [0, lengths[b]) of row
     b only, through its block-table row; eager elsewhere. splits / block_n / num_warps / num_stages: launch
@@ -331,6 +304,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
         if q.is_cuda:
             n_sm = sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device())
         splits = n_splits(b, hkv, max_len, n_sm)
+    if block_n is None:  # 128-key tiles for one range per (row, head): 144 us a layer at 128 rows on an H200, 64-key
+        block_n = 128 if splits == 1 else 64  # tiles 156 (1,024 rows: 877 vs 921; profile_decode --part attn)
     split_len = -(-max_len // splits)
     split_len = -(-split_len // block_n) * block_n  # whole tiles per split
     out = torch.empty_like(q)

@@ -2,7 +2,7 @@
 
 int8 halves the bytes of weights (65B: ~65 GB instead of ~130 GB), so 30B/65B fit on two 48 GB GPUs. On CUDA,
 small-batch matmuls (decode) run through Triton kernels that read the int8 weights directly (model/int8_kernels.py);
-large ones (prefill) dequantize the layer and use cuBLAS.
+large ones (prefill) dequantize the layer and use cuBLAS. Batch 1 with 16-bit weights on CUDA uses the same GEMV.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """x @ W.T for `module.weight`; when the layer was quantized, W is int8 and `weight_scale` rescales rows."""
     scale = getattr(module, "weight_scale", None)
     if scale is None:
+        if int8_kernels.use_gemv16(x, module.weight):  # batch 1 on a GPU: the Triton GEMV
+            return int8_kernels.gemv16(x, module.weight)
         return F.linear(x, module.weight)
     w = module.weight
     rows = x.numel() // x.shape[-1]

@@ -112,6 +112,27 @@ class RowLinear(RowParallelLinear):
         return fs_layers.reduce_from_model_parallel_region(linear(x, self))
 
 
+class Packing:
+    """Where the real tokens of right-padded sequences (`lengths` [B], padded to T) sit: `index` [N] their flat
+    positions b * T + t (one host sync to count them), `rows` / `pos` their sequence and position, `last` the index
+    of each sequence's last token; pad / unpad move [N, heads, D] tensors to [B, heads, T, D] for attention."""
+
+    def __init__(self, lengths: torch.Tensor, t: int):
+        self.b, self.t = lengths.shape[0], t
+        real = torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
+        self.index = real.reshape(-1).nonzero().squeeze(1)
+        self.rows = self.index // t
+        self.pos = self.index % t
+        self.last = torch.cumsum(lengths, 0) - 1
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros((self.b * self.t,) + tuple(x.shape[1:])).index_copy_(0, self.index, x)
+        return out.view(self.b, self.t, *x.shape[1:]).transpose(1, 2)
+
+    def unpad(self, o: torch.Tensor) -> torch.Tensor:
+        return o.transpose(1, 2).reshape(self.b * self.t, -1)[self.index]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
@@ -134,22 +155,28 @@ class Attention(nn.Module):
         v = v.view(b, t, self.n_kv, self.head_dim)
         return q, k, v
 
-    def prefill(self, x, cos, sin, cache: KVCache | None, table: torch.Tensor | None,
-                lengths: torch.Tensor | None) -> torch.Tensor:
-        """Whole sequences from position 0 (right-padded): store k/v in their blocks (unless no cache: scoring),
-        causal attention in the chunk. cos/sin: the model's rotary tables [max_pos, head_dim / 2]."""
+    def prefill(self, x, cos, sin) -> torch.Tensor:
+        """Whole right-padded sequences x [B, T, dim] from position 0, no KV cache (scoring): causal attention in the
+        chunk. cos/sin: the model's rotary tables [max_pos, head_dim / 2]."""
         b, t, _ = x.shape
-        if cache is None:
-            q, k, v = self._qkv(x, cos[:t][None], sin[:t][None])
-        else:  # rotary and the paged cache write in one kernel on GPUs (its eager twin elsewhere)
-            qkv = linear(x, self.wqkv)
-            q, k = kernels.rope_prefill(qkv, lengths, cos, sin, cache.k[self.layer_id], cache.v[self.layer_id], table,
-                                        self.n_heads, self.n_kv)
-            v = qkv[..., (self.n_heads + self.n_kv) * self.head_dim:].reshape(b, t, self.n_kv, self.head_dim)
+        q, k, v = self._qkv(x, cos[:t][None], sin[:t][None])
         with _prefill_backends(x.device):
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         return self.wo(o.transpose(1, 2).reshape(b, t, -1))
+
+    def prefill_packed(self, x, pack: "Packing", cos, sin, cache: KVCache, table: torch.Tensor) -> torch.Tensor:
+        """The real tokens of several sequences x [N, dim] (no padding: the matmuls see only them), stored in their
+        cache blocks; causal attention per sequence on a right-padded [B, T] layout of q/k/v (pack.index)."""
+        n = x.shape[0]
+        qkv = linear(x, self.wqkv)
+        q, k = kernels.rope_packed(qkv, pack.pos, pack.rows, cos, sin, cache.k[self.layer_id], cache.v[self.layer_id],
+                                   table, self.n_heads, self.n_kv)
+        v = qkv[:, (self.n_heads + self.n_kv) * self.head_dim:].reshape(n, self.n_kv, self.head_dim)
+        with _prefill_backends(x.device):
+            o = F.scaled_dot_product_attention(pack.pad(q), pack.pad(k), pack.pad(v), is_causal=True,
+                                               enable_gqa=self.n_kv != self.n_heads)
+        return self.wo(pack.unpad(o))
 
     def decode(self, x, cos, sin, cache: KVCache, table: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
         """One token for each row at positions `pos` [B]; keys 0..pos of each row are read through its blocks."""
@@ -297,16 +324,16 @@ class Transformer(nn.Module):
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run right-padded sequences `tokens` [B, T] into the cache blocks of `table` [B, max_blocks]; logits
-        [B, V] at each last real token."""
-        b = tokens.shape[0]
+        [B, V] at each last real token. Only the real tokens go through the layers (packed; the standard workload's
+        prefill groups are ~37% padding)."""
         cos, sin = self.rope_cos, self.rope_sin
+        pack = Packing(lengths, tokens.shape[1])
         # on GPUs the fused add + RMSNorm: a 48-prompt prefill step spent 43% of its GPU time outside the matmuls,
         # mostly in eager fp32 elementwise passes (torch.profiler, 7B shape, H200, 2026-11-30)
         add_norm = add_norm_fused if tokens.is_cuda else add_norm_eager
-        h, delta = self._layers(self.tok_embeddings(tokens),
-                                lambda att, x: att.prefill(x, cos, sin, cache, table, lengths), add_norm)
-        last = torch.arange(b, device=h.device), lengths - 1  # only the last real position needs logits
-        x, _ = add_norm(h[last], delta[last], self.norm)
+        h, delta = self._layers(self.tok_embeddings(tokens.reshape(-1)[pack.index]),
+                                lambda att, x: att.prefill_packed(x, pack, cos, sin, cache, table), add_norm)
+        x, _ = add_norm(h[pack.last], delta[pack.last], self.norm)  # only each last real token needs logits
         return self.output(x).float()
 
     @torch.inference_mode()
@@ -315,7 +342,7 @@ class Transformer(nn.Module):
         sends only the positions it scores through the output layer, see `logits_shard`)."""
         cos, sin = self.rope_cos, self.rope_sin
         h, delta = self._layers(self.tok_embeddings(tokens),
-                                lambda att, x: att.prefill(x, cos, sin, None, None, None), add_norm_eager)
+                                lambda att, x: att.prefill(x, cos, sin), add_norm_eager)
         return add_norm_eager(h, delta, self.norm)[0]
 
     def logits_shard(self, h: torch.Tensor) -> torch.Tensor:
