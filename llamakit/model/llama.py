@@ -112,18 +112,30 @@ class RowLinear(RowParallelLinear):
         return fs_layers.reduce_from_model_parallel_region(linear(x, self))
 
 
-class Packing:
-    """Where the real tokens of right-padded sequences (`lengths` [B], padded to T) sit: `index` [N] their flat
-    positions b * T + t (one host sync to count them), `rows` / `pos` their sequence and position, `last` the index
-    of each sequence's last token; pad / unpad move [N, heads, D] tensors to [B, heads, T, D] for attention."""
+PACK_MULTIPLE = 32  # a prefill computes a multiple of 32 tokens (padding permitting), on every device
 
-    def __init__(self, lengths: torch.Tensor, t: int):
+
+class Packing:
+    """Where the tokens a prefill computes sit among right-padded sequences (`lengths` [B], padded to T): `index`
+    [N] their flat positions b * T + t, ascending (the real ones, plus the first padding positions that round N up
+    to a multiple of `multiple` where the padding has them: the GEMMs and the int8 kernels then see a handful of row
+    counts, not one per prompt length); `rows` / `pos` their sequence and position; `last` where each sequence's
+    last real token is in `index`. A padding token writes its k/v at a position past its sequence's end (later
+    overwritten by decode before it is read) or into the scratch block; attention never reads it. pad / unpad move
+    [N, heads, D] tensors to [B, heads, T, D] and back. One host sync (the count)."""
+
+    def __init__(self, lengths: torch.Tensor, t: int, multiple: int = 1):
         self.b, self.t = lengths.shape[0], t
-        real = torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
-        self.index = real.reshape(-1).nonzero().squeeze(1)
+        real = (torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]).reshape(-1)
+        n_real = int(lengths.sum())
+        extra = min(-n_real % multiple, self.b * t - n_real)
+        if extra:
+            spare = ~real
+            real = real | (spare & (torch.cumsum(spare, 0) <= extra))
+        self.index = real.nonzero().squeeze(1)
         self.rows = self.index // t
         self.pos = self.index % t
-        self.last = torch.cumsum(lengths, 0) - 1
+        self.last = torch.searchsorted(self.index, torch.arange(self.b, device=lengths.device) * t + lengths - 1)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         out = x.new_zeros((self.b * self.t,) + tuple(x.shape[1:])).index_copy_(0, self.index, x)
@@ -327,7 +339,7 @@ class Transformer(nn.Module):
         [B, V] at each last real token. Only the real tokens go through the layers (packed; the standard workload's
         prefill groups are ~37% padding)."""
         cos, sin = self.rope_cos, self.rope_sin
-        pack = Packing(lengths, tokens.shape[1])
+        pack = Packing(lengths, tokens.shape[1], PACK_MULTIPLE)
         # on GPUs the fused add + RMSNorm: a 48-prompt prefill step spent 43% of its GPU time outside the matmuls,
         # mostly in eager fp32 elementwise passes (torch.profiler, 7B shape, H200, 2026-11-30)
         add_norm = add_norm_fused if tokens.is_cuda else add_norm_eager
