@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -107,6 +108,7 @@ class BenchResult:
     sampling: dict = field(default_factory=dict)
     gpu_memory_utilization: float = 1.0
     timeline: dict = field(default_factory=dict)  # engine.Timeline of the timed run: prefill / decode / waiting
+    batch1_timeline: dict = field(default_factory=dict)  # the same, summed over the batch-1 runs
 
 
 def lognormal_token_lists(n: int, median: float, sigma: float, min_len: int, max_len: int, vocab: int,
@@ -237,7 +239,7 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         torch.cuda.empty_cache()
     single = _engine(model, ecfg, 1)
     list(single.generate([Request(20_000, prompts[0][:16], 4, params=params)]))  # warm-up for the batch-1 graph
-    b1_tokens, b1_time, ttft = 0, 0.0, []
+    b1_tokens, b1_time, ttft, b1_timeline = 0, 0.0, [], Counter()
     for i, p in enumerate(prompts[: opts.batch1_prompts]):
         _sync(device)
         t = time.perf_counter()
@@ -248,6 +250,7 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         b1_tokens += sum(len(c.tokens) for c in single.generate([Request(i, p, opts.gen_len, params=params)]))
         _sync(device)
         b1_time += time.perf_counter() - t
+        b1_timeline.update(single.timeline.as_dict())
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     return BenchResult(
         preset=opts.preset if not opts.params_json else str(opts.params_json), device=name,
@@ -260,7 +263,8 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         bf16_logit_rel_err=quality[0], int8_logit_rel_err=quality[1], bf16_top1_agreement=quality[2],
         int8_top1_agreement=quality[3], dp=dp, workload=opts.workload, peak_sequences=held[0],
         peak_kv_tokens=held[1], kv_cache_tokens=kv_tokens, preemptions=held[2], sampling=opts.sampling,
-        gpu_memory_utilization=opts.gpu_memory_utilization, timeline=timeline)
+        gpu_memory_utilization=opts.gpu_memory_utilization, timeline=timeline,
+        batch1_timeline={k: round(v, 3) for k, v in b1_timeline.items()})
 
 
 def _data_parallel() -> tuple[int, int]:

@@ -2,7 +2,7 @@
 the 7B decode step at batch 1 / 128 / 1,024 and of a standard-workload prefill (int8b1: the int8 step at batch 1), the
 decode-attention and rotary kernels' achieved bandwidth per launch configuration, and the sampling step's cost.
 
-    python3 tools/profile_decode.py [--preset 7b] [--part all|step,attn,rope,gemv,sample,int8b1] > profile.txt
+    python3 tools/profile_decode.py [--preset 7b] [--part all|step,attn,rope,gemv,nucleus,sample,int8b1] > profile.txt
 
 Random weights of the bench preset (llamakit.bench), KV lengths as in the standard workload halfway through its
 256 tokens (batch 128) and as the dataset workload holds them (batch 1,024). Numbers are for reading, not for the docs:
@@ -289,6 +289,36 @@ def part_gemv() -> None:
           flush=True)
 
 
+def part_nucleus(vocab: int = 32000) -> None:
+    """The sampling step by batch inside CUDA graphs: the eager sort path against the nucleus kernel per (block,
+    warps); both pick the same tokens here (checked)."""
+    from llamakit.engine.nucleus import nucleus_sample
+
+    for batch in (1, 8, 32, 64, 128, 1024):
+        logits = (torch.randn((batch, vocab), device="cuda") * 2).to(torch.bfloat16).float()
+        ints = torch.zeros((N_INT, batch), dtype=torch.int64, device="cuda")
+        ints[0] = torch.arange(batch, device="cuda")
+        floats = torch.zeros((N_FLOAT, batch), dtype=torch.float32, device="cuda")
+        floats[0], floats[1] = 0.6, 0.9
+        row = {"part": "nucleus", "batch": batch}
+        # the eager path (CPU; full mode's base): sort, nucleus rule, race
+        import llamakit.engine.sampler as S
+        old, S.use_kernel = S.use_kernel, (lambda _x: False)
+        try:
+            ref = sample_step(logits, ints, floats, None, "sample")
+            row["eager_us"] = round(graph_ms(lambda: sample_step(logits, ints, floats, None, "sample")) * 1000, 1)
+        finally:
+            S.use_kernel = old
+        for block, warps in ((1024, 8), (1024, 4), (2048, 8), (2048, 16), (4096, 16), (4096, 32), (8192, 32)):
+            try:
+                same = bool(torch.equal(nucleus_sample(logits, ints, floats, block=block, num_warps=warps), ref))
+                us = graph_ms(lambda: nucleus_sample(logits, ints, floats, block=block, num_warps=warps)) * 1000
+                row[f"k{block}w{warps}"] = round(us, 1) if same else f"{us:.1f} DIFFERENT"
+            except Exception as e:  # a configuration that does not compile is a finding, not a stop
+                row[f"k{block}w{warps}"] = str(e)[:60]
+        print(json.dumps(row), flush=True)
+
+
 def part_sample(vocab: int = 32000) -> None:
     """The sampling step's cost by batch: the whole sample_step, and its pieces."""
     for batch in (1, 128, 1024):
@@ -318,7 +348,8 @@ def main() -> None:
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     init_model_parallel(1)
     torch.cuda.set_device(0)
-    parts = (("rope", part_rope), ("gemv", part_gemv), ("sample", part_sample), ("attn", part_attn),
+    parts = (("rope", part_rope), ("gemv", part_gemv), ("nucleus", part_nucleus), ("sample", part_sample),
+             ("attn", part_attn),
              ("step", lambda: part_step(build(a.preset))),
              ("int8b1", lambda: part_step(build(a.preset, "int8"), (1,), prefill=False)))
     for name, fn in parts:

@@ -207,4 +207,7 @@ def engine_for_model(model: Transformer, cfg: EngineConfig, rows: int | None, eo
         step_bytes = step_peak_bytes(model, cfg, rows, cfg.max_seq_len)
     n_blocks = kv_cache_blocks(cfg, mc, mp, model.dtype, model.device, rows, step_bytes)
     cache = KVCache(mc.n_layers, n_blocks, cfg.block_size, mc.kv_heads // mp, mc.head_dim, model.dtype, model.device)
-    return BatchEngine(ModelRunner(model, cache, cfg, rows, eos_ids=eos_ids), cfg, eos_ids, decode)
+    engine = BatchEngine(ModelRunner(model, cache, cfg, rows, eos_ids=eos_ids), cfg, eos_ids, decode)
+    if model.device.type == "cuda":  # every rank of a model-parallel group runs the same prefills
+        engine.runner.warm_prefill(engine.prefill_tokens)
+    return engine

@@ -119,17 +119,28 @@ if HAVE_TRITON:
         tl.store(OUT + r, tl.where(temp > 0, tok, arg).to(tl.int64))
 
 
-# One program per row: below this many rows the GPU is mostly idle and the row's serial passes take longer than
-# sorting it (batch 1 went from 200.3 to 200.7 tok/s with the kernel on an H200, where the chained steps alone should
-# have gained; `llamakit bench --preset 7b`, 2026-11-30). Both paths keep the same nucleus (nucleus_keep_sorted).
-MIN_ROWS = 64
+# The kernel is bound by one row's serial passes (the time is the same from 1 to 128 rows), so few rows get wide
+# programs, many rows narrow ones. On an H200 inside CUDA graphs (tools/profile_decode.py --part nucleus,
+# 2026-11-30): 1..128 rows 155 us with 8,192-wide blocks and 32 warps (381 with 1,024 and 8 warps); 1,024 rows 1,037
+# us with 1,024 and 4 warps (1,903 with 8 warps). The eager sort path took 201 us at 1 row, 278 at 8, 1,056 at 128,
+# so the kernel serves every batch on GPUs (one code path: a row samples the same at every batch size).
+
+
+def launch_config(rows: int) -> tuple[int, int]:
+    """(block, warps) of the nucleus kernel for a batch of `rows`."""
+    if rows <= 160:
+        return 8192, 32
+    if rows < 512:
+        return 4096, 16
+    return 1024, 4
 
 
 def use_kernel(logits: torch.Tensor) -> bool:
-    return _use_triton(logits) and logits.dim() == 2 and (logits.shape[0] >= MIN_ROWS or not logits.is_cuda)
+    return _use_triton(logits) and logits.dim() == 2
 
 
-def nucleus_sample(logits: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor, passes: int = 7) -> torch.Tensor:
+def nucleus_sample(logits: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor, passes: int = 7,
+                   block: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     """Token per row of `logits` [B, V]: argmax where temperature <= 0, else top-p sampling as
     `nucleus_keep_sorted` defines it, drawn by the exponential race; per-row settings as sampler.sample_step's
     `ints` [N_INT, B] / `floats` [N_FLOAT, B]. No host sync, static shapes (CUDA graphs capture it)."""
@@ -138,6 +149,8 @@ def nucleus_sample(logits: torch.Tensor, ints: torch.Tensor, floats: torch.Tenso
     ints = ints if ints.stride(-1) == 1 else ints.contiguous()
     floats = floats if floats.stride(-1) == 1 else floats.contiguous()
     out = torch.empty(b, dtype=torch.int64, device=logits.device)
+    if block is None or num_warps is None:
+        block, num_warps = launch_config(b) if logits.is_cuda else (1024, 8)
     _nucleus_kernel[(b,)](logits, logits.stride(0), v, ints, ints.stride(0), floats, floats.stride(0), out,
-                          BLOCK=1024, WAYS=16, PASSES=passes, num_warps=8)
+                          BLOCK=block, WAYS=16, PASSES=passes, num_warps=num_warps)
     return out
