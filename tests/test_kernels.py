@@ -37,6 +37,9 @@ dense = torch.nn.functional.scaled_dot_product_attention(
     attn_mask=(torch.arange(NB * BS)[None, :] < lens[:, None])[:, None, None, :])[:, :, 0]
 res["attn_ref"] = (ref - dense).abs().max().item()
 res["attn"] = max((K.decode_attention(q, kp, vp, perm, lens, splits=s) - ref).abs().max().item() for s in (1, 2, 3))
+order = K.longest_first(lens)  # programs take the rows longest first: the same numbers, bit for bit
+res["attn_ordered"] = bool(order.tolist() == [2, 1, 0] and torch.equal(
+    K.decode_attention(q, kp, vp, perm, lens, splits=1, order=order), K.decode_attention(q, kp, vp, perm, lens, splits=1)))
 h, d, w = torch.randn(4, 64), torch.randn(4, 64), torch.randn(64)
 a, b = K.add_rmsnorm(h, d, w, 1e-5), K.add_rmsnorm_eager(h, d, w, 1e-5)
 res["norm"] = max((a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item())
@@ -72,6 +75,7 @@ def test_triton_kernels_match_eager_twins_in_interpreter():
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["attn_ref"] < 1e-5 and res["attn"] < 1e-5 and res["norm"] < 1e-5 and res["rope"] < 1e-6 and res["written"]
+    assert res["attn_ordered"]
     assert res["rope_packed"] < 1e-6 and res["packed_written"] == 60  # 40 + 3 + 17 positions, each written once
     assert res["silu"] < 1e-5  # the int8 matmul: tests/test_int8_kernels.py
 

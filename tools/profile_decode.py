@@ -190,6 +190,13 @@ def part_attn(h: int = 32, d: int = 128) -> None:
         ref = kernels.decode_attention_eager(q, k, v, table, lengths)
         gb = sum(lens) * h * d * 2 * 2 / 1e9
         results = []
+        order = kernels.longest_first(lengths)
+        for ordered in ((False,) if batch == 1 else (False, True)):
+            fn = lambda: kernels.decode_attention(q, k, v, table, lengths, order=order if ordered else None)  # noqa
+            ms = graph_ms(fn)
+            results.append({"kernel": "dot", "default": True, "ordered": ordered, "us": round(ms * 1000, 1),
+                            "GB/s": round(gb / ms * 1000),
+                            "err": round((fn().float() - ref.float()).abs().max().item(), 4)})
         for splits in ((None,) if batch == 1 else (None, 2, 4)):
             for block_n in ((32, 64) if batch == 1 else (64, 128)):
                 for warps in ((4, 8) if batch == 1 else (4,)):
@@ -206,8 +213,7 @@ def part_attn(h: int = 32, d: int = 128) -> None:
                             results.append({"kernel": "dot", "block_n": block_n, "warps": warps, "stages": stages,
                                             "error": str(e)[:80]})
         ok = sorted((r for r in results if "us" in r), key=lambda r: r["us"])
-        default = [r for r in results if r.get("kernel") == "dot" and r.get("splits") is None and r.get("block_n") == 64
-                   and r.get("warps") == 4 and r.get("stages") is None]
+        default = [r for r in results if r.get("default")]
         print(json.dumps({"part": "attn", "batch": batch, "kv_tokens": sum(lens), "kv_gb": round(gb, 3),
                           "default": default, "best": ok[:8], "errors": [r for r in results if "error" in r][:3]}),
               flush=True)

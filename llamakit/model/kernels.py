@@ -222,12 +222,15 @@ def decode_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ta
 if HAVE_TRITON:
 
     @triton.jit
-    def _decode_attn_kernel(Q, K, V, BT, LENS, ACC, M, L_OUT, OUT, sm_scale,
+    def _decode_attn_kernel(Q, K, V, BT, LENS, ORDER, ACC, M, L_OUT, OUT, sm_scale,
                             stride_qb, stride_qh, stride_bt, stride_kb, stride_kh, stride_kl,
                             stride_ab, stride_ah, stride_as, stride_mb, stride_mh, stride_ob, stride_oh,
                             G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
-                            BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PAGE: tl.constexpr, DIRECT: tl.constexpr):
+                            BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PAGE: tl.constexpr, DIRECT: tl.constexpr,
+                            ORDERED: tl.constexpr):
         b = tl.program_id(0)
+        if ORDERED:  # rows longest first: the long rows' programs start in the first wave, not last
+            b = tl.load(ORDER + b)
         kvh = tl.program_id(1)
         sp = tl.program_id(2)
         seq_len = tl.load(LENS + b)
@@ -270,6 +273,15 @@ if HAVE_TRITON:
             tl.store(L_OUT + b * stride_mb + heads * stride_mh + sp, l_i, mask=gmask)
 
 
+def longest_first(lengths: torch.Tensor) -> torch.Tensor | None:
+    """The decode batch's rows by descending length, for decode_attention's `order` (one small sort a step, shared
+    by every layer): with one program per (row, head), a batch whose lengths differ (the standard workload: 136..736)
+    otherwise ends with its longest rows running alone. None for one row."""
+    if lengths.shape[0] < 2 or not _use_triton(lengths):
+        return None
+    return torch.argsort(lengths, descending=True, stable=True).to(torch.int32)
+
+
 @functools.lru_cache(maxsize=None)
 def sm_count(device_index: int) -> int:
     """Streaming multiprocessors of a CUDA device (H100: 132, RTX A6000: 84): how many programs fill it."""
@@ -288,10 +300,11 @@ def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
                      splits: int | None = None, block_n: int | None = None, num_warps: int = 4,
-                     num_stages: int | None = None) -> torch.Tensor:
+                     num_stages: int | None = None, order: torch.Tensor | None = None) -> torch.Tensor:
     """Split-K decode attention over the paged cache on CUDA (bf16/fp16): reads positions [0, lengths[b]) of row
     b only, through its block-table row; eager elsewhere. splits / block_n / num_warps / num_stages: launch
-    settings (defaults: n_splits, the best measured), for tools/profile_decode.py's sweep."""
+    settings (defaults: n_splits, the best measured), for tools/profile_decode.py's sweep. `order` [B]: the rows
+    by descending length (longest_first), used when each (row, head) is one program."""
     b, h, d = q.shape
     # tl.dot needs a head dim >= 16 (tiny test models use 8) and 16-bit inputs on GPUs (fp32 would run as tf32)
     if d < 16 or not (_use_triton(q) and (q.dtype in (torch.bfloat16, torch.float16) or not q.is_cuda)):
@@ -319,12 +332,13 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
         m = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
         l_ = torch.empty((b, h, splits), dtype=torch.float32, device=q.device)
         acc_strides, m_strides = (acc.stride(0), acc.stride(1), acc.stride(2)), (m.stride(0), m.stride(1))
+    ordered = order is not None and direct
     _decode_attn_kernel[(b, hkv, splits)](
-        q, k, v, table, lengths, acc, m, l_, out, 1.0 / math.sqrt(d),
+        q, k, v, table, lengths, order if ordered else lengths, acc, m, l_, out, 1.0 / math.sqrt(d),
         q.stride(0), q.stride(1), table.stride(0), k.stride(0), k.stride(1), k.stride(2),
         *acc_strides, *m_strides, out.stride(0), out.stride(1),
         G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_N=block_n, SPLIT=split_len, PAGE=page, DIRECT=direct,
-        num_warps=num_warps, **({"num_stages": num_stages} if num_stages else {}))
+        ORDERED=ordered, num_warps=num_warps, **({"num_stages": num_stages} if num_stages else {}))
     if not direct:
         _combine_kernel[(b, h)](acc, m, l_, out, acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0),
                                 m.stride(1), out.stride(0), out.stride(1), S=splits, BLOCK_S=_next_pow2(splits), D=d,

@@ -198,15 +198,17 @@ class Attention(nn.Module):
         o = cache.attend(self.layer_id, q[:, 0], table, pos, kv_len)  # [B, H, D]
         return self.wo(o.reshape(b, 1, -1))
 
-    def decode_fast(self, x, pos: torch.Tensor, lengths: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor,
-                    cache: KVCache, table: torch.Tensor, splits: int | None) -> torch.Tensor:
+    def decode_fast(self, x, pos: torch.Tensor, lengths: torch.Tensor, order: torch.Tensor | None,
+                    rope_cos: torch.Tensor, rope_sin: torch.Tensor, cache: KVCache, table: torch.Tensor,
+                    splits: int | None) -> torch.Tensor:
         """`decode` through fused kernels: rotary fused with the paged cache write, attention over each row's own
-        length (`lengths` = pos + 1) through its block table (x [B, dim], no host sync, static shapes)."""
+        length (`lengths` = pos + 1; `order`: kernels.longest_first) through its block table (x [B, dim], no host
+        sync, static shapes)."""
         b = x.shape[0]
         k_cache, v_cache = cache.k[self.layer_id], cache.v[self.layer_id]
         q = kernels.rope_store(self.wqkv(x), pos, rope_cos, rope_sin, k_cache, v_cache, table, self.n_heads,
                                self.n_kv)
-        o = kernels.decode_attention(q, k_cache, v_cache, table, lengths, splits)
+        o = kernels.decode_attention(q, k_cache, v_cache, table, lengths, splits, order=order)
         return self.wo(o.reshape(b, -1))
 
 
@@ -379,9 +381,11 @@ class Transformer(nn.Module):
         add fused into RMSNorm, rotary fused with the cache write, attention over each row's own length.
         No host sync and static shapes, so a CUDA graph can capture it."""
         lengths = pos + 1  # once a step, not once a layer
+        order = kernels.longest_first(lengths)
         h, delta = self._layers(
             self.tok_embeddings(tokens),
-            lambda att, x: att.decode_fast(x, pos, lengths, self.rope_cos, self.rope_sin, cache, table, splits),
+            lambda att, x: att.decode_fast(x, pos, lengths, order, self.rope_cos, self.rope_sin, cache, table,
+                                           splits),
             add_norm_fused)
         x, _ = add_norm_fused(h, delta, self.norm)
         return self.output(x).float()
