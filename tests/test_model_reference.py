@@ -13,7 +13,7 @@ from llamakit.engine.api import EngineConfig, Request
 from llamakit.engine.engine import build_engine
 from llamakit.tokenizer import Tokenizer
 from tests.helpers.hf_reference import build_hf_model, hf_greedy
-from tests.helpers.mp_generate import run_under_torchrun
+from tests.helpers.mp_generate import run_jobs_under_torchrun
 
 PROMPTS = [
     "Der Stadtrat hat am Montagabend",
@@ -43,13 +43,6 @@ def _engine_outputs(ckpt: Path, batch: int, temperature: float = 0.0) -> dict[in
     return {c.request.key: (c.tokens, c.finish_reason) for c in engine.generate(reqs)}
 
 
-def _torchrun_outputs(ckpt: Path, nproc: int, tmp_path: Path,
-                      config: dict | None = None) -> dict[int, tuple[list[int], str]]:
-    config = config or {"max_seq_len": 128, "max_batch_size": 3}
-    raw = run_under_torchrun(ckpt, nproc, tmp_path, config, _prompts(ckpt), GEN)
-    return {k: (v[0], v[1]) for k, v in raw.items()}
-
-
 @pytest.fixture(scope="module")
 def hf_expected(tiny_factory):
     """Greedy completions of the HF reference for each style (computed once)."""
@@ -70,12 +63,32 @@ def test_mp1_batched_greedy_equals_hf_reference(style, tiny_factory, hf_expected
     assert sum(len(t) for t, _ in got.values()) > 3 * GEN
 
 
-@pytest.mark.parametrize("style,mp", [("llama1", 2), ("llama2", 2), ("llama2-gqa", 2), ("llama2-gqa", 4),
-                                      ("llama2-kv8", 8),  # 70B's own split: one kv head per rank
-                                      ("llama3", 2), ("llama3.1", 8)])  # vocab-parallel embedding
-def test_model_parallel_greedy_equals_hf_reference(style, mp, tiny_factory, hf_expected, tmp_path):
-    got = _torchrun_outputs(tiny_factory(style, mp), mp, tmp_path)
-    assert got == hf_expected[style]
+MP_CASES = [("llama1", 2), ("llama2", 2), ("llama2-gqa", 2), ("llama2-gqa", 4),
+            ("llama2-kv8", 8),  # 70B's own split: one kv head per rank
+            ("llama3", 2), ("llama3.1", 8)]  # vocab-parallel embedding
+
+
+@pytest.fixture(scope="module")
+def torchrun_outputs(tiny_factory, tmp_path_factory):
+    """get(style, mp) -> greedy completions of the engine under torchrun (gloo, `mp` ranks). One torchrun start per
+    MP serves every style checked at that MP (engines built one after the other): the start is most of the time."""
+    done: dict[tuple[str, int], dict[int, tuple[list[int], str]]] = {}
+
+    def get(style: str, mp: int) -> dict[int, tuple[list[int], str]]:
+        if (style, mp) not in done:
+            styles = [s for s, m in MP_CASES if m == mp]
+            jobs = [{"ckpt": tiny_factory(s, mp), "config": {"max_seq_len": 128, "max_batch_size": 3},
+                     "prompts": _prompts(tiny_factory(s, mp)), "max_gen_len": GEN} for s in styles]
+            for s, raw in zip(styles, run_jobs_under_torchrun(mp, tmp_path_factory.mktemp(f"mp{mp}"), jobs)):
+                done[(s, mp)] = {k: (v[0], v[1]) for k, v in raw.items()}
+        return done[(style, mp)]
+
+    return get
+
+
+@pytest.mark.parametrize("style,mp", MP_CASES)
+def test_model_parallel_greedy_equals_hf_reference(style, mp, torchrun_outputs, hf_expected):
+    assert torchrun_outputs(style, mp) == hf_expected[style]
 
 
 def test_batch_size_does_not_change_greedy_or_sampled_text(tiny_factory, mp1_group):
