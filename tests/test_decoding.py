@@ -14,7 +14,7 @@ from llamakit.engine.api import EngineConfig, Request, SamplingParams
 from llamakit.engine.engine import build_engine
 from llamakit.tokenizer import Tokenizer
 from tests.helpers.hf_reference import build_hf_model, hf_generate, hf_token_logprobs
-from tests.helpers.mp_generate import run_under_torchrun
+from tests.helpers.mp_generate import run_jobs_under_torchrun
 
 PROMPTS = ["Der Stadtrat hat am Montagabend", "The railway company apologised",
            "Über die Zukunft der Innenstadt wird seit Jahren gestritten; Händler fürchten", "A"]
@@ -83,14 +83,26 @@ def test_mp1_greedy_repetition_penalty_and_logprobs_equal_hf(style, tiny_factory
             assert all(abs(float(row[t]) - lp) < 1e-4 for t, lp in mine)  # each id has its value (ties may swap)
 
 
+MP2_STYLES = ["llama1", "llama2-gqa"]
+MP2_PARAMS = [GREEDY_REP] * len(PROMPTS) + SAMPLED
+
+
+@pytest.fixture(scope="module")
+def mp2_outputs(tiny_factory, tmp_path_factory):
+    """{style: the MP=2 engine's completions of MP2_PARAMS' requests}: both styles in one torchrun start."""
+    jobs = [{"ckpt": tiny_factory(style, 2), "config": {"max_seq_len": 128, "max_batch_size": 3}, "max_gen_len": GEN,
+             "prompts": [_tok(tiny_factory(style, 2)).encode(t) for t in PROMPTS] * 2, "params": MP2_PARAMS}
+            for style in MP2_STYLES]
+    return dict(zip(MP2_STYLES, run_jobs_under_torchrun(2, tmp_path_factory.mktemp("mp2"), jobs)))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("style", ["llama1", "llama2-gqa"])
+@pytest.mark.parametrize("style", MP2_STYLES)
 def test_mp2_torchrun_greedy_repetition_penalty_equals_hf_and_sampling_equals_mp1(style, tiny_factory, hf_models,
-                                                                                  tmp_path, mp1_group):
+                                                                                  mp2_outputs, mp1_group):
     ckpt2 = tiny_factory(style, 2)
-    params = [GREEDY_REP] * len(PROMPTS) + SAMPLED
-    prompts = [_tok(ckpt2).encode(t) for t in PROMPTS] * 2
-    raw = run_under_torchrun(ckpt2, 2, tmp_path, {"max_seq_len": 128, "max_batch_size": 3}, prompts, GEN, params)
+    params = MP2_PARAMS
+    raw = mp2_outputs[style]
     _check_against_hf(hf_models[style], ckpt2, {k: tuple(v) for k, v in raw.items() if k < len(PROMPTS)})
     mp1 = _generate(tiny_factory(style, 1), _requests(tiny_factory(style, 1), params), batch=8)
     assert {k: v[0] for k, v in raw.items()} == {k: c.tokens for k, c in mp1.items()}
