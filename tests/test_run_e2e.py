@@ -119,14 +119,6 @@ def test_rerun_of_a_finished_run_generates_nothing(world, reference):
     assert run_cli(root, str(recipe("ref"))).returncode == 0 and (root / "ref.jsonl").read_bytes() == before
 
 
-def test_mp2_on_cpu_over_gloo_gives_the_same_greedy_completions(world, reference):
-    root, recipe = world
-    res = run_cli(root, str(recipe("mp2", mp=2)))
-    assert res.returncode == 0, res.stderr + (root / "mp2.log").read_text()
-    assert "MP=2 x DP=1" in (root / "mp2.log").read_text()
-    assert texts(rows_of(root / "mp2.jsonl")) == texts(reference[1])
-
-
 def test_two_cpu_replicas_split_the_prompts_into_one_file(world, reference):
     root, recipe = world
     res = run_cli(root, str(recipe("dp2")), "--nproc", "2")
@@ -189,22 +181,39 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(world, reference):
     assert rows == reference[1]
 
 
-def test_ctrl_c_stops_with_one_line_and_resume_completes(world, reference):
-    # SIGINT to the whole process group, as a terminal's Ctrl-C sends it: launcher, torchrun and both MP ranks
+@pytest.fixture(scope="module")
+def mp2_ctrl_c(world):
+    """An MP=2 run stopped by Ctrl-C after 4 rows, then re-run to the end: (the stopped launcher's exit code and
+    stderr, its log, the re-run). SIGINT goes to the whole process group, as a terminal's Ctrl-C sends it: launcher,
+    torchrun and both MP ranks. Both the Ctrl-C test and the MP=2 test read it (one MP=2 run, not two)."""
     root, recipe = world
     r = recipe("ctrlc", mp=2)
-    out = root / "ctrlc.jsonl"
-    proc = _start_until_rows(root, r, out, subprocess.PIPE)
+    proc = _start_until_rows(root, r, root / "ctrlc.jsonl", subprocess.PIPE)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 2
+    stopped_log = (root / "ctrlc.log").read_text()
+    return proc.returncode, err, stopped_log, run_cli(root, str(r))
+
+
+def test_mp2_on_cpu_over_gloo_gives_the_same_greedy_completions(world, reference, mp2_ctrl_c):
+    """The MP=2 run (stopped once by Ctrl-C and resumed, both parts at MP=2) writes MP=1's greedy completions."""
+    root, _ = world
+    res = mp2_ctrl_c[3]
+    assert res.returncode == 0, res.stderr + (root / "ctrlc.log").read_text()
+    assert "MP=2 x DP=1" in (root / "ctrlc.log").read_text()
+    assert texts(rows_of(root / "ctrlc.jsonl")) == texts(reference[1])
+
+
+def test_ctrl_c_stops_with_one_line_and_resume_completes(world, reference, mp2_ctrl_c):
+    root, _ = world
+    rc, err, log, res = mp2_ctrl_c
+    assert rc == 2
     assert "interrupted (Ctrl-C); the rows written so far are kept" in err and "re-run" in err
     assert "Traceback" not in err and err.strip().count("\n") == 0  # one line on the terminal
-    log = (root / "ctrlc.log").read_text()
     assert "KeyboardInterrupt" not in log  # the workers' own stop is not reported as a crash
-    res = run_cli(root, str(r))
     assert res.returncode == 0, res.stderr + log
-    assert rows_of(out) == reference[1]
+    assert "were already in the output (resumed)" in res.stdout
+    assert rows_of(root / "ctrlc.jsonl") == reference[1]
 
 
 def test_a_worker_stopped_by_sigint_reports_a_stop_not_a_crash(world, caplog):
