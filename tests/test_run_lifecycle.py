@@ -103,21 +103,28 @@ def rerun(root: Path, r: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180)
 
 
-@pytest.fixture(scope="module")
-def hung_up(world):
-    """A run whose terminal hangs up (a pty is closed under it, as a closing SSH session does): it must finish."""
-    root, recipe = world
-    r = recipe("hup")
-    out = root / "hup.jsonl"
+def start_on_pty(root: Path, r: Path) -> tuple[subprocess.Popen, int]:
+    """`llamakit run r` in a new session whose controlling terminal is a pty, as a login's would be; returns the
+    process and the pty's other side (closing it hangs up the terminal: SIGHUP to the run)."""
     master, slave = os.openpty()
 
-    def controlling_terminal() -> None:  # after setsid: the pty becomes the run's terminal, as a login's would
+    def controlling_terminal() -> None:  # after setsid: the pty becomes the run's terminal
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     proc = subprocess.Popen([sys.executable, "-m", "llamakit", "run", str(r)], cwd=root, env=env_for(root),
                             stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
                             preexec_fn=controlling_terminal)
     os.close(slave)
+    return proc, master
+
+
+@pytest.fixture(scope="module")
+def hung_up(world):
+    """A run whose terminal hangs up (a pty is closed under it, as a closing SSH session does): it must finish."""
+    root, recipe = world
+    r = recipe("hup")
+    out = root / "hup.jsonl"
+    proc, master = start_on_pty(root, r)
     stop = threading.Event()
     seen = bytearray()
 
@@ -166,15 +173,7 @@ def test_a_hang_up_while_the_run_is_still_being_planned_does_not_end_it(world, h
     root, recipe = world
     r = recipe("early")
     out = root / "early.jsonl"
-    master, slave = os.openpty()
-
-    def controlling_terminal() -> None:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    proc = subprocess.Popen([sys.executable, "-m", "llamakit", "run", str(r)], cwd=root, env=env_for(root),
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                            preexec_fn=controlling_terminal)
-    os.close(slave)
+    proc, master = start_on_pty(root, r)
     deadline = time.monotonic() + 60
     while not catches_sighup(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
