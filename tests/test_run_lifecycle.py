@@ -103,21 +103,28 @@ def rerun(root: Path, r: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180)
 
 
-@pytest.fixture(scope="module")
-def hung_up(world):
-    """A run whose terminal hangs up (a pty is closed under it, as a closing SSH session does): it must finish."""
-    root, recipe = world
-    r = recipe("hup")
-    out = root / "hup.jsonl"
+def start_on_pty(root: Path, r: Path) -> tuple[subprocess.Popen, int]:
+    """`llamakit run r` in a new session whose controlling terminal is a pty, as a login's would be; returns the
+    process and the pty's other side (closing it hangs up the terminal: SIGHUP to the run)."""
     master, slave = os.openpty()
 
-    def controlling_terminal() -> None:  # after setsid: the pty becomes the run's terminal, as a login's would
+    def controlling_terminal() -> None:  # after setsid: the pty becomes the run's terminal
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     proc = subprocess.Popen([sys.executable, "-m", "llamakit", "run", str(r)], cwd=root, env=env_for(root),
                             stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
                             preexec_fn=controlling_terminal)
     os.close(slave)
+    return proc, master
+
+
+@pytest.fixture(scope="module")
+def hung_up(world):
+    """A run whose terminal hangs up (a pty is closed under it, as a closing SSH session does): it must finish."""
+    root, recipe = world
+    r = recipe("hup")
+    out = root / "hup.jsonl"
+    proc, master = start_on_pty(root, r)
     stop = threading.Event()
     seen = bytearray()
 
@@ -149,6 +156,33 @@ def test_a_run_whose_terminal_hangs_up_finishes_normally(hung_up):
     assert "wrote 20 rows in input order" in log and "summary: 20 prompts: 20 generated now" in log
     assert [r["id"] for r in rows_of(out)] == [f"q{i:02d}" for i in range(N)]
     assert b"llamakit run: 20 prompts to generate" in seen  # it did draw on the terminal before the hang-up
+
+
+def catches_sighup(pid: int) -> bool:
+    """Whether the process has a handler for SIGHUP (/proc/PID/status, SigCgt: a bit per caught signal)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            mask = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(mask & (1 << (signal.SIGHUP - 1)))
+
+
+def test_a_hang_up_while_the_run_is_still_being_planned_does_not_end_it(world, hung_up):
+    """The SSH session closes in the first seconds of `llamakit run` (imports, planning): the run still finishes."""
+    root, recipe = world
+    r = recipe("early")
+    out = root / "early.jsonl"
+    proc, master = start_on_pty(root, r)
+    deadline = time.monotonic() + 60
+    while not catches_sighup(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.close(master)  # the hang-up as soon as the launcher can take it: long before the model is loaded
+    rc = proc.wait(timeout=180)
+    log = (root / "early.log").read_text(encoding="utf-8")
+    assert rc == 0, log[-3000:]
+    assert "the terminal hung up (SIGHUP) while the run was being planned: the run goes on" in log
+    assert rows_of(out) == rows_of(hung_up[1])  # every row, the same texts as the run hung up while generating
 
 
 def test_kill_9_of_the_launcher_ends_every_process_and_status_follows(world, hung_up):

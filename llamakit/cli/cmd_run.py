@@ -55,6 +55,9 @@ def run_cmd(
                                rich_help_panel=SLURM),
 ) -> None:
     """Generate a completion for every prompt of a recipe; re-run the same command to resume."""
+    from llamakit.run.terminal import detach_terminal, hang_up_detaches
+
+    hang_up_detaches()  # first: a closed SSH session during the seconds of imports and planning must not end the run
     import shlex
     import sys
 
@@ -62,7 +65,7 @@ def run_cmd(
     from llamakit.run.plan import describe, plan_run
     from llamakit.run.progress import Progress as RunProgress
     from llamakit.run.progress import fmt_duration
-    from llamakit.run.supervise import detach_terminal, execute
+    from llamakit.run.supervise import execute
 
     flags = {"--out": ("out_path", out),
              "--nproc": ("nproc", None if nproc is None else (int(nproc) if nproc.isdigit() else nproc))}

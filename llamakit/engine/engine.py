@@ -48,6 +48,7 @@ class BatchEngine:
                           BlockManager(cache.n_blocks, cache.block_size), self.stopping)
         self.last = sched
         tl = self.timeline = Timeline()
+        start = time.perf_counter()
         sched.add(requests)
         while sched.has_work():
             for group in sched.admit():
@@ -56,7 +57,7 @@ class BatchEngine:
                 tl.prefills += 1
                 tl.prefill_rows += len(group)
                 tl.prefill_s += time.perf_counter() - t0
-                yield from sched.record(group, *out)
+                yield from tl.recorded(sched, group, *out)
             running = sched.schedule_decode()
             if not running:
                 continue
@@ -66,32 +67,37 @@ class BatchEngine:
             tl.rows += len(running)
             if not isinstance(launched, Launched):  # run and read at once (full mode, or no graphs)
                 tl.wait_s += time.perf_counter() - t0
-                yield from sched.record(running, *launched)
+                yield from tl.recorded(sched, running, *launched)
                 continue
             tl.launches += 1
+            tl.launch_s += time.perf_counter() - t0
             step: Launched | None = launched
             while step is not None:  # while the batch stays, step N+1 runs while step N's tokens are recorded
+                t0 = time.perf_counter()
                 rows = sched.chain_rows(step.rows)
                 nxt = self.runner.chain(step, rows) if rows is not None else None
                 if nxt is not None:
                     tl.steps += 1
                     tl.rows += len(rows)
-                t0 = time.perf_counter()
+                t1 = time.perf_counter()
                 tokens = self.runner.result(step)
-                tl.wait_s += time.perf_counter() - t0
+                t2 = time.perf_counter()
+                tl.launch_s += t1 - t0
+                tl.wait_s += t2 - t1
                 alive = [i for i, s in enumerate(step.rows) if s is not None]
-                yield from sched.record([step.rows[i] for i in alive], [tokens[i] for i in alive])
+                yield from tl.recorded(sched, [step.rows[i] for i in alive], [tokens[i] for i in alive])
                 if nxt is not None:  # sequences that ended with step N's token (eos, stop): their rows are ignored
                     nxt.rows = [s if s is not None and s.slot >= 0 else None for s in nxt.rows]
                 step = nxt
+        tl.total_s = time.perf_counter() - start  # consumers' time between completions included
 
 
 @dataclass
 class Timeline:
     """Where a generate call's wall time went, for `llamakit bench`'s report: prefill calls (their rows, and seconds
     until their first tokens were on the host), decode steps (rows summed over steps; launches: steps started with
-    the host waiting, the others chained behind the step in flight) and the seconds the host waited for decode
-    tokens (time the GPU, not the host, was the limit)."""
+    the host waiting, the others chained behind the step in flight), the seconds the host waited for decode tokens
+    (time the GPU, not the host, was the limit), spent launching steps and recording tokens, and in all."""
 
     prefills: int = 0
     prefill_rows: int = 0
@@ -100,6 +106,16 @@ class Timeline:
     rows: int = 0
     launches: int = 0
     wait_s: float = 0.0
+    launch_s: float = 0.0  # host time staging and launching decode steps (chained ones included)
+    record_s: float = 0.0  # host time recording tokens (stop rules, finished sequences)
+    total_s: float = 0.0
+
+    def recorded(self, sched: Scheduler, seqs: list, tokens: list, infos: list | None = None) -> list[Completion]:
+        """sched.record, timed."""
+        t0 = time.perf_counter()
+        done = sched.record(seqs, tokens, infos)
+        self.record_s += time.perf_counter() - t0
+        return done
 
     def as_dict(self) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}

@@ -25,7 +25,11 @@ if TYPE_CHECKING:
 
 GiB = 1024**3
 SEQ_STEP = 64  # max_seq_len is rounded up to a multiple of this
-BATCH_CAP = 128  # more sequences per step rarely pays on one 48 GB card; the comment says how to go higher
+# The most sequences a written recipe decodes at once. max_batch_size is an upper limit (the paged KV cache admits by
+# free memory), and larger batches still paid on an H200: the 1,024-prompt dataset workload ran at 11,052 tok/s at
+# batch 256 and 11,421-12,210 with all 1,024 at once (`llamakit bench --preset 7b --workload dataset`, 2026-11-30,
+# docs/BENCHMARKS.md). Beyond ~512 a step's matmuls are compute-bound and the steps only get longer.
+BATCH_CAP = 512
 HEADROOM = 0.9  # plan for 90% of each GPU: room for memory fragmentation and small jobs of other users
 CPU_BATCH = 8  # on the CPU a small batch already uses every core
 BIG_FOR_CPU = 1_000_000_000  # parameters above which a CPU run is hopeless (minutes per token)
@@ -376,7 +380,8 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
     if p.target.gpus:
         fit = (f"The memory plan allows {p.fits_batch} at this max_seq_len (using {HEADROOM:.0%} of each GPU)" if p.fits_batch < 4096 else
                "The memory plan allows far more")
-        why_cap = (f"; capped at {BATCH_CAP} (larger batches rarely run faster; try --set max_batch_size=N)"
+        why_cap = (f"; capped at {BATCH_CAP} (beyond it a step's matmuls are compute-bound; try --set "
+                   "max_batch_size=N)"
                    if p.max_batch_size == BATCH_CAP and p.fits_batch > BATCH_CAP else
                    "; no more than the prompts each copy of the model gets" if p.max_batch_size < min(p.fits_batch,
                                                                                                       BATCH_CAP)

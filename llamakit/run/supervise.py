@@ -16,7 +16,6 @@ import os
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import threading
 import time
@@ -33,6 +32,7 @@ from llamakit.run.progress import Progress, Tracker
 from llamakit.run.prompts import write_work
 from llamakit.run.resume import RunLock
 from llamakit.run.status import StatusFile
+from llamakit.run.terminal import detach_terminal, hung_up_early
 from llamakit.units import human_bytes, plural
 
 log = logging.getLogger("llamakit.run")
@@ -132,21 +132,6 @@ def _log_to(path: Path) -> logging.Handler:
     return handler
 
 
-def detach_terminal() -> None:
-    """Point stdout and stderr at /dev/null unless they are files: after a hang-up, writing to the closed terminal
-    (or to a pipe whose reader died with it) fails; a run that goes on must not trip over its own progress bar."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in (1, 2):
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    os.dup2(devnull, fd)
-            except OSError:
-                pass
-    finally:
-        os.close(devnull)
-
-
 class Signals:
     """While a run goes on: SIGTERM stops it like Ctrl-C; SIGHUP detaches the terminal and lets it finish."""
 
@@ -160,6 +145,11 @@ class Signals:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             self.previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, self._term),
                              signal.SIGHUP: signal.signal(signal.SIGHUP, self._hang_up)}
+        if hung_up_early():  # during start-up and planning (run.terminal): the terminal is already detached
+            self.hung_up = True
+            log.info("the terminal hung up (SIGHUP) while the run was being planned: the run goes on; follow it "
+                     "with `llamakit status %s` or `tail -f %s`", shlex.quote(self.plan.out_path),
+                     shlex.quote(self.plan.log_path))
         return self
 
     def _term(self, signum: int, frame: object) -> None:
