@@ -68,23 +68,26 @@ print(json.dumps(res))
 """
 
 
-def test_triton_kernels_match_eager_twins_in_interpreter():
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_triton_kernels_match_eager_twins_in_interpreter(interpreter):
+    res = interpreter[0]
     assert res["attn_ref"] < 1e-5 and res["attn"] < 1e-5 and res["norm"] < 1e-5 and res["rope"] < 1e-6 and res["written"]
     assert res["attn_ordered"]
     assert res["rope_packed"] < 1e-6 and res["packed_written"] == 60  # 40 + 3 + 17 positions, each written once
     assert res["silu"] < 1e-5  # the int8 matmul: tests/test_int8_kernels.py
 
 
-def _greedy(ckpt: Path, fast: bool, batch: int, gen: int = 30, warm: bool = False) -> dict:
+PROMPTS = ["Der Wetterdienst warnte", "The museum opens", "Prices for energy fell slightly in October, the"]
+# for the interpreter, whose prefill runs a Python rotary program per (token, 2 heads): 10, 2 and 17 tokens (the
+# last over two 16-token cache blocks) make a 32-token packed prefill, half of PROMPTS' 64; KERNEL_CHECK covers the
+# packed rotary kernel on 60 positions
+SHORT_PROMPTS = ["Der Wetterdienst", "Der", "Prices for energy fell in October"]
+
+
+def _greedy(ckpt: Path, fast: bool, batch: int, gen: int = 30, warm: bool = False,
+            prompts: list[str] = PROMPTS) -> dict:
     from llamakit.tokenizer import Tokenizer
 
     tok = Tokenizer(ckpt / "tokenizer.model")
-    prompts = ["Der Wetterdienst warnte", "The museum opens", "Prices for energy fell slightly in October, the"]
     eng = build_engine(open_checkpoint(ckpt), EngineConfig(max_seq_len=96, max_batch_size=batch, fast=fast))
     if warm:  # what engine_for_model does on GPUs: prefills into the scratch block only
         eng.runner.warm_prefill(eng.prefill_tokens)
@@ -105,18 +108,25 @@ with socket.socket() as s:
     s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 initialize_model_parallel(1)
-from tests.test_kernels import _greedy
+from tests.test_kernels import SHORT_PROMPTS, _greedy
 from pathlib import Path
-print(json.dumps(_greedy(Path(sys.argv[1]), fast=True, batch=3, gen=12)))  # the interpreter is slow: 12 tokens
+print(json.dumps(_greedy(Path(sys.argv[1]), fast=True, batch=3, gen=12, prompts=SHORT_PROMPTS)))  # 12 tokens
 """
 
 
-def test_fast_path_with_triton_kernels_equals_plain_path(tiny_factory, mp1_group):
+@pytest.fixture(scope="module")
+def interpreter(tiny_factory):
+    """One process under TRITON_INTERPRET=1 (importing torch and Triton once) runs KERNEL_CHECK, then the fast path's
+    greedy text on the tiny GQA checkpoint: (KERNEL_CHECK's results, {request key: tokens})."""
     pytest.importorskip("triton")
     ckpt = tiny_factory("llama2-gqa", 1)
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", FAST_IN_INTERPRETER, str(ckpt)], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", KERNEL_CHECK + FAST_IN_INTERPRETER, str(ckpt)], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    got = {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
-    assert got == _greedy(ckpt, fast=False, batch=1, gen=12)
+    kernels, greedy = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]  # fairscale
+    return kernels, {int(k): v for k, v in greedy.items()}  # prints lines of its own between them
+
+
+def test_fast_path_with_triton_kernels_equals_plain_path(interpreter, tiny_factory, mp1_group):
+    assert interpreter[1] == _greedy(tiny_factory("llama2-gqa", 1), fast=False, batch=1, gen=12, prompts=SHORT_PROMPTS)
