@@ -117,10 +117,9 @@ def test_mp2_gives_the_same_rows(world, reference, tiny_factory):
 
 def test_resume_refuses_changed_settings_recipe_or_row(world, reference):
     root, recipe = world
-    res = run_cli(root, str(recipe("ref", top_k=40)))
-    assert res.returncode == 2 and "top_k 0 -> 40" in res.stderr
-    res = run_cli(root, str(recipe("ref", stop=["\n"])))
-    assert res.returncode == 2 and "stop [] -> ['\\n']" in res.stderr
+    res = run_cli(root, str(recipe("ref", top_k=40, stop=["\n"])))  # each changed key is named, in one line
+    assert res.returncode == 2 and "top_k 0 -> 40" in res.stderr and "stop [] -> ['\\n']" in res.stderr
+    assert res.stderr.strip().count("\n") == 0
     edited = root / "edited.jsonl"  # one row's own settings changed in the prompt file
     lines = (root / "grid.jsonl").read_text().splitlines()
     lines[2] = lines[2].replace('"top_k": 5', '"top_k": 7')
