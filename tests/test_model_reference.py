@@ -13,7 +13,7 @@ from llamakit.engine.api import EngineConfig, Request
 from llamakit.engine.engine import build_engine
 from llamakit.tokenizer import Tokenizer
 from tests.helpers.hf_reference import build_hf_model, hf_greedy
-from tests.helpers.mp_generate import run_jobs_under_torchrun
+from tests.helpers.mp_generate import run_jobs_under_torchrun, run_under_torchrun
 
 PROMPTS = [
     "Der Stadtrat hat am Montagabend",
@@ -41,6 +41,14 @@ def _engine_outputs(ckpt: Path, batch: int, temperature: float = 0.0) -> dict[in
                                                                temperature=temperature, top_p=0.9, seed=7))
     reqs = [Request(i, p, GEN) for i, p in enumerate(_prompts(ckpt))]
     return {c.request.key: (c.tokens, c.finish_reason) for c in engine.generate(reqs)}
+
+
+def _torchrun_outputs(ckpt: Path, nproc: int, tmp_path: Path,
+                      config: dict | None = None) -> dict[int, tuple[list[int], str]]:
+    """The prompts' completions by the engine under torchrun (`nproc` ranks) with `config` (tests/test_int8.py)."""
+    config = config or {"max_seq_len": 128, "max_batch_size": 3}
+    raw = run_under_torchrun(ckpt, nproc, tmp_path, config, _prompts(ckpt), GEN)
+    return {k: (v[0], v[1]) for k, v in raw.items()}
 
 
 @pytest.fixture(scope="module")
