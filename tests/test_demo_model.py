@@ -60,12 +60,20 @@ def test_builtin_demo_resolves_to_the_shipped_folder():
     assert demo_checkpoint().resolve() == DEMO.resolve()
 
 
-def test_greedy_generation_writes_corpus_words_and_stops(mp1_group):
+@pytest.fixture
+def one_thread():
+    """One CPU thread while the test runs (the demo's text as one thread computes it), the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_greedy_generation_writes_corpus_words_and_stops(mp1_group, one_thread):
     from llamakit.engine.api import EngineConfig, Request
     from llamakit.engine.engine import build_engine
     from llamakit.tokenizer import Tokenizer
 
-    torch.set_num_threads(1)
     tok = Tokenizer(DEMO / "tokenizer.model")
     vocab = set(_words(asset_path("demo-corpus.txt").read_text(encoding="utf-8")))
     engine = build_engine(open_checkpoint(DEMO), EngineConfig(max_seq_len=128, max_batch_size=4))
@@ -81,13 +89,12 @@ def test_greedy_generation_writes_corpus_words_and_stops(mp1_group):
     assert any(c.finish_reason == "stop" for c in done.values()), texts
 
 
-def test_every_shipped_lead_gets_words_not_a_lone_full_stop(mp1_group):
+def test_every_shipped_lead_gets_words_not_a_lone_full_stop(mp1_group, one_thread):
     # leads that end where a sentence can end got "." + eos from this model (2026-11-30); all ten must get words
     from llamakit.engine.api import EngineConfig, Request
     from llamakit.engine.engine import build_engine
     from llamakit.tokenizer import Tokenizer
 
-    torch.set_num_threads(1)
     tok = Tokenizer(DEMO / "tokenizer.model")
     leads = [json.loads(line)["prompt"] for line in asset_path("demo-prompts.jsonl").read_text("utf-8").splitlines()]
     engine = build_engine(open_checkpoint(DEMO), EngineConfig(max_seq_len=128, max_batch_size=10))
