@@ -123,7 +123,8 @@ if HAVE_TRITON:
 # programs, many rows narrow ones. On an H200 inside CUDA graphs (tools/profile_decode.py --part nucleus,
 # 2026-11-30): 1..128 rows 155 us with 8,192-wide blocks and 32 warps (381 with 1,024 and 8 warps); 1,024 rows 1,037
 # us with 1,024 and 4 warps (1,903 with 8 warps). The eager sort path took 201 us at 1 row, 278 at 8, 1,056 at 128,
-# so the kernel serves every batch on GPUs (one code path: a row samples the same at every batch size).
+# so the kernel serves every batch on GPUs. (The block width sets the order of its fp32 sums: a token exactly at the
+# nucleus boundary can, rarely, be kept at one batch size and dropped at another.)
 
 
 def launch_config(rows: int) -> tuple[int, int]:

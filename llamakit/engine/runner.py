@@ -112,7 +112,7 @@ class ModelRunner:
         n = 64
         while n <= max_tokens:
             t = min(n, t_max)
-            rows = -(-n // t)
+            rows = max(1, n // t)  # never more than n tokens: the memory plan reserves a prefill of max_tokens
             tokens = torch.zeros((rows, t), dtype=torch.int64, device=self.device)
             lengths = torch.full((rows,), t, dtype=torch.int64, device=self.device)
             table = torch.zeros((rows, self.max_blocks), dtype=torch.int32, device=self.device)
