@@ -48,6 +48,8 @@ B, V = 24, 1500
 logits = torch.randn(B, V) * 3
 logits[3, :] = 0.5  # one flat row: every token tied
 logits[4, 7] = 1e3  # one certain row
+logits[0, 1200] = logits[0, 100] = 40.0  # greedy rows with a tied max: the first index, across the kernel's lanes
+logits[6, 1029] = logits[6, 5] = 50.0  # and within one lane (5 and 1,029 share a lane of a 1,024-wide block)
 ints = torch.zeros((N_INT, B), dtype=torch.int64)
 ints[INT_ROWS.index("key")] = torch.arange(B) * 7919
 ints[INT_ROWS.index("sample")] = torch.arange(B) % 3
@@ -58,7 +60,18 @@ floats[FLOAT_ROWS.index("temperature")] = torch.tensor([0.0, 0.3, 0.6, 1.0, 1.5,
 floats[FLOAT_ROWS.index("top_p")] = torch.tensor([0.9, 0.5, 0.95, 1.0, 0.1, 0.99, 0.8, 0.9] * 3)
 got = nucleus_sample(logits, ints, floats).tolist()
 want = sample_step(logits, ints, floats, None, "sample").tolist()
-print(json.dumps({"got": got, "want": want}))
+# seed 0, key 0, step 242: token 30,891's hash is the top one, whose U rounded to 1.0 (U_MAX). Row 0: it is far
+# outside the nucleus; row 1: flat logits, top_p 1, it is kept
+edge = torch.randn(2, 32000)
+edge[0, 30891] = -30.0
+edge[1] = 0.0
+e_ints = torch.zeros((N_INT, 2), dtype=torch.int64)
+e_ints[INT_ROWS.index("step")] = 242
+e_floats = torch.zeros((N_FLOAT, 2))
+e_floats[FLOAT_ROWS.index("temperature")] = 1.0
+e_floats[FLOAT_ROWS.index("top_p")] = torch.tensor([0.9, 1.0])
+print(json.dumps({"got": got, "want": want, "edge_kernel": nucleus_sample(edge, e_ints, e_floats).tolist(),
+                  "edge_eager": sample_step(edge, e_ints, e_floats, None, "sample").tolist()}))
 """
 
 
@@ -77,6 +90,11 @@ def test_the_nucleus_kernel_draws_what_the_eager_sort_draws():
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["got"] == res["want"]
+    assert res["got"][0] == 100 and res["got"][6] == 5
+    # the race's U never reaches 1: the top hash's token is not drawn from outside the nucleus (the eager path drew
+    # it: p / -log(1.0) = 0 / 0 = NaN, which argmax picks), and wins when kept
+    assert res["edge_kernel"][0] != 30891 and res["edge_eager"] == res["edge_kernel"]
+    assert res["edge_kernel"][1] == 30891
 
 
 def test_ties_at_the_nucleus_edge_are_kept_or_dropped_together():

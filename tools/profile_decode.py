@@ -315,7 +315,8 @@ def part_nucleus(vocab: int = 32000) -> None:
             row["eager_us"] = round(graph_ms(lambda: sample_step(logits, ints, floats, None, "sample")) * 1000, 1)
         finally:
             S.use_kernel = old
-        for block, warps in ((1024, 8), (1024, 4), (2048, 8), (2048, 16), (4096, 16), (4096, 32), (8192, 32)):
+        for block, warps in ((256, 4), (512, 4), (512, 8), (1024, 8), (1024, 16), (2048, 16), (1024, 32), (2048, 32),
+                             (4096, 32)):
             try:
                 same = bool(torch.equal(nucleus_sample(logits, ints, floats, block=block, num_warps=warps), ref))
                 us = graph_ms(lambda: nucleus_sample(logits, ints, floats, block=block, num_warps=warps)) * 1000

@@ -15,9 +15,17 @@ import torch
 
 from llamakit.model.kernels import HAVE_TRITON, _use_triton
 
+# The race's uniform U never reaches 1: the top 24-bit hash, (2^24 - 1 + 0.5) / 2^24, rounds to 1.0 in float32, where
+# E = -log(U) = 0 made p / E NaN for a token outside the nucleus, which argmax picked (one token id in 2^24 a step:
+# ~1 in 500 sampled tokens at 32,000 ids, in the eager path; the kernel instead never drew such a token, kept or not).
+# Clamped to the largest float32 below 1, such a token's E is tiny: it wins when kept and never when dropped.
+U_MAX = 1.0 - 2.0 ** -24
+
 if HAVE_TRITON:
     import triton
     import triton.language as tl
+
+    _U_MAX = tl.constexpr(U_MAX)
 
 
 def nucleus_keep_sorted(p_sorted: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -62,27 +70,30 @@ if HAVE_TRITON:
         h = tl.where(smp > 0, h2, h)
         row = X + r.to(tl.int64) * stride_x
         offs = tl.arange(0, BLOCK)
+        # Every pass keeps per-lane partials in registers over the row's blocks and reduces across the program once
+        # at its end (a cross-warp reduction costs barriers; per block, they made the kernel latency-bound).
         # pass 1: max (first index of it: argmax for temperature 0) and min
-        m = float("-inf")
-        arg = 0
-        lo = float("inf")
+        mx = tl.full([BLOCK], float("-inf"), tl.float32)
+        mn = tl.full([BLOCK], float("inf"), tl.float32)
+        am = tl.zeros([BLOCK], tl.int32)
         for c in range(0, V, BLOCK):
             idx = c + offs
             mask = idx < V
             x = tl.load(row + idx, mask=mask, other=float("-inf")).to(tl.float32)
-            cm = tl.max(x, 0)
-            ca = tl.argmax(x, 0)
-            arg = tl.where(cm > m, c + ca, arg)
-            m = tl.maximum(m, cm)
-            lo = tl.minimum(lo, tl.min(tl.where(mask, x, float("inf")), 0))
+            am = tl.where(x > mx, idx, am)  # strictly greater: a lane keeps its first index of its max
+            mx = tl.maximum(mx, x)
+            mn = tl.minimum(mn, tl.where(mask, x, float("inf")))
+        m = tl.max(mx, 0)
+        arg = tl.min(tl.where(mx == m, am, V), 0)
+        lo = tl.min(mn, 0)
         inv_t = 1.0 / tl.where(temp > 0, temp, 1.0)
         # pass 2: the row's total mass (unnormalised, relative to the max)
-        z = 0.0
+        zs = tl.zeros([BLOCK], tl.float32)
         for c in range(0, V, BLOCK):
             idx = c + offs
             x = tl.load(row + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
-            z += tl.sum(tl.exp((x - m) * inv_t), 0)
-        target = top_p * z
+            zs += tl.exp((x - m) * inv_t)
+        target = top_p * tl.sum(zs, 0)
         # the boundary: the largest logit value lo whose strictly-higher mass exceeds the target (everything above
         # lo is kept); WAYS thresholds per pass shrink [lo, hi] by WAYS + 1
         lo = lo - 1.0
@@ -91,49 +102,42 @@ if HAVE_TRITON:
         for _ in range(PASSES):
             width = (hi - lo) / (WAYS + 1)
             th = lo + width * (ways + 1).to(tl.float32)
-            mass = tl.zeros([WAYS], tl.float32)
+            acc = tl.zeros([WAYS, BLOCK], tl.float32)
             for c in range(0, V, BLOCK):
                 idx = c + offs
                 x = tl.load(row + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
                 e = tl.exp((x - m) * inv_t)
-                mass += tl.sum(tl.where(x[None, :] > th[:, None], e[None, :], 0.0), 1)
+                acc += tl.where(x[None, :] > th[:, None], e[None, :], 0.0)
+            mass = tl.sum(acc, 1)
             n_over = tl.sum((mass > target).to(tl.int32), 0)  # thresholds still below the boundary
             new_lo = lo + width * n_over.to(tl.float32)
             hi = tl.where(n_over < WAYS, lo + width * (n_over + 1).to(tl.float32), hi)
             lo = new_lo
         lo = tl.where(top_p >= 1.0, float("-inf"), lo)
         # the exponential race argmax(p / E), E = -log(U(token)), over the kept tokens
-        best = -1.0
-        tok = arg
+        best = tl.full([BLOCK], -1.0, tl.float32)
+        bi = tl.zeros([BLOCK], tl.int32)
         for c in range(0, V, BLOCK):
             idx = c + offs
             mask = idx < V
             x = tl.load(row + idx, mask=mask, other=float("-inf")).to(tl.float32)
             hx = _mix32(h ^ (idx.to(tl.uint32) * 0x27D4EB2F))
-            u = ((hx >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+            u = tl.minimum(((hx >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0), _U_MAX)  # as hash_uniform
             score = tl.where(mask & (x > lo), tl.exp((x - m) * inv_t) / -tl.log(u), -1.0)
-            cb = tl.max(score, 0)
-            cbi = tl.argmax(score, 0)
-            tok = tl.where(cb > best, c + cbi, tok)
-            best = tl.maximum(best, cb)
+            bi = tl.where(score > best, idx, bi)
+            best = tl.maximum(best, score)
+        top = tl.max(best, 0)
+        tok = tl.min(tl.where(best == top, bi, V), 0)
         tl.store(OUT + r, tl.where(temp > 0, tok, arg).to(tl.int64))
 
 
-# The kernel is bound by one row's serial passes (the time is the same from 1 to 128 rows), so few rows get wide
-# programs, many rows narrow ones. On an H200 inside CUDA graphs (tools/profile_decode.py --part nucleus,
-# 2026-11-30): 1..128 rows 155 us with 8,192-wide blocks and 32 warps (381 with 1,024 and 8 warps); 1,024 rows 1,037
-# us with 1,024 and 4 warps (1,903 with 8 warps). The eager sort path took 201 us at 1 row, 278 at 8, 1,056 at 128,
-# so the kernel serves every batch on GPUs. (The block width sets the order of its fp32 sums: a token exactly at the
-# nucleus boundary can, rarely, be kept at one batch size and dropped at another.)
-
-
-def launch_config(rows: int) -> tuple[int, int]:
-    """(block, warps) of the nucleus kernel for a batch of `rows`."""
-    if rows <= 160:
-        return 8192, 32
-    if rows < 512:
-        return 4096, 16
-    return 1024, 4
+# One program per row, bound by its serial passes over the row (the time is the same from 1 to 128 rows). Keeping
+# each pass's partials per lane and reducing once per pass took a step's sampling from 155 to 105 us at 1..128 rows
+# and from 1,037 to 866 us at 1,024 rows on an H200 inside CUDA graphs (tools/profile_decode.py --part nucleus,
+# 2026-11-30; 1,024-wide blocks with 32 warps were the fastest of 9 settings at every batch; the eager sort path:
+# 199 us at 1 row, 1,055 at 128). (The block width sets the order of the fp32 sums: a token exactly at the nucleus
+# boundary can, rarely, be kept at one setting and dropped at another.)
+GPU_LAUNCH = (1024, 32)  # (block, warps) on GPUs; Triton's CPU interpreter (tests) runs (1024, 8)
 
 
 def use_kernel(logits: torch.Tensor) -> bool:
@@ -151,7 +155,7 @@ def nucleus_sample(logits: torch.Tensor, ints: torch.Tensor, floats: torch.Tenso
     floats = floats if floats.stride(-1) == 1 else floats.contiguous()
     out = torch.empty(b, dtype=torch.int64, device=logits.device)
     if block is None or num_warps is None:
-        block, num_warps = launch_config(b) if logits.is_cuda else (1024, 8)
+        block, num_warps = GPU_LAUNCH if logits.is_cuda else (1024, 8)
     _nucleus_kernel[(b,)](logits, logits.stride(0), v, ints, ints.stride(0), floats, floats.stride(0), out,
                           BLOCK=block, WAYS=16, PASSES=passes, num_warps=num_warps)
     return out

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from llamakit.engine.api import MAX_EOS_IDS, MAX_LOGPROBS, MAX_STOP_IDS, SamplingParams, TokenLogprobs
-from llamakit.engine.nucleus import nucleus_keep_sorted, nucleus_sample, use_kernel
+from llamakit.engine.nucleus import U_MAX, nucleus_keep_sorted, nucleus_sample, use_kernel
 
 _M32 = 0xFFFFFFFF
 BAN = MAX_STOP_IDS + MAX_EOS_IDS  # ids banned while min_tokens is not reached: the tokenizer's stop ids +
@@ -46,7 +46,7 @@ def hash_uniform(seed: int | torch.Tensor, keys: torch.Tensor, steps: torch.Tens
     if samples is not None:
         row = torch.where(samples > 0, _mix32((row ^ (samples * 0x165667B1)) & _M32), row)
     x = _mix32((row[:, None] ^ (token_ids * 0x27D4EB2F)) & _M32)
-    return ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    return (((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))).clamp_(max=U_MAX)
 
 
 def _race(probs: torch.Tensor, idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
