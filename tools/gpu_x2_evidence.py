@@ -17,17 +17,21 @@ failure in one not stopping the others; results in $OUT/summary.json plus one lo
      slots of max_seq_len as that tree's own memory plan (memory.max_batch_that_fits) fits in the cap.
   d  `llamakit bench --preset 65b --mp 2 --quantize int8 --json` (must not end in "benchmark workers failed").
 
-Device command (from the checkout root, with the carried wheels (fairscale, pydantic) importable, e.g. through
-PYTHONPATH=/tmp/site:$PWD, which every command here keeps behind this checkout or the 6025c86 tree, and that tree
-at .before/):
+Device command (from the checkout root, the 6025c86 tree at .before/, the carried wheels (fairscale, pydantic)
+importable through the caller's PYTHONPATH, which every command here keeps behind this checkout or that tree; a
+`PYTHONPATH=$PWD` prefix on this line would drop them, and the before worker then fails on `import fairscale`):
 
-    NCCL_NVLS_ENABLE=0 PYTHONPATH=$PWD python3 tools/gpu_x2_evidence.py --out $OUT
+    export PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0
+    python3 tools/gpu_x2_evidence.py --out $OUT
 
 Estimated 8-9 minutes in all (a ~2, b ~2, c ~3, d ~2); --budget (560 s) ends every command in time for the
 summary to be written before the device's 10 minutes, and summary.json says which commands were skipped. If
-some were, run the rest in a second call (`--steps c,d`). If the fixed-slot engine runs out of memory at the
-slots its own plan allowed (it had no reserve for its CUDA graphs), that is in c's log; `--before-slots N` sets
-fewer. On CPU, `python tools/gpu_x2_evidence.py --dry --out /tmp/x2` runs every step
+some were, run the rest in a second call (`--steps c,d`; c alone: `--steps c --timeout-c 500`). If the
+fixed-slot engine runs out of memory at the slots its own plan allowed (it had no reserve for its CUDA graphs), it
+runs again at 80 % of them (twice at most), and c's log and summary say so; `--before-slots N` sets the first try's
+slots. A worker that fails prints one line naming its rank and error, then its traceback; step logs leave out
+torchrun's own traceback and ChildFailedError banner (one line names the ranks' exit codes instead), so the log's tail
+shows the worker's error. On CPU, `python tools/gpu_x2_evidence.py --dry --out /tmp/x2` runs every step
 end to end on tiny shapes (gloo, 2 processes) in a few minutes.
 """
 
@@ -89,14 +93,32 @@ class Step:
             os.killpg(p.pid, signal.SIGKILL)
             out, _ = p.communicate()
             self.note(f"TIMEOUT after {timeout:.0f} s (process group killed)")
-        lines = (out or "").splitlines()
-        errors = [ln for ln in lines[:-tail] if re.search(r"Error|Traceback|error:|Exception", ln)
-                  and "ChildFailedError" not in ln]
-        if errors:  # a worker's own error, before torchrun's banner fills the tail
+        lines = without_torchrun_banner((out or "").splitlines())
+        errors = [ln for ln in lines[:-tail] if re.search(r"Error|Traceback|error:|Exception|failed:", ln)]
+        if errors:  # errors printed early, before later output fills the tail
             self.note("error lines:\n" + "\n".join(errors[:20]) + "\n...")
         self.note("\n".join(lines[-tail:]))
         self.note(f"rc={p.returncode} in {time.monotonic() - t0:.1f} s\n")
         return subprocess.CompletedProcess(cmd, p.returncode, out or "", "")
+
+
+def without_torchrun_banner(lines: list[str]) -> list[str]:
+    """`lines` less torchrun's own traceback and ChildFailedError banner (~45 lines, which filled a log's tail and
+    hid the workers' errors), with one line in their place naming each failed rank's exit code."""
+    ends = [i for i, ln in enumerate(lines) if ln.startswith("torch.distributed.elastic.multiprocessing.errors."
+                                                              "ChildFailedError")]
+    if not ends:
+        return lines
+    end = ends[-1]
+    # torchrun's traceback is the last one before its exception line (a worker's own tracebacks come earlier)
+    start = max((i for i in range(end) if lines[i].startswith("Traceback (most recent call last)")), default=end)
+    rules = [i for i in range(end + 1, len(lines)) if re.fullmatch(r"=+", lines[i].strip())]
+    stop = rules[1] + 1 if len(rules) > 1 else len(lines)
+    banner = "\n".join(lines[end:stop])
+    codes = ", ".join(f"rank {r}: exit code {c}" for r, c in
+                      re.findall(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", banner))
+    return lines[:start] + [f"[torchrun: workers failed ({codes or 'no exit codes'}); its traceback and banner "
+                            "are left out of this log]"] + lines[stop:]
 
 
 def llamakit(*args: str) -> list[str]:
@@ -302,6 +324,7 @@ def step_b(step: Step, work: Path, args: argparse.Namespace) -> None:
 def step_c(step: Step, work: Path, args: argparse.Namespace) -> None:
     from llamakit.bench import BenchOptions, workload
 
+    end = time.monotonic() + args.timeout_c  # the before row gets whatever the after row leaves of the step's time
     util = str(args.utilization)
     tiny = ["--preset", "tiny", "--device", "cpu", "--prompts", "6"] if args.dry else ["--preset", "13b"]
     r = step.run(llamakit("bench", *tiny, "--mp", "2", "--workload", "dataset", "--gpu-memory-utilization", util,
@@ -318,24 +341,33 @@ def step_c(step: Step, work: Path, args: argparse.Namespace) -> None:
         return
     prompts, gens = workload(BenchOptions(workload="dataset", prompts=6 if args.dry else 1024))
     spec = work / "before-spec.json"
-    spec.write_text(json.dumps({"preset": "tiny" if args.dry else "13b", "mp": 2, "utilization": args.utilization,
-                                "device": "cpu" if args.dry else "cuda", "prompts": prompts, "gens": gens,
-                                "result": str(work / "before-result.json"), "slots": args.before_slots}))
     res = work / "before-result.json"
-    Path(f"{res}.slots").unlink(missing_ok=True)
-    for attempt in (1, 2):  # the fixed-slot engine had no reserve for its CUDA graphs: one retry with 80% slots
+    slots, planned = args.before_slots, None
+    for attempt in (1, 2, 3):  # the fixed-slot engine had no reserve for its CUDA graphs: 80 % of the slots on OOM
         res.unlink(missing_ok=True)
+        for old in work.glob("before-error.rank*.json"):
+            old.unlink()
+        spec.write_text(json.dumps({"preset": "tiny" if args.dry else "13b", "mp": 2, "utilization": args.utilization,
+                                    "device": "cpu" if args.dry else "cuda", "prompts": prompts, "gens": gens,
+                                    "result": str(res), "errors": str(work / "before-error"), "slots": slots}))
         r = step.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                       "127.0.0.1", "--master_port", str(free_port()), str(Path(__file__).resolve()),
-                      "--before-worker", str(spec)], args.timeout_c / 2, cwd=before, pythonpath=str(before))
-        if res.exists() or attempt == 2 or not Path(f"{res}.slots").exists():
+                      "--before-worker", str(spec)], end - time.monotonic(), cwd=before, pythonpath=str(before))
+        errors = [json.loads(f.read_text()) for f in sorted(work.glob("before-error.rank*.json"))]
+        tried = next((e["slots"] for e in errors if e["slots"]), None)
+        planned = planned or tried
+        if res.exists() or not any(e["oom"] for e in errors) or not tried or attempt == 3:
             break
-        tried = json.loads(Path(f"{res}.slots").read_text())["slots"]
-        step.note(f"the fixed-slot engine failed at {tried} slots; once more at {int(tried * 0.8)}")
-        spec.write_text(json.dumps({**json.loads(spec.read_text()), "slots": int(tried * 0.8)}))
-    step.result["before"] = json.loads(res.read_text()) if res.exists() else {"rc": r.returncode}
-    if res.exists() and attempt == 2:
-        step.result["before"]["note"] = f"its own plan's {tried} slots ran out of memory; measured at 80 %"
+        slots = max(1, int(tried * 0.8))
+        step.note(f"the fixed-slot engine ran out of memory at {tried} slots; again at {slots}")
+    if res.exists():
+        step.result["before"] = json.loads(res.read_text())
+        if attempt > 1:
+            step.result["before"]["note"] = (f"out of memory at its own plan's {planned} slots; measured at "
+                                             f"{step.result['before']['sequences_held']}")
+    else:  # the summary says why too, not only the log
+        step.result["before"] = {"rc": r.returncode, "attempts": attempt, "slots": tried,
+                                 "errors": [f"rank {e['rank']}: {e['error']}" for e in errors]}
 
 
 def free_port() -> int:
@@ -358,22 +390,48 @@ def last_json(text: str) -> dict | None:
 
 def before_worker(spec_path: str) -> None:
     """Runs under torchrun with the 6025c86 tree first on the path: its fixed-slot engine on the dataset workload,
-    capped to `utilization` of each GPU, with the slots its own memory plan fits in the cap."""
+    capped to `utilization` of each GPU, with the slots its own memory plan fits in the cap. A failure (imports
+    included) prints one line naming the rank and the error, then the traceback, and leaves
+    <errors>.rank<R>.json (error, whether out of memory, slots) for the retry and the summary."""
+    spec = json.loads(Path(spec_path).read_text())
+    rank = int(os.environ.get("RANK", 0))
+    cuda = spec["device"] == "cuda"
+    state: dict = {"slots": None}
+    try:
+        _before_run(spec, state)
+        code = 0
+    except Exception as e:  # imports included: the log must say why
+        import traceback
+
+        oom = type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+        line = f"{type(e).__name__}: {e}".splitlines()[0][:400] if str(e) else type(e).__name__
+        sys.stderr.write(f"before worker rank {rank} failed (slots {state['slots']}): {line}\n"
+                         + traceback.format_exc())  # one write: the two ranks' lines do not interleave
+        sys.stderr.flush()
+        Path(f"{spec['errors']}.rank{rank}.json").write_text(json.dumps({"rank": rank, "error": line, "oom": oom,
+                                                                          "slots": state["slots"]}))
+        code = 1
+    if cuda:  # NCCL inside captured CUDA graphs can hang the exit (6025c86's finish_and_exit): leave at once
+        sys.stdout.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _before_run(spec: dict, state: dict) -> None:
     import torch
     import torch.distributed as dist
 
     from llamakit.bench import BENCH_PRESETS, VOCAB, _engine, random_shard
-    from llamakit.distributed import finish_and_exit, init_model_parallel
+    from llamakit.distributed import init_model_parallel
     from llamakit.engine.api import EngineConfig, Request
     from llamakit.engine.engine import DTYPES
     from llamakit.memory import max_batch_that_fits
     from llamakit.model.llama import Transformer
 
-    spec = json.loads(Path(spec_path).read_text())
     cuda = spec["device"] == "cuda"
     local = int(os.environ.get("LOCAL_RANK", 0))
     if cuda:
-        torch.cuda.set_device(local)
+        torch.cuda.set_device(local)  # before the cap and NCCL: both act on the current device
         torch.cuda.set_per_process_memory_fraction(spec["utilization"], local)
     dist.init_process_group("nccl" if cuda else "gloo")
     init_model_parallel(spec["mp"])
@@ -386,9 +444,7 @@ def before_worker(spec_path: str) -> None:
     cap = int(spec["utilization"] * total)
     slots = spec.get("slots") or (max(1, max_batch_that_fits(cfg, VOCAB, spec["mp"], dtype_name, seq, cap, cap=4096))
                                   if cuda else 8)
-    slots = min(slots, len(prompts))
-    if dist.get_rank() == 0:
-        Path(f"{spec['result']}.slots").write_text(json.dumps({"slots": slots}))
+    slots = state["slots"] = min(slots, len(prompts))
     ecfg = EngineConfig(max_seq_len=seq, max_batch_size=slots, dtype=dtype_name, device=device.type,
                         temperature=0.6, top_p=0.9)
     dtype = DTYPES[dtype_name]
@@ -415,7 +471,8 @@ def before_worker(spec_path: str) -> None:
             "gpu_memory_utilization": spec["utilization"], "cap_gib": round(cap / 2**30, 2),
             "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
             "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__}))
-    finish_and_exit(0, device.type)
+    if not cuda:
+        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------- d: 65B int8 at MP=2
