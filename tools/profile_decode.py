@@ -2,7 +2,7 @@
 the 7B decode step at batch 1 / 128 / 1,024 and of a standard-workload prefill (int8b1: the int8 step at batch 1), the
 decode-attention and rotary kernels' achieved bandwidth per launch configuration, and the sampling step's cost.
 
-    python3 tools/profile_decode.py [--preset 7b] [--part all|step,attn,rope,gemv,nucleus,sample,int8b1] > profile.txt
+    python3 tools/profile_decode.py [--preset 7b] [--part all|step,attn,rope,gemv,mm,nucleus,sample,int8b1] > profile.txt
 
 Random weights of the bench preset (llamakit.bench), KV lengths as in the standard workload halfway through its
 256 tokens (batch 128) and as the dataset workload holds them (batch 1,024). Numbers are for reading, not for the docs:
@@ -295,6 +295,39 @@ def part_gemv() -> None:
           flush=True)
 
 
+def part_mm(rows: tuple[int, ...] = (128, 256)) -> None:
+    """The decode step's bf16 matmuls at 128+ rows: cuBLAS on the stored [N, K] weight (what linear runs), cuBLAS on a
+    [K, N] copy, and the Triton tl.dot kernel of int8_kernels reading the 16-bit weight (scale 1), inside CUDA graphs.
+    Each call reads another copy of the matrix (>= 200 MB in all), so the 50 MB L2 does not hold it between calls."""
+    from llamakit.model.int8_kernels import CONFIGS, int8_matmul
+
+    shapes = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2": (4096, 11008)}
+    for m in rows:
+        for name, (n, k) in shapes.items():
+            copies = max(2, -(-200_000_000 // (n * k * 2)))
+            ws = [torch.randn((n, k), dtype=torch.bfloat16, device="cuda") * 0.02 for _ in range(copies)]
+            wts = [w.t().contiguous() for w in ws]
+            one = torch.ones(n, dtype=torch.float32, device="cuda")
+            x = torch.randn((m, k), dtype=torch.bfloat16, device="cuda")
+            ref = torch.nn.functional.linear(x, ws[0]).float()
+            mb = n * k * 2 / 1e6
+            row = {"part": "mm", "rows": m, "matrix": name, "MB": round(mb, 1)}
+            cands = {"cublas_nk": lambda w, wt: torch.nn.functional.linear(x, w),
+                     "cublas_kn": lambda w, wt: torch.mm(x, wt)}
+            for c in ("dot_n64_k128_w4_s4", "dot_n64_k128_w4_s4_skauto", "dot_n32_k128_w4_s4_skauto"):
+                cands[c] = lambda w, wt, c=c: int8_matmul(x, w, one, CONFIGS[c])
+            for cname, fn in cands.items():
+                try:
+                    err = (fn(ws[0], wts[0]).float() - ref).abs().max().item()
+                    ms = graph_ms(lambda: [fn(w, wt) for w, wt in zip(ws, wts)], calls=2) / copies
+                    row[cname] = {"us": round(ms * 1000, 1), "TB/s": round(mb / ms / 1e3, 2), "err": round(err, 3)}
+                except Exception as e:  # a candidate that does not run is a finding, not a stop
+                    row[cname] = str(e)[:80]
+            print(json.dumps(row), flush=True)
+            del ws, wts
+            torch.cuda.empty_cache()
+
+
 def part_nucleus(vocab: int = 32000) -> None:
     """The sampling step by batch inside CUDA graphs: the eager sort path against the nucleus kernel per (block,
     warps); both pick the same tokens here (checked)."""
@@ -355,7 +388,8 @@ def main() -> None:
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     init_model_parallel(1)
     torch.cuda.set_device(0)
-    parts = (("rope", part_rope), ("gemv", part_gemv), ("nucleus", part_nucleus), ("sample", part_sample),
+    parts = (("rope", part_rope), ("gemv", part_gemv), ("mm", part_mm), ("nucleus", part_nucleus),
+             ("sample", part_sample),
              ("attn", part_attn),
              ("step", lambda: part_step(build(a.preset))),
              ("int8b1", lambda: part_step(build(a.preset, "int8"), (1,), prefill=False)))
