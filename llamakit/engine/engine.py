@@ -74,11 +74,11 @@ class BatchEngine:
             step: Launched | None = launched
             while step is not None:  # while the batch stays, step N+1 runs while step N's tokens are recorded
                 t0 = time.perf_counter()
-                plan = sched.chain_rows(step.rows)
-                nxt = self.runner.chain(step, *plan) if plan is not None else None
+                rows = sched.chain_rows(step.rows)
+                nxt = self.runner.chain(step, rows) if rows is not None else None
                 if nxt is not None:
                     tl.steps += 1
-                    tl.rows += len(nxt.rows)
+                    tl.rows += len(rows)
                 t1 = time.perf_counter()
                 tokens = self.runner.result(step)
                 t2 = time.perf_counter()

@@ -47,8 +47,6 @@ class GraphDecoder:
         # two of each host buffer a launch copies from or into: step N+1 is staged while step N may still run
         self.table_staging = host((2, n, max_blocks), torch.int32)
         self.live_staging = host((2, n), torch.int64)
-        self.moved = torch.zeros(n, dtype=torch.int64, device=dev)  # a compacted chain: new row i <- row moved[i]
-        self.moved_staging = host((2, n), torch.int64)
         self.results = host((2, n), torch.int64)
         self.events = [torch.cuda.Event() if pin else None for _ in range(2)]
         self._k = 0
@@ -137,24 +135,13 @@ class GraphDecoder:
         out = self(table, tokens, pos, mode)
         return self._collect(out, len(tokens))
 
-    def chain(self, table: torch.Tensor, live: list[int], mode: str,
-              moved: list[int] | None = None) -> tuple[int, int]:
+    def chain(self, table: torch.Tensor, live: list[int], mode: str) -> tuple[int, int]:
         """Launch the next step of the same rows from the inputs the last step left on the device (its tokens, the
         next positions and step counts). `table`: the bucket's host block table (finished rows point at scratch);
         `live`: 1 for rows still running, 0 for rows whose sequence finished (their position is reset to 0, so
-        they read one scratch position). `moved` (compacted rows): new row i takes the inputs and sampling settings
-        of row moved[i], gathered on the device behind the step in flight. Returns a handle for `result`."""
+        they read one scratch position). Returns a handle for `result`."""
         b = table.shape[0]
         self._stage_table(table, b, live)
-        if moved is not None:
-            ms = self.moved_staging[self._k]
-            ms[:b] = 0  # padding rows copy row 0; live 0 sends them to the scratch block
-            ms[:len(moved)] = torch.tensor(moved, dtype=torch.int64)
-            self.moved[:b].copy_(ms[:b], non_blocking=True)
-            idx = self.moved[:b]
-            self.inputs[:, :b] = self.inputs.index_select(1, idx)
-            self.rows.ints[:, :b] = self.rows.ints.index_select(1, idx)
-            self.rows.floats[:, :b] = self.rows.floats.index_select(1, idx)
         self.inputs[1, :b].mul_(self.live[:b])
         return self._collect(self._replay(mode, b), len(live))
 

@@ -132,17 +132,13 @@ class ModelRunner:
         handle = self.graphs.launch(table, [s.generated[-1] for s in seqs], [s.next_pos for s in seqs], mode)
         return Launched(list(seqs), mode, b, handle)
 
-    def chain(self, step: Launched, rows: list[Sequence | None], moved: list[int] | None = None) -> Launched:
-        """Launch the step after `step` (Scheduler.chain_rows: None for finished rows) before `step`'s tokens are
-        read: its inputs are what `step` left on the device. `moved`: new row i continues row moved[i] of `step`
-        (rows compacted); the step then runs in the bucket of its own rows."""
+    def chain(self, step: Launched, rows: list[Sequence | None]) -> Launched:
+        """Launch the step after `step` on the same rows (Scheduler.chain_rows: None for finished rows) before
+        `step`'s tokens are read: its inputs are what `step` left on the device."""
         assert self.graphs is not None
-        b = step.bucket if moved is None else self.graphs.bucket(len(rows))
-        if moved is not None:
-            self.rows.move(moved, b)
-        table = self.tables.update(rows, b)
-        handle = self.graphs.chain(table, [0 if s is None else 1 for s in rows], step.mode, moved)
-        return Launched(rows, step.mode, b, handle)
+        table = self.tables.update(rows, step.bucket)
+        handle = self.graphs.chain(table, [0 if s is None else 1 for s in rows], step.mode)
+        return Launched(rows, step.mode, step.bucket, handle)
 
     def result(self, step: Launched) -> list[int]:
         """The launched step's token per row (waits for that step only)."""

@@ -173,19 +173,6 @@ class SamplingBuffers:
                     ni[len(INT_ROWS):, i] = ban + [ban[0]] * (BAN - len(ban))
         return _MODE_NAMES[mode]
 
-    def move(self, moved: list[int], b: int) -> None:
-        """Rows compacted between chained steps (GraphDecoder.chain moves the device rows): new row i holds what row
-        moved[i] held, so the host rows and their owners follow their sequences (rows len(moved)..b-1: padding)."""
-        idx = torch.tensor(moved, dtype=torch.int64)
-        n = len(moved)
-        self.host_i[:, :n] = self.host_i[:, idx]
-        self.host_f[:, :n] = self.host_f[:, idx]
-        for name in ("owner", "mode", "min_tokens", "params"):
-            old = getattr(self, name)
-            old[:n] = [old[j] for j in moved]
-        for i in range(n, b):  # padding: rewritten when a sequence next takes the row
-            self.owner[i], self.mode[i], self.min_tokens[i] = -1, 0, 0
-
     def upload(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Copy rows 0..b-1 to the device (asynchronously on GPUs); rows past the batch hold stale settings, which
         only padding rows read."""

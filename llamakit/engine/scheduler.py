@@ -65,7 +65,6 @@ class Scheduler:
         self._order = itertools.count()
         self.preemptions = 0
         self.chained = 0  # decode steps launched before the previous step's tokens were read (chain_rows)
-        self.chain_compactions = 0  # of those, steps whose rows were compacted first
         self.peak_running = 0
         self.peak_tokens = 0
 
@@ -149,33 +148,22 @@ class Scheduler:
         self.peak_tokens = max(self.peak_tokens, sum(s.next_pos + 1 for s in running))
         return running
 
-    def chain_rows(self, rows: list[Sequence | None]) -> tuple[list[Sequence | None], list[int] | None] | None:
+    def chain_rows(self, rows: list[Sequence | None]) -> list[Sequence | None] | None:
         """The rows of a step launched before the tokens of the step in flight on `rows` are read (engine.graphs
-        chain): the same sequences, less those that end by length with the token in flight (None: a finished row,
-        which computes on a scratch position), and `moved`: None when every row keeps its place; when more than 1/32
-        of the rows are finished, the rows are compacted first (as `compact` does at a launch) and `moved[i]` is the
-        row of `rows` that new row i comes from, so the step's device inputs follow their sequences. None when the
-        batch should change first: a waiting sequence can be admitted, or a sequence cannot get its next block."""
+        chain): the same rows, less the sequences that end by length with the token in flight (None: a finished
+        row, which computes on a scratch position). None when the batch should change first: a waiting sequence
+        can be admitted, more than 1/32 of the rows are finished, or a sequence cannot get its next block."""
         nxt = [s if s is not None and len(s.generated) + 1 < s.max_new else None for s in rows]
         live = [s for s in nxt if s is not None]
-        if not live or self._can_admit():
+        if not live or 32 * (len(nxt) - len(live)) > len(nxt) or self._can_admit():
             return None
         for s in live:  # the chained step writes the position after the token in flight
             if not self.blocks.grow(s.blocks, s.next_pos + 2):
                 return None
-        moved = None
-        if 32 * (len(nxt) - len(live)) > len(nxt):
-            ending = {id(s) for s, n in zip(rows, nxt) if s is not None and n is None}
-            before = {id(s): s.slot for s in rows if s is not None}
-            self.compact()  # sequences ending with the token in flight keep a row until it is recorded
-            held = self.running
-            moved = [before[id(s)] for s in held]
-            nxt = [None if id(s) in ending else s for s in held]
-            self.chain_compactions += 1
         self.peak_running = max(self.peak_running, len(live))
         self.peak_tokens = max(self.peak_tokens, sum(s.next_pos + 2 for s in live))
         self.chained += 1
-        return nxt, moved
+        return nxt
 
     def _can_admit(self) -> bool:
         if not self.queue or all(s is not None for s in self.slots):
