@@ -51,9 +51,12 @@ def init_model_parallel(mp: int) -> None:
 
 
 def finish_and_exit(code: int, device: str) -> None:
-    """End a worker process. On GPUs, NCCL communicators used inside captured CUDA graphs hang in
-    destroy_process_group / at interpreter exit (seen on 2x H200 with MP=2, 2026-11-24: all rows written, then
-    no exit), so after flushing, a GPU worker leaves with os._exit; outputs are already closed and fsynced."""
+    """End a worker process: its outputs are already closed and fsynced, so after flushing it leaves with os._exit,
+    skipping the interpreter's teardown. On GPUs that teardown hangs: NCCL communicators used inside captured CUDA
+    graphs hang in destroy_process_group / at interpreter exit (seen on 2x H200 with MP=2, 2026-11-24: all rows
+    written, then no exit). On CPU the teardown (Python's last garbage collections over torch's objects) made every
+    run wait ~0.3-0.5 s after its last row (2026-11-30, 2 cores); the gloo process group, which does not hang, is
+    still destroyed first."""
     import logging
     import os
     import sys
@@ -63,7 +66,6 @@ def finish_and_exit(code: int, device: str) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-        sys.exit(code)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

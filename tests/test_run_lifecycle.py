@@ -314,3 +314,15 @@ def test_a_plain_progress_line_is_due_at_each_tenth_of_the_rows_and_every_30_s()
     assert [t for t in (10.0, 29.0, 31.0, 45.0, 62.0) if slow.update(1, 8, now=t).due] == [31.0, 62.0]
     last = slow.update(1, 8, now=62.5)
     assert "ETA" in last.line() and "tok/s last minute" in last.line()
+
+
+def test_the_launcher_notices_that_torchrun_ended_at_once_not_a_poll_later():
+    from llamakit.run.supervise import _sleep_unless_exits
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    t = time.monotonic()
+    _sleep_unless_exits(proc, 60.0)
+    assert time.monotonic() - t < 20 and proc.wait(timeout=5) == 0  # the process's end, not the 60 s
+    t = time.monotonic()
+    _sleep_unless_exits(proc, 60.0)  # already ended and reaped: no wait either
+    assert time.monotonic() - t < 5

@@ -212,13 +212,18 @@ def describe_gpu(g: GpuInfo) -> str:
     return f"{g.index}: {g.name}, {fmt_gib(g.total_bytes)}{cc}"
 
 
+# How often torchrun checks its workers: after the last worker exits, torchrun (and so the run) ends up to this much
+# later, and a failed rank's peers are stopped that much later. torchrun's own default; each check is a waitpid.
+MONITOR_INTERVAL_S = 0.1
+
+
 def torchrun_argv(plan: Plan, plan_file: Path, module: str = "llamakit.run.worker") -> list[str]:
     """The exact torchrun command (argv list, never a shell string) that starts every rank of this plan (of this
     node's ranks, in a run over several nodes; `module`: the worker, llamakit.score.worker for `llamakit score`)."""
     return [sys.executable, "-m", "torch.distributed.run",
             *torchrun_node_args(Nodes.from_dict(getattr(plan, "nodes", None)),  # score's plan: one node
                                 getattr(plan, "nproc_per_node", 0) or plan.nproc, plan.master_port),
-            "--max_restarts", "0", "--monitor_interval", "0.5",
+            "--max_restarts", "0", "--monitor_interval", str(MONITOR_INTERVAL_S),
             "-m", module, str(plan_file)]
 
 

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -215,6 +216,28 @@ def _generation_began(run_dir: Path) -> float | None:
     return min(times) if times else None
 
 
+def _sleep_unless_exits(proc: subprocess.Popen, seconds: float) -> None:
+    """Sleep up to `seconds`, but return as soon as `proc` exits: the run ends when torchrun does, not up to a poll
+    later. Ctrl-C raises KeyboardInterrupt here at once, as in time.sleep (Popen.wait would first wait up to 0.25 s
+    for the child, and a second Ctrl-C in that time would not reach _stop's kill-at-once handler)."""
+    if proc.returncode is not None:  # reaped already: its pid may be another process's by now
+        return
+    if hasattr(os, "pidfd_open"):  # Linux: the pid's file descriptor becomes readable when it exits
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except OSError:  # a kernel without pidfd: poll instead
+            pass
+        else:
+            try:
+                select.select([fd], [], [], seconds)
+            finally:
+                os.close(fd)
+            return
+    deadline = time.monotonic() + seconds
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0.5, tracker: Tracker | None = None,
           status: StatusFile | None = None, signals: Signals | None = None) -> int:
     """Start torchrun for the plan, follow the output until it exits; returns torchrun's exit code (the last
@@ -254,7 +277,7 @@ def spawn(setup: Setup, on_progress: ProgressFn | None = None, poll_s: float = 0
                         status.update(prog, phase=prog.phase)
                     if rc is not None:
                         return rc
-                    time.sleep(poll_s)
+                    _sleep_unless_exits(proc, poll_s)
             except KeyboardInterrupt:  # Ctrl-C reaches only the launcher: torchrun runs in a session of its own
                 raise _stop(proc, plan, "interrupted (Ctrl-C)") from None
     finally:
