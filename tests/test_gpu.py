@@ -31,6 +31,29 @@ def test_decode_attention_bf16(batch, h, hkv, splits):
     assert _rel(got, K.decode_attention_eager(q.float(), k.float(), v.float(), table, lens)) < 1e-2
 
 
+@pytest.mark.parametrize("h,hkv", [(32, 32), (64, 8)])
+def test_packed_prefill_varlen_attention_equals_padded_sdpa(h, hkv):
+    """The packed prefill's flash varlen attention sees each sequence's tokens (rounding padding included) as the
+    right-padded causal SDPA does."""
+    from llamakit.model.llama import Packing, _varlen_causal
+
+    varlen = _varlen_causal()
+    if varlen is None:
+        pytest.skip("this torch has no torch.nn.attention.varlen")
+    torch.manual_seed(0)
+    lengths = torch.tensor([37, 1, 120, 64, 5], device="cuda")
+    pack = Packing(lengths, 128, 32)
+    n, d = pack.index.shape[0], 128
+    q = torch.randn(n, h, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(n, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    got = varlen(q, k, v, pack.cu_seqlens, pack.t)
+    want = pack.unpad(torch.nn.functional.scaled_dot_product_attention(
+        pack.pad(q), pack.pad(k), pack.pad(v), is_causal=True, enable_gqa=hkv != h)).view(n, h, d)
+    real = (pack.pos < lengths[pack.rows])  # the rounding's padding tokens: garbage either way, never read
+    assert _rel(got[real], want[real]) < 1e-2
+
+
 def test_norm_and_rope_bf16():
     torch.manual_seed(0)
     h = torch.randn(7, 4096, device="cuda", dtype=torch.bfloat16)

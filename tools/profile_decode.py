@@ -2,7 +2,7 @@
 the 7B decode step at batch 1 / 128 / 1,024 and of a standard-workload prefill (int8b1: the int8 step at batch 1), the
 decode-attention and rotary kernels' achieved bandwidth per launch configuration, and the sampling step's cost.
 
-    python3 tools/profile_decode.py [--preset 7b] [--part all|step,attn,rope,gemv,mm,nucleus,sample,int8b1] > profile.txt
+    python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,gaps,attn,rope,gemv,mm,nucleus,sample,int8b1] > profile.txt
 
 Random weights of the bench preset (llamakit.bench), KV lengths as in the standard workload halfway through its
 256 tokens (batch 128) and as the dataset workload holds them (batch 1,024). Numbers are for reading, not for the docs:
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import time
 
 import torch
 import torch.distributed as dist
@@ -107,7 +108,7 @@ def build(preset: str, quantize: str = "none") -> Transformer:
     return model
 
 
-def part_step(model: Transformer, batches: tuple[int, ...] = (1, 128, 1024), prefill: bool = True) -> None:
+def part_step(model: Transformer, batches: tuple[int, ...] = (1, 128, 1024)) -> None:
     """Profile decode_fast + sample_step eagerly (the kernels a graph replays) and time the graph-free step."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -150,9 +151,16 @@ def part_step(model: Transformer, batches: tuple[int, ...] = (1, 128, 1024), pre
             print("   ", json.dumps(r))
         del cache, g
         torch.cuda.empty_cache()
-    if not prefill:
-        return
-    # a prefill step of the standard workload's first 48 prompts (8,192 padded tokens), profiled
+
+
+def part_prefill(model: Transformer) -> None:
+    """A prefill step of the standard workload's first 48 prompts (4,608 padded tokens), profiled; timed with the
+    flash varlen attention on the packed tokens and with SDPA on their right-padded copy."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from llamakit.model import llama
+
+    cfg = model.cfg
     prompts = standard_prompts(128)
     group = sorted(prompts, key=len)[:48]
     t = max(len(p) for p in group)
@@ -164,17 +172,104 @@ def part_step(model: Transformer, batches: tuple[int, ...] = (1, 128, 1024), pre
     table, n_blocks = paged_table([t] * len(group))
     cache = KVCache(cfg.n_layers, n_blocks, PAGE, cfg.kv_heads, cfg.head_dim, torch.bfloat16, "cuda")
     tokens, lengths = tokens.cuda(), torch.tensor(lens, device="cuda")
+    varlen = llama._varlen_causal
+    try:
+        llama._varlen_causal = lambda: None
+        padded_ms = cuda_ms(lambda: model.prefill(tokens, lengths, table, cache), reps=5)
+        padded_logits = model.prefill(tokens, lengths, table, cache)
+    finally:
+        llama._varlen_causal = varlen
     ms = cuda_ms(lambda: model.prefill(tokens, lengths, table, cache), reps=5)
+    logits = model.prefill(tokens, lengths, table, cache)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         model.prefill(tokens, lengths, table, cache)
         torch.cuda.synchronize()
-    flops = 2 * sum(p.numel() for p in model.parameters()) * len(group) * t
-    print(json.dumps({"part": "prefill", "rows": len(group), "padded_len": t, "real_tokens": sum(lens), "ms": round(ms, 2),
-                      "tflops_padded": round(flops / ms / 1e9, 1)}), flush=True)
+    flops = 2 * sum(p.numel() for p in model.parameters()) * sum(lens)
+    print(json.dumps({"part": "prefill", "rows": len(group), "padded_len": t, "real_tokens": sum(lens),
+                      "varlen": varlen() is not None, "ms": round(ms, 2), "padded_sdpa_ms": round(padded_ms, 2),
+                      "tflops_real": round(flops / ms / 1e9, 1),
+                      "top1_same": (logits.argmax(-1) == padded_logits.argmax(-1)).float().mean().item()}),
+          flush=True)
     for r in top_kernels(prof):
         print("   ", json.dumps(r))
     del cache
     torch.cuda.empty_cache()
+
+
+def part_overlap(model: Transformer, rows: tuple[int, ...] = (256, 512)) -> None:
+    """Do decode attention (bound by memory) and the matmuls (bound by compute at these rows) overlap on two streams?
+    32 layers of each for `rows` rows (dataset-workload KV lengths), timed alone, one after the other on one stream,
+    and on two streams launched layer by layer (no priority, matmuls first, attention first), free or in lockstep
+    (both streams joined after each layer, as a two-half pipelined step would be)."""
+    import torch.nn.functional as F
+
+    cfg = model.cfg
+    h, d = cfg.n_heads, cfg.head_dim
+    for m in rows:
+        lens = lengths_for(1024)[:m]
+        table, n_blocks = paged_table(lens)
+        kc = torch.randn((n_blocks, h, PAGE, d), dtype=torch.bfloat16, device="cuda")
+        vc = torch.randn_like(kc)
+        q = torch.randn((m, h, d), dtype=torch.bfloat16, device="cuda")
+        lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        order = kernels.longest_first(lengths)
+        x = torch.randn((m, cfg.dim), dtype=torch.bfloat16, device="cuda")
+        hidden = model.layers[0].feed_forward.hidden_local
+
+        def attn(_layer: int) -> None:
+            kernels.decode_attention(q, kc, vc, table, lengths, order=order)
+
+        def mm(layer: int) -> None:
+            blk = model.layers[layer]
+            F.linear(x, blk.attention.wqkv.weight)
+            F.linear(x, blk.attention.wo.weight)
+            g = kernels.silu_mul(F.linear(x, blk.feed_forward.w13.weight), hidden)
+            F.linear(g, blk.feed_forward.w2.weight)
+
+        def run(mode: str, prio: str = "none", lockstep: bool = False) -> float:
+            hi, lo = torch.cuda.Stream(priority=-1), torch.cuda.Stream(priority=0)
+            s_attn, s_mm = (hi, lo) if prio == "attn" else (lo, hi) if prio == "mm" else (lo, torch.cuda.Stream())
+            main = torch.cuda.current_stream()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            for rep in range(2):  # the first round warms up
+                torch.cuda.synchronize()
+                a.record(main)
+                s_attn.wait_stream(main)
+                s_mm.wait_stream(main)
+                for layer in range(cfg.n_layers):
+                    if mode == "attn":
+                        attn(layer)
+                    elif mode == "mm":
+                        mm(layer)
+                    elif mode == "serial":
+                        attn(layer)
+                        mm(layer)
+                    else:
+                        with torch.cuda.stream(s_attn):
+                            attn(layer)
+                        with torch.cuda.stream(s_mm):
+                            mm(layer)
+                        if lockstep:
+                            s_attn.wait_stream(s_mm)
+                            s_mm.wait_stream(s_attn)
+                main.wait_stream(s_attn)
+                main.wait_stream(s_mm)
+                b.record(main)
+                torch.cuda.synchronize()
+            return a.elapsed_time(b)
+
+        out = {"part": "overlap", "rows": m, "kv_tokens": sum(lens)}
+        for name, args in (("attn", ("attn",)), ("mm", ("mm",)), ("serial", ("serial",)),
+                           ("two_streams", ("two",)), ("two_streams_mm_first", ("two", "mm")),
+                           ("two_streams_attn_first", ("two", "attn")),
+                           ("lockstep", ("two", "none", True)), ("lockstep_mm_first", ("two", "mm", True))):
+            with torch.inference_mode():
+                out[name + "_ms"] = round(run(*args), 3)
+        out["overlap_saved_pct"] = round(100 * (1 - min(v for k, v in out.items() if k.startswith(("two", "lock")))
+                                                / out["serial_ms"]), 1)
+        print(json.dumps(out), flush=True)
+        del kc, vc
+        torch.cuda.empty_cache()
 
 
 def part_attn(h: int = 32, d: int = 128) -> None:
@@ -380,6 +475,52 @@ def part_sample(vocab: int = 32000) -> None:
         print(json.dumps(out), flush=True)
 
 
+def part_gaps(model: Transformer) -> None:
+    """Where a standard-workload run (128 prompts, 256 tokens, as `llamakit bench` runs it) leaves the GPU idle: the
+    kernels' busy time against the wall time, from prefill to the last token, and the largest idle gaps with the
+    kernels on either side. CUPTI's tracing adds its own microseconds per kernel: read gaps against each other."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from llamakit.bench import sampling_params, BenchOptions
+    from llamakit.engine.api import EngineConfig, Request
+    from llamakit.engine.engine import engine_for_model
+
+    opts = BenchOptions(prompts=128)
+    prompts = standard_prompts(128)
+    params, _ = sampling_params(opts)
+    ecfg = EngineConfig(max_seq_len=max(len(p) for p in prompts) + 256, max_batch_size=128, dtype="bf16",
+                        device="cuda", temperature=0.6, top_p=0.9, graph_modes=("sample",))
+    engine = engine_for_model(model, ecfg, 128, eos_ids=())
+    list(engine.generate([Request(10_000 + i, p[:32], 8, params=params) for i, p in enumerate(prompts[:8])]))
+    torch.cuda.synchronize()
+    reqs = [Request(i, p, 256, params=params) for i, p in enumerate(prompts)]
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        n = sum(len(c.tokens) for c in engine.generate(reqs))
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    kern = sorted(((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                   if e.device_type.name == "CUDA"), key=lambda r: r[0])
+    busy, gaps, end, prev = 0.0, [], kern[0][0], kern[0][2]
+    for start, stop, name in kern:
+        if start > end:
+            gaps.append((start - end, prev[:60], name[:60]))
+        if stop > end:
+            busy += stop - max(start, end)
+            end, prev = stop, name
+    span = end - kern[0][0]
+    gaps.sort(reverse=True)
+    sizes = [g[0] for g in gaps]
+    print(json.dumps({"part": "gaps", "tokens": n, "wall_s": round(wall, 3), "tok_s": round(n / wall, 1),
+                      "gpu_span_ms": round(span / 1000, 1), "gpu_busy_ms": round(busy / 1000, 1),
+                      "idle_ms": round((span - busy) / 1000, 1), "gaps": len(gaps),
+                      "idle_over_20us_ms": round(sum(g for g in sizes if g > 20) / 1000, 1),
+                      "idle_2_20us_ms": round(sum(g for g in sizes if 2 < g <= 20) / 1000, 1),
+                      "timeline": engine.timeline.as_dict()}), flush=True)
+    for g in gaps[:25]:
+        print("   ", json.dumps({"gap_us": round(g[0], 1), "after": g[1], "before": g[2]}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="7b")
@@ -392,7 +533,10 @@ def main() -> None:
              ("sample", part_sample),
              ("attn", part_attn),
              ("step", lambda: part_step(build(a.preset))),
-             ("int8b1", lambda: part_step(build(a.preset, "int8"), (1,), prefill=False)))
+             ("prefill", lambda: part_prefill(build(a.preset))),
+             ("overlap", lambda: part_overlap(build(a.preset))),
+             ("gaps", lambda: part_gaps(build(a.preset))),
+             ("int8b1", lambda: part_step(build(a.preset, "int8"), (1,))))
     for name, fn in parts:
         if a.part == "all" or name in a.part.split(","):
             try:

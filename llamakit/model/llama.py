@@ -11,6 +11,8 @@ For scoring, `hidden` runs whole texts without a KV cache and `logits_shard` giv
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -47,6 +49,28 @@ def _prefill_backends(device: torch.device):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+@functools.lru_cache(maxsize=1)
+def _varlen_causal() -> Callable | None:
+    """torch's flash attention over packed variable-length sequences, causal (torch >= 2.10), or None. A packed
+    prefill then attends on its real tokens as they are: the right-padded copy for SDPA (a zero fill, an index
+    copy there and a gather back) took 6.1 of a 48-prompt prefill's 67.6 ms (H200, 2026-11-30)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    causal = ({"window_size": (-1, 0)} if "window_size" in params  # torch >= 2.11
+              else {"is_causal": True} if "is_causal" in params else None)  # torch 2.10
+    if causal is None:
+        return None
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, longest: int) -> torch.Tensor:
+        gqa = {"enable_gqa": True} if "enable_gqa" in params and k.shape[1] != q.shape[1] else {}
+        return varlen_attn(q, k, v, cu, cu, longest, longest, **causal, **gqa)
+
+    return attend
 
 
 class RMSNorm(nn.Module):
@@ -136,6 +160,10 @@ class Packing:
         self.rows = self.index // t
         self.pos = self.index % t
         self.last = torch.searchsorted(self.index, torch.arange(self.b, device=lengths.device) * t + lengths - 1)
+        # each sequence's tokens in `index` are its positions 0..n_b-1 (the rounding takes the padding positions
+        # right after a sequence's real ones), so they are also the segments of a varlen attention
+        self.cu_seqlens = torch.searchsorted(self.index, torch.arange(self.b + 1, device=lengths.device) * t
+                                             ).to(torch.int32)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         out = x.new_zeros((self.b * self.t,) + tuple(x.shape[1:])).index_copy_(0, self.index, x)
@@ -179,12 +207,17 @@ class Attention(nn.Module):
 
     def prefill_packed(self, x, pack: "Packing", cos, sin, cache: KVCache, table: torch.Tensor) -> torch.Tensor:
         """The real tokens of several sequences x [N, dim] (no padding: the matmuls see only them), stored in their
-        cache blocks; causal attention per sequence on a right-padded [B, T] layout of q/k/v (pack.index)."""
+        cache blocks; causal attention per sequence: on GPUs torch's flash varlen attention on the packed tokens,
+        elsewhere SDPA on a right-padded [B, T] layout of q/k/v (pack.index)."""
         n = x.shape[0]
         qkv = linear(x, self.wqkv)
         q, k = kernels.rope_packed(qkv, pack.pos, pack.rows, cos, sin, cache.k[self.layer_id], cache.v[self.layer_id],
                                    table, self.n_heads, self.n_kv)
         v = qkv[:, (self.n_heads + self.n_kv) * self.head_dim:].reshape(n, self.n_kv, self.head_dim)
+        varlen = _varlen_causal() if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) else None
+        if varlen is not None:
+            o = varlen(q, k, v, pack.cu_seqlens, pack.t)
+            return self.wo(o.reshape(n, -1))
         with _prefill_backends(x.device):
             o = F.scaled_dot_product_attention(pack.pad(q), pack.pad(k), pack.pad(v), is_causal=True,
                                                enable_gqa=self.n_kv != self.n_heads)
