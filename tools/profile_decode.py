@@ -2,7 +2,7 @@
 the 7B decode step at batch 1 / 128 / 1,024 and of a standard-workload prefill (int8b1: the int8 step at batch 1), the
 decode-attention and rotary kernels' achieved bandwidth per launch configuration, and the sampling step's cost.
 
-    python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,gaps,attn,rope,gemv,mm,nucleus,sample,int8b1] > profile.txt
+    python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,gaps,tunable,attn_layers,attn,rope,gemv,mm,nucleus,sample,int8b1] > profile.txt
 
 Random weights of the bench preset (llamakit.bench), KV lengths as in the standard workload halfway through its
 256 tokens (batch 128) and as the dataset workload holds them (batch 1,024). Numbers are for reading, not for the docs:
@@ -423,6 +423,91 @@ def part_mm(rows: tuple[int, ...] = (128, 256)) -> None:
             torch.cuda.empty_cache()
 
 
+def part_tunable(rows: tuple[int, ...] = (128, 1024)) -> None:
+    """cuBLAS's own pick against PyTorch TunableOp's (every cuBLASLt algorithm timed on the shape, rotating buffers so
+    the L2 does not hold the matrix) for the step's bf16 matmuls, inside CUDA graphs, each call on another copy."""
+    import torch.cuda.tunable as tunable
+
+    shapes = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2": (4096, 11008)}
+    for m in rows:
+        for name, (n, k) in shapes.items():
+            copies = max(2, -(-200_000_000 // (n * k * 2)))
+            ws = [torch.randn((n, k), dtype=torch.bfloat16, device="cuda") * 0.02 for _ in range(copies)]
+            x = torch.randn((m, k), dtype=torch.bfloat16, device="cuda")
+            mb = n * k * 2 / 1e6
+            row = {"part": "tunable", "rows": m, "matrix": name, "MB": round(mb, 1)}
+            fn = lambda: [torch.nn.functional.linear(x, w) for w in ws]  # noqa: E731
+            ref = torch.nn.functional.linear(x, ws[0]).float()
+            ms = graph_ms(fn, calls=2) / copies
+            row["cublas"] = {"us": round(ms * 1000, 1), "TB/s": round(mb / ms / 1e3, 2)}
+            tunable.enable(True)
+            tunable.tuning_enable(True)
+            tunable.set_rotating_buffer_size(256)
+            tunable.set_max_tuning_duration(200)
+            try:
+                t0 = time.perf_counter()
+                err = (torch.nn.functional.linear(x, ws[0]).float() - ref).abs().max().item()
+                torch.cuda.synchronize()
+                tune_s = time.perf_counter() - t0
+                tunable.tuning_enable(False)
+                ms = graph_ms(fn, calls=2) / copies
+                row["tunableop"] = {"us": round(ms * 1000, 1), "TB/s": round(mb / ms / 1e3, 2), "err": round(err, 4),
+                                    "tune_s": round(tune_s, 2)}
+            except Exception as e:  # a finding, not a stop
+                row["tunableop"] = repr(e)[:200]
+            finally:
+                tunable.enable(False)
+            print(json.dumps(row), flush=True)
+            del ws
+            torch.cuda.empty_cache()
+    print(json.dumps({"part": "tunable", "results": str(tunable.get_results())[:600]}), flush=True)
+
+
+def part_attn_layers(h: int = 32, d: int = 128, n_layers: int = 32) -> None:
+    """Why decode attention is slower inside the step than alone: 32 launches on the 32 layers of a full-size cache
+    (as the step reads it) against 32 on one layer, with and without a 1,024-row w13 matmul between launches (the
+    attention kernels' own time, from the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for batch in (128, 1024):
+        lens = lengths_for(batch)
+        table, n_blocks = paged_table(lens)
+        cache = KVCache(n_layers, n_blocks, PAGE, h, d, torch.bfloat16, "cuda")
+        cache.k.normal_()
+        cache.v.normal_()
+        q = torch.randn((batch, h, d), dtype=torch.bfloat16, device="cuda")
+        lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        order = kernels.longest_first(lengths)
+        w = torch.randn((22016, 4096), dtype=torch.bfloat16, device="cuda") * 0.02
+        x = torch.randn((1024, 4096), dtype=torch.bfloat16, device="cuda")
+        gb = sum(lens) * h * d * 2 * 2 / 1e9
+        out = {"part": "attn_layers", "batch": batch, "kv_gb_per_layer": round(gb, 3)}
+        wide = torch.zeros((batch, 64), dtype=torch.int32, device="cuda")  # as the engine's table (max_seq_len)
+        wide[:, :table.shape[1]] = table
+        all_layers = list(range(n_layers))
+        for name, layers, mm, lens_t, tab in (
+                ("one_layer", [0] * n_layers, False, lengths, table), ("all_layers", all_layers, False, lengths, table),
+                ("one_layer_mm", [0] * n_layers, True, lengths, table),
+                ("all_layers_mm", all_layers, True, lengths, table),
+                ("all_layers_int64_lengths", all_layers, False, lengths.long(), table),
+                ("all_layers_wide_table", all_layers, False, lengths, wide),
+                ("all_layers_int64_wide", all_layers, False, lengths.long(), wide)):
+            def fn():
+                for layer in layers:
+                    kernels.decode_attention(q, cache.k[layer], cache.v[layer], tab, lens_t, order=order)
+                    if mm:
+                        torch.nn.functional.linear(x, w)
+            ms = graph_ms(fn, calls=1, reps=3)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            att = sum(e.self_device_time_total for e in prof.key_averages() if "decode_attn" in e.key) / n_layers
+            out[name] = {"graph_ms": round(ms, 2), "attn_us": round(att, 1), "TB/s": round(gb / att * 1e3, 2)}
+        print(json.dumps(out), flush=True)
+        del cache, w
+        torch.cuda.empty_cache()
+
+
 def part_nucleus(vocab: int = 32000) -> None:
     """The sampling step by batch inside CUDA graphs: the eager sort path against the nucleus kernel per (block,
     warps); both pick the same tokens here (checked)."""
@@ -529,7 +614,7 @@ def main() -> None:
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     init_model_parallel(1)
     torch.cuda.set_device(0)
-    parts = (("rope", part_rope), ("gemv", part_gemv), ("mm", part_mm), ("nucleus", part_nucleus),
+    parts = (("rope", part_rope), ("gemv", part_gemv), ("mm", part_mm), ("tunable", part_tunable), ("attn_layers", part_attn_layers), ("nucleus", part_nucleus),
              ("sample", part_sample),
              ("attn", part_attn),
              ("step", lambda: part_step(build(a.preset))),

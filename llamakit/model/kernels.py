@@ -233,7 +233,9 @@ if HAVE_TRITON:
             b = tl.load(ORDER + b)
         kvh = tl.program_id(1)
         sp = tl.program_id(2)
-        seq_len = tl.load(LENS + b)
+        # 32-bit from here on: with the engine's int64 lengths (pos + 1) the key loop's index math ran in 64 bits,
+        # 1,019 against 909 us a layer at 1,024 rows (profile_decode --part attn_layers, H200, 2026-11-30)
+        seq_len = tl.load(LENS + b).to(tl.int32)
         start = sp * SPLIT
         end = tl.minimum(start + SPLIT, seq_len)
         offs_g = tl.arange(0, BLOCK_G)
