@@ -86,6 +86,10 @@ def test_cpu_dataset_workload_generates_every_prompts_own_length(mp1_group):
     assert result.workload == "dataset" and result.batch == 5  # batch 0: every prompt may run; memory decides
     assert result.generated_tokens == sum(dataset_gen_lens(5))
     assert result.peak_sequences == 5 and result.kv_cache_tokens >= result.peak_kv_tokens > 0
+    tl = result.timeline  # where the time went: launches with the GPU idle apart from steps chained behind one
+    assert tl["steps"] > tl["launches"] > 0 and tl["chain_s"] > 0 and tl["launch_s"] > 0
+    parts = tl["prefill_s"] + tl["wait_s"] + tl["launch_s"] + tl["chain_s"] + tl["record_s"]
+    assert parts <= tl["total_s"] + 0.01
 
 
 def test_failed_workers_report_the_real_error_not_torchruns_banner():

@@ -2,7 +2,8 @@
 the 7B decode step at batch 1 / 128 / 1,024 and of a standard-workload prefill (int8b1: the int8 step at batch 1), the
 decode-attention and rotary kernels' achieved bandwidth per launch configuration, and the sampling step's cost.
 
-    python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,gaps,tunable,attn_layers,attn,rope,gemv,mm,nucleus,sample,int8b1] > profile.txt
+    python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,gaps,tunable,attn_layers,attn,rope,
+                                    gemv,mm,nucleus,sample,int8b1] > profile.txt
 
 Random weights of the bench preset (llamakit.bench), KV lengths as in the standard workload halfway through its
 256 tokens (batch 128) and as the dataset workload holds them (batch 1,024). Numbers are for reading, not for the docs:
@@ -614,7 +615,8 @@ def main() -> None:
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     init_model_parallel(1)
     torch.cuda.set_device(0)
-    parts = (("rope", part_rope), ("gemv", part_gemv), ("mm", part_mm), ("tunable", part_tunable), ("attn_layers", part_attn_layers), ("nucleus", part_nucleus),
+    parts = (("rope", part_rope), ("gemv", part_gemv), ("mm", part_mm), ("tunable", part_tunable),
+             ("attn_layers", part_attn_layers), ("nucleus", part_nucleus),
              ("sample", part_sample),
              ("attn", part_attn),
              ("step", lambda: part_step(build(a.preset))),

@@ -82,7 +82,7 @@ class BatchEngine:
                 t1 = time.perf_counter()
                 tokens = self.runner.result(step)
                 t2 = time.perf_counter()
-                tl.launch_s += t1 - t0
+                tl.chain_s += t1 - t0
                 tl.wait_s += t2 - t1
                 alive = [i for i, s in enumerate(step.rows) if s is not None]
                 yield from tl.recorded(sched, [step.rows[i] for i in alive], [tokens[i] for i in alive])
@@ -97,7 +97,8 @@ class Timeline:
     """Where a generate call's wall time went, for `llamakit bench`'s report: prefill calls (their rows, and seconds
     until their first tokens were on the host), decode steps (rows summed over steps; launches: steps started with
     the host waiting, the others chained behind the step in flight), the seconds the host waited for decode tokens
-    (time the GPU, not the host, was the limit), spent launching steps and recording tokens, and in all."""
+    (time the GPU, not the host, was the limit), spent launching steps (after a batch change, with the GPU idle; or
+    chained) and recording tokens, and in all."""
 
     prefills: int = 0
     prefill_rows: int = 0
@@ -106,7 +107,8 @@ class Timeline:
     rows: int = 0
     launches: int = 0
     wait_s: float = 0.0
-    launch_s: float = 0.0  # host time staging and launching decode steps (chained ones included)
+    launch_s: float = 0.0  # host time staging and launching decode steps with none in flight (the GPU idle)
+    chain_s: float = 0.0  # the same for steps chained behind the one in flight (hidden while the GPU is busier)
     record_s: float = 0.0  # host time recording tokens (stop rules, finished sequences)
     total_s: float = 0.0
 
