@@ -2,8 +2,8 @@
 the 7B decode step at batch 1 / 128 / 1,024 and of a standard-workload prefill (int8b1: the int8 step at batch 1), the
 decode-attention and rotary kernels' achieved bandwidth per launch configuration, and the sampling step's cost.
 
-    python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,gaps,tunable,attn_layers,attn,rope,
-                                    gemv,mm,nucleus,sample,int8b1] > profile.txt
+    python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,gaps,gaps_dataset,tunable,
+                                    attn_layers,attn,rope,gemv,mm,nucleus,sample,int8b1] > profile.txt
 
 Random weights of the bench preset (llamakit.bench), KV lengths as in the standard workload halfway through its
 256 tokens (batch 128) and as the dataset workload holds them (batch 1,024). Numbers are for reading, not for the docs:
@@ -561,25 +561,29 @@ def part_sample(vocab: int = 32000) -> None:
         print(json.dumps(out), flush=True)
 
 
-def part_gaps(model: Transformer) -> None:
-    """Where a standard-workload run (128 prompts, 256 tokens, as `llamakit bench` runs it) leaves the GPU idle: the
-    kernels' busy time against the wall time, from prefill to the last token, and the largest idle gaps with the
-    kernels on either side. CUPTI's tracing adds its own microseconds per kernel: read gaps against each other."""
+def part_gaps(model: Transformer, workload: str = "standard") -> None:
+    """Where a run of the standard workload (128 prompts, 256 tokens) or the dataset one (1,024 prompts, max_gen_len
+    drawn per prompt, all held at once), as `llamakit bench` runs it, leaves the GPU idle: the kernels' busy time
+    against the wall time, from the first prefill to the last token, the idle time by the pair of kernels around it,
+    and the largest gaps. CUPTI's tracing adds its own microseconds per kernel: read gaps against each other."""
+    from collections import Counter
+
     from torch.profiler import ProfilerActivity, profile
 
-    from llamakit.bench import sampling_params, BenchOptions
+    from llamakit.bench import BenchOptions, dataset_gen_lens, sampling_params
     from llamakit.engine.api import EngineConfig, Request
     from llamakit.engine.engine import engine_for_model
 
-    opts = BenchOptions(prompts=128)
-    prompts = standard_prompts(128)
-    params, _ = sampling_params(opts)
-    ecfg = EngineConfig(max_seq_len=max(len(p) for p in prompts) + 256, max_batch_size=128, dtype="bf16",
-                        device="cuda", temperature=0.6, top_p=0.9, graph_modes=("sample",))
-    engine = engine_for_model(model, ecfg, 128, eos_ids=())
+    n_prompts = 1024 if workload == "dataset" else 128
+    prompts = standard_prompts(n_prompts)
+    gen_lens = dataset_gen_lens(n_prompts) if workload == "dataset" else [256] * n_prompts
+    params, _ = sampling_params(BenchOptions())
+    ecfg = EngineConfig(max_seq_len=max(len(p) for p in prompts) + max(gen_lens), max_batch_size=n_prompts,
+                        dtype="bf16", device="cuda", temperature=0.6, top_p=0.9, graph_modes=("sample",))
+    engine = engine_for_model(model, ecfg, n_prompts, eos_ids=())
     list(engine.generate([Request(10_000 + i, p[:32], 8, params=params) for i, p in enumerate(prompts[:8])]))
     torch.cuda.synchronize()
-    reqs = [Request(i, p, 256, params=params) for i, p in enumerate(prompts)]
+    reqs = [Request(i, p, g, params=params) for i, (p, g) in enumerate(zip(prompts, gen_lens))]
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
         n = sum(len(c.tokens) for c in engine.generate(reqs))
@@ -590,20 +594,25 @@ def part_gaps(model: Transformer) -> None:
     busy, gaps, end, prev = 0.0, [], kern[0][0], kern[0][2]
     for start, stop, name in kern:
         if start > end:
-            gaps.append((start - end, prev[:60], name[:60]))
+            gaps.append((start - end, prev[:50], name[:50]))
         if stop > end:
             busy += stop - max(start, end)
             end, prev = stop, name
     span = end - kern[0][0]
+    by_pair: Counter = Counter()
+    for g, a, b in gaps:
+        by_pair[f"{a} -> {b}"] += g
     gaps.sort(reverse=True)
     sizes = [g[0] for g in gaps]
-    print(json.dumps({"part": "gaps", "tokens": n, "wall_s": round(wall, 3), "tok_s": round(n / wall, 1),
-                      "gpu_span_ms": round(span / 1000, 1), "gpu_busy_ms": round(busy / 1000, 1),
-                      "idle_ms": round((span - busy) / 1000, 1), "gaps": len(gaps),
-                      "idle_over_20us_ms": round(sum(g for g in sizes if g > 20) / 1000, 1),
+    print(json.dumps({"part": "gaps", "workload": workload, "tokens": n, "wall_s": round(wall, 3),
+                      "tok_s": round(n / wall, 1), "gpu_span_ms": round(span / 1000, 1),
+                      "gpu_busy_ms": round(busy / 1000, 1), "idle_ms": round((span - busy) / 1000, 1),
+                      "gaps": len(gaps), "idle_over_20us_ms": round(sum(g for g in sizes if g > 20) / 1000, 1),
                       "idle_2_20us_ms": round(sum(g for g in sizes if 2 < g <= 20) / 1000, 1),
                       "timeline": engine.timeline.as_dict()}), flush=True)
-    for g in gaps[:25]:
+    for pair, us in by_pair.most_common(8):
+        print("   ", json.dumps({"idle_ms": round(us / 1000, 1), "between": pair}))
+    for g in gaps[:10]:
         print("   ", json.dumps({"gap_us": round(g[0], 1), "after": g[1], "before": g[2]}))
 
 
@@ -623,6 +632,7 @@ def main() -> None:
              ("prefill", lambda: part_prefill(build(a.preset))),
              ("overlap", lambda: part_overlap(build(a.preset))),
              ("gaps", lambda: part_gaps(build(a.preset))),
+             ("gaps_dataset", lambda: part_gaps(build(a.preset), "dataset")),
              ("int8b1", lambda: part_step(build(a.preset, "int8"), (1,))))
     for name, fn in parts:
         if a.part == "all" or name in a.part.split(","):
