@@ -43,10 +43,12 @@ class GraphDecoder:
         self.inputs = torch.zeros((2, n), dtype=torch.int64, device=dev)  # tokens, pos
         self.live = torch.zeros(n, dtype=torch.int64, device=dev)  # 1: a running row; 0: padding or finished
         self.staging = host((2, n), torch.int64)
+        self.staging_np = self.staging.numpy()  # a 1,024-int list: 38 us through numpy, 280 us via torch.tensor
         self.table = torch.zeros((n, max_blocks), dtype=torch.int32, device=dev)  # block table, static too
         # two of each host buffer a launch copies from or into: step N+1 is staged while step N may still run
         self.table_staging = host((2, n, max_blocks), torch.int32)
         self.live_staging = host((2, n), torch.int64)
+        self.live_np = self.live_staging.numpy()
         self.results = host((2, n), torch.int64)
         self.events = [torch.cuda.Event() if pin else None for _ in range(2)]
         self._k = 0
@@ -108,10 +110,10 @@ class GraphDecoder:
         self.table_staging[k, :b].copy_(table)
         self.table[:b].copy_(self.table_staging[k, :b], non_blocking=True)
         if live is not None:
-            ls = self.live_staging[k]
+            ls = self.live_np[k]
             ls[:b] = 0
-            ls[:len(live)] = torch.tensor(live, dtype=torch.int64)
-            self.live[:b].copy_(ls[:b], non_blocking=True)
+            ls[:len(live)] = live
+            self.live[:b].copy_(self.live_staging[k, :b], non_blocking=True)
 
     def __call__(self, table: torch.Tensor, tokens: list[int], pos: list[int], mode: str) -> torch.Tensor:
         """Replay the step (sampling rows staged in self.rows); returns the graph's output rows (read them before
@@ -121,11 +123,11 @@ class GraphDecoder:
         b = self.bucket(n)
         assert table.shape[0] == b
         self._stage_table(table, b, [1] * n)
-        st = self.staging
-        st[:, :b].zero_()  # padding rows: token 0 at position 0 of the scratch block
-        st[0, :n] = torch.tensor(tokens)
-        st[1, :n] = torch.tensor(pos)
-        self.inputs[:, :b].copy_(st[:, :b], non_blocking=True)
+        st = self.staging_np
+        st[:, :b] = 0  # padding rows: token 0 at position 0 of the scratch block
+        st[0, :n] = tokens
+        st[1, :n] = pos
+        self.inputs[:, :b].copy_(self.staging[:, :b], non_blocking=True)
         self.rows.upload(b)
         return self._replay(mode, b)[:n]
 

@@ -135,10 +135,16 @@ class Scheduler:
         """Give each running sequence a block for the token it writes next (oldest first), preempting the newest
         when none is free; then compact rows. Returns the decode batch in row order."""
         by_age = sorted(self.running, key=lambda s: s.order)
-        while by_age:
-            seq = by_age.pop(0)
+        first, last = 0, len(by_age)  # by_age[first:last]: not yet served, not preempted (no list.pop(0): O(n^2))
+        while first < last:
+            seq = by_age[first]
+            first += 1
             while not self.blocks.grow(seq.blocks, seq.next_pos + 1):
-                victim = by_age.pop() if by_age else seq
+                if first < last:
+                    last -= 1
+                    victim = by_age[last]
+                else:
+                    victim = seq
                 self._preempt(victim)
                 if victim is seq:
                     break
