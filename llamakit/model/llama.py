@@ -160,10 +160,13 @@ class Packing:
         self.rows = self.index // t
         self.pos = self.index % t
         self.last = torch.searchsorted(self.index, torch.arange(self.b, device=lengths.device) * t + lengths - 1)
-        # each sequence's tokens in `index` are its positions 0..n_b-1 (the rounding takes the padding positions
-        # right after a sequence's real ones), so they are also the segments of a varlen attention
-        self.cu_seqlens = torch.searchsorted(self.index, torch.arange(self.b + 1, device=lengths.device) * t
-                                             ).to(torch.int32)
+
+    @functools.cached_property
+    def cu_seqlens(self) -> torch.Tensor:
+        """[B + 1] int32 offsets of each sequence's tokens in `index` (a varlen attention's segments): they are its
+        positions 0..n_b-1, since the rounding takes the padding positions right after a sequence's real ones."""
+        return torch.searchsorted(self.index, torch.arange(self.b + 1, device=self.index.device) * self.t
+                                  ).to(torch.int32)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         out = x.new_zeros((self.b * self.t,) + tuple(x.shape[1:])).index_copy_(0, self.index, x)
