@@ -2,7 +2,7 @@
 the 7B decode step at batch 1 / 128 / 1,024 and of a standard-workload prefill (int8b1: the int8 step at batch 1), the
 decode-attention and rotary kernels' achieved bandwidth per launch configuration, and the sampling step's cost.
 
-    python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,partition,gaps,gaps_dataset,tunable,
+    python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,gaps,gaps_dataset,tunable,
                                     attn_layers,attn,rope,gemv,mm,nucleus,sample,int8b1] > profile.txt
 
 Random weights of the bench preset (llamakit.bench), KV lengths as in the standard workload halfway through its
@@ -509,129 +509,6 @@ def part_attn_layers(h: int = 32, d: int = 128, n_layers: int = 32) -> None:
         torch.cuda.empty_cache()
 
 
-def _persistent_attention():
-    """An experiment, not the engine's kernel: decode attention (one range per (row, head), as at 128+ rows) as a
-    persistent grid of `programs` programs that take (row, head) items in turn, so it can leave SMs to a matmul on
-    another stream (NanoFlow's idea: memory-bound attention beside compute-bound GEMMs)."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def kernel(Q, K, V, BT, LENS, ORDER, OUT, sm_scale, n_items, n_kv, stride_qb, stride_qh, stride_bt, stride_kb,
-               stride_kh, stride_kl, stride_ob, stride_oh, BLOCK_G: tl.constexpr, D: tl.constexpr,
-               BLOCK_N: tl.constexpr, PAGE: tl.constexpr):
-        offs_g = tl.arange(0, BLOCK_G)
-        offs_d = tl.arange(0, D)
-        offs_n = tl.arange(0, BLOCK_N)
-        gmask = offs_g < 1
-        for item in range(tl.program_id(0), n_items, tl.num_programs(0)):
-            b = tl.load(ORDER + item // n_kv)
-            kvh = item % n_kv
-            seq_len = tl.load(LENS + b).to(tl.int32)
-            q = tl.load(Q + b * stride_qb + (kvh + offs_g)[:, None] * stride_qh + offs_d[None, :],
-                        mask=gmask[:, None], other=0.0)
-            m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
-            l_i = tl.zeros([BLOCK_G], tl.float32)
-            acc = tl.zeros([BLOCK_G, D], tl.float32)
-            kbase = K + kvh * stride_kh
-            vbase = V + kvh * stride_kh
-            for n0 in range(0, seq_len, BLOCK_N):
-                offs = n0 + offs_n
-                nmask = offs < seq_len
-                blk = tl.load(BT + b * stride_bt + offs // PAGE, mask=nmask, other=0).to(tl.int64)
-                where = blk[:, None] * stride_kb + (offs % PAGE)[:, None] * stride_kl + offs_d[None, :]
-                k = tl.load(kbase + where, mask=nmask[:, None], other=0.0)
-                qk = tl.dot(q, tl.trans(k)) * sm_scale
-                qk = tl.where(nmask[None, :], qk, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(qk, 1))
-                alpha = tl.exp(m_i - m_new)
-                p = tl.exp(qk - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                vt = tl.load(vbase + where, mask=nmask[:, None], other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-                m_i = m_new
-            o = acc / l_i[:, None]
-            tl.store(OUT + b * stride_ob + (kvh + offs_g)[:, None] * stride_oh + offs_d[None, :],
-                     o.to(OUT.dtype.element_ty), mask=gmask[:, None])
-
-    def run(q, k, v, table, lengths, order, programs: int):
-        b, h, d = q.shape
-        out = torch.empty_like(q)
-        kernel[(programs,)](q, k, v, table, lengths, order, out, 1.0 / d ** 0.5, b * h, h, q.stride(0), q.stride(1),
-                            table.stride(0), k.stride(0), k.stride(1), k.stride(2), out.stride(0), out.stride(1),
-                            BLOCK_G=16, D=d, BLOCK_N=128, PAGE=k.shape[2], num_warps=4)
-        return out
-
-    return run
-
-
-def part_partition(model: Transformer, rows: tuple[int, ...] = (512,)) -> None:
-    """Can attention and the matmuls share the GPU if attention keeps to part of it? A persistent attention grid of
-    P programs (alone, and on a stream beside the 4 matmuls of each of 32 layers at the same rows) against the
-    engine's kernel and the two run one after the other."""
-    import torch.nn.functional as F
-
-    cfg = model.cfg
-    h, d = cfg.n_heads, cfg.head_dim
-    persistent = _persistent_attention()
-    n_sm = kernels.sm_count(torch.cuda.current_device())
-    for m in rows:
-        lens = lengths_for(1024)[:m]
-        table, n_blocks = paged_table(lens)
-        kc = torch.randn((n_blocks, h, PAGE, d), dtype=torch.bfloat16, device="cuda")
-        vc = torch.randn_like(kc)
-        q = torch.randn((m, h, d), dtype=torch.bfloat16, device="cuda")
-        lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
-        order = kernels.longest_first(lengths)
-        x = torch.randn((m, cfg.dim), dtype=torch.bfloat16, device="cuda")
-        hidden = model.layers[0].feed_forward.hidden_local
-        ref = kernels.decode_attention(q, kc, vc, table, lengths, order=order)
-
-        def mm(layer: int) -> None:
-            blk = model.layers[layer]
-            F.linear(x, blk.attention.wqkv.weight)
-            F.linear(x, blk.attention.wo.weight)
-            g = kernels.silu_mul(F.linear(x, blk.feed_forward.w13.weight), hidden)
-            F.linear(g, blk.feed_forward.w2.weight)
-
-        def timed(attn, with_mm: bool) -> float:
-            s_attn, s_mm = torch.cuda.Stream(priority=0), torch.cuda.Stream(priority=-1)
-            main = torch.cuda.current_stream()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            for _ in range(2):
-                torch.cuda.synchronize()
-                a.record(main)
-                s_attn.wait_stream(main)
-                s_mm.wait_stream(main)
-                for layer in range(cfg.n_layers):
-                    if attn is not None:
-                        with torch.cuda.stream(s_attn):
-                            attn()
-                    if with_mm:
-                        with torch.cuda.stream(s_mm):
-                            mm(layer)
-                main.wait_stream(s_attn)
-                main.wait_stream(s_mm)
-                b.record(main)
-                torch.cuda.synchronize()
-            return a.elapsed_time(b)
-
-        engine_attn = lambda: kernels.decode_attention(q, kc, vc, table, lengths, order=order)  # noqa: E731
-        with torch.inference_mode():
-            out = {"part": "partition", "rows": m, "mm_ms": round(timed(None, True), 2),
-                   "engine_attn_ms": round(timed(engine_attn, False), 2)}
-            out["engine_both_ms"] = round(timed(engine_attn, True), 2)
-            out["serial_ms"] = round(out["mm_ms"] + out["engine_attn_ms"], 2)
-            for p in (n_sm // 4, n_sm // 2, 3 * n_sm // 4, n_sm, 2 * n_sm, 4 * n_sm):
-                fn = lambda p=p: persistent(q, kc, vc, table, lengths, order, p)  # noqa: E731
-                err = (fn().float() - ref.float()).abs().max().item()
-                out[f"p{p}"] = {"attn_ms": round(timed(fn, False), 2), "with_mm_ms": round(timed(fn, True), 2),
-                                "err": round(err, 4)}
-        print(json.dumps(out), flush=True)
-        del kc, vc
-        torch.cuda.empty_cache()
-
-
 def part_nucleus(vocab: int = 32000) -> None:
     """The sampling step by batch inside CUDA graphs: the eager sort path against the nucleus kernel per (block,
     warps); both pick the same tokens here (checked)."""
@@ -756,7 +633,6 @@ def main() -> None:
              ("overlap", lambda: part_overlap(build(a.preset))),
              ("gaps", lambda: part_gaps(build(a.preset))),
              ("gaps_dataset", lambda: part_gaps(build(a.preset), "dataset")),
-             ("partition", lambda: part_partition(build(a.preset))),
              ("int8b1", lambda: part_step(build(a.preset, "int8"), (1,))))
     for name, fn in parts:
         if a.part == "all" or name in a.part.split(","):
