@@ -28,7 +28,7 @@ from llamakit.engine.api import EngineConfig, Request, SamplingParams
 from llamakit.engine.engine import DTYPES, BatchEngine, cap_gpu_memory, engine_for_model
 from llamakit.errors import LlamakitError
 from llamakit.fit import resolve_dtype
-from llamakit.model.kv_cache import KVCache
+from llamakit.model.kv_cache import KV_CACHE_DTYPES, KVCache
 from llamakit.model.llama import Transformer
 
 # Shapes for bench presets: the published ones plus a CPU-sized one for CI.
@@ -68,6 +68,7 @@ class BenchOptions:
     temperature: float = 0.6
     top_p: float = 0.9
     quantize: str = "none"
+    kv_cache_dtype: str = "auto"  # auto | fp8 (vLLM's key)
     fast: bool = True
     gpu_memory_utilization: float = 1.0  # fraction of each GPU's memory a process may use (vLLM's name)
     # decoding controls by their recipe names (`--set top_k=50 --set n=4 ...`); n multiplies the sequences
@@ -107,6 +108,7 @@ class BenchResult:
     preemptions: int | None = None  # sequences preempted (recomputed later) when the cache ran out of blocks
     sampling: dict = field(default_factory=dict)
     gpu_memory_utilization: float = 1.0
+    kv_cache_dtype: str = "auto"
     timeline: dict = field(default_factory=dict)  # engine.Timeline of the timed run: prefill / decode / waiting
     batch1_timeline: dict = field(default_factory=dict)  # the same, summed over the batch-1 runs
 
@@ -198,7 +200,8 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
     ecfg = EngineConfig(max_seq_len=max_seq_len, max_batch_size=rows, dtype=opts.dtype,  # type: ignore[arg-type]
                         device=device.type, temperature=opts.temperature, top_p=opts.top_p,  # type: ignore[arg-type]
                         quantize=opts.quantize, fast=opts.fast, graph_modes=(mode,),  # type: ignore[arg-type]
-                        gpu_memory_utilization=opts.gpu_memory_utilization)
+                        gpu_memory_utilization=opts.gpu_memory_utilization,
+                        kv_cache_dtype=opts.kv_cache_dtype)  # type: ignore[arg-type]
     cap_gpu_memory(opts.gpu_memory_utilization, device)  # before any weights: they count against the cap
     seed = 1234 + get_model_parallel_rank()
     quality: tuple = (None, None, None, None)
@@ -263,7 +266,7 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         bf16_logit_rel_err=quality[0], int8_logit_rel_err=quality[1], bf16_top1_agreement=quality[2],
         int8_top1_agreement=quality[3], dp=dp, workload=opts.workload, peak_sequences=held[0],
         peak_kv_tokens=held[1], kv_cache_tokens=kv_tokens, preemptions=held[2], sampling=opts.sampling,
-        gpu_memory_utilization=opts.gpu_memory_utilization, timeline=timeline,
+        gpu_memory_utilization=opts.gpu_memory_utilization, kv_cache_dtype=opts.kv_cache_dtype, timeline=timeline,
         batch1_timeline={k: round(v, 3) for k, v in b1_timeline.items()})
 
 
@@ -368,6 +371,9 @@ def resolve(opts: BenchOptions) -> BenchOptions:
     if not 0 < opts.gpu_memory_utilization <= 1:
         raise LlamakitError(f"--gpu-memory-utilization {opts.gpu_memory_utilization} is not a fraction",
                             "use a number > 0 and <= 1, e.g. 0.34 for 48 GB of a 141 GB H200")
+    if opts.kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise LlamakitError(f"--kv-cache-dtype {opts.kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)}",
+                            "use auto (the model's dtype) or fp8 (twice the tokens, half the bytes read)")
     if opts.workload not in WORKLOADS:
         raise LlamakitError(f"unknown workload {opts.workload!r}", f"use one of: {', '.join(WORKLOADS)}")
     prompts = opts.prompts or (DATASET_PROMPTS if opts.workload == "dataset" else STANDARD_BATCH)

@@ -60,6 +60,11 @@ class MemoryPlan:
                 f"{fmt_gib(self.overhead)} = {fmt_gib(self.total)}")
 
 
+def kv_dtype(dtype: str, kv_cache_dtype: str = "auto") -> str:
+    """The KV cache's dtype name for kv_cache_bytes: the compute dtype, or fp8 (kv_cache_dtype fp8 / fp8_e4m3)."""
+    return dtype if kv_cache_dtype == "auto" else "fp8"
+
+
 def weight_dtype(dtype: str, quantize: str) -> str:
     """The dtype the plan counts weights in: int8 when the recipe quantizes, else the compute dtype."""
     return "int8" if quantize == "int8" else dtype
@@ -82,8 +87,9 @@ def weight_bytes_per_rank(config: ModelConfig, vocab_size: int, mp: int, dtype: 
 
 
 def kv_cache_bytes(config: ModelConfig, mp: int, batch: int, seq: int, dtype: str) -> int:
-    """Keys and values for `batch` sequences of `seq` tokens, this rank's share of the kv heads."""
-    elt = 2 if dtype in ("int8", "bf16", "fp16") else 4
+    """Keys and values for `batch` sequences of `seq` tokens, this rank's share of the kv heads; `dtype` the cache's
+    (kv_dtype): fp8, or the weights' (int8 weights keep a 16-bit cache)."""
+    elt = {"fp8": 1, "fp32": 4}.get(dtype, 2)
     local_kv = max(1, config.kv_heads // mp)
     return 2 * config.n_layers * batch * seq * local_kv * config.head_dim * elt
 

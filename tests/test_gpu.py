@@ -31,6 +31,39 @@ def test_decode_attention_bf16(batch, h, hkv, splits):
     assert _rel(got, K.decode_attention_eager(q.float(), k.float(), v.float(), table, lens)) < 1e-2
 
 
+@pytest.mark.parametrize("batch,h,hkv,splits", [(1, 32, 32, None), (300, 32, 32, None), (5, 64, 8, 3)])
+def test_decode_attention_over_an_fp8_cache_equals_the_eager_twin(batch, h, hkv, splits):
+    """kv_cache_dtype fp8: the compiled kernel's integer e4m3 -> fp16 conversion reads what torch's float8 reads."""
+    torch.manual_seed(0)
+    L, D, BS = 512, 128, 16
+    nb = L // BS
+    q = torch.randn(batch, h, D, device="cuda", dtype=torch.bfloat16)
+    k = K.to_fp8(torch.randn(1 + batch * nb, hkv, BS, D, device="cuda") * 3)
+    v = K.to_fp8(torch.randn_like(k, dtype=torch.float32) * 0.05)  # small values: e4m3's subnormals are read too
+    table = (torch.randperm(batch * nb, device="cuda") + 1).view(batch, nb).to(torch.int32)
+    lens = torch.randint(1, L + 1, (batch,), device="cuda")
+    got = K.decode_attention(q, k, v, table, lens, splits)
+    assert _rel(got, K.decode_attention_eager(q.float(), k, v, table, lens)) < 1e-2
+
+
+def test_rope_store_into_an_fp8_cache_rounds_as_torch():
+    from llamakit.model.llama import rope_tables
+
+    torch.manual_seed(0)
+    cos, sin = (t.cuda() for t in rope_tables(128, 2048, 10000.0))
+    qkv = torch.randn(6, 96 * 128, device="cuda", dtype=torch.bfloat16) * 30  # past 448 too: saturated
+    qkv[:, -128:] *= 1e-3  # and under e4m3's smallest normal
+    pos = torch.tensor([0, 1, 7, 100, 2000, 2047], device="cuda")
+    kc = torch.zeros(1 + 6 * 128, 32, 16, 128, device="cuda", dtype=K.FP8)
+    vc, kc2, vc2 = kc.clone(), kc.clone(), kc.clone()
+    table = (torch.randperm(6 * 128, device="cuda") + 1).view(6, 128).to(torch.int32)
+    q1 = K.rope_store(qkv, pos, cos, sin, kc, vc, table, 32, 32)
+    q2 = K.rope_store_eager(qkv, pos, cos, sin, kc2, vc2, table, 32, 32)[0]
+    assert _rel(q1, q2) < 1e-2 and torch.equal(vc.view(torch.uint8), vc2.view(torch.uint8))
+    same = (kc.view(torch.uint8) == kc2.view(torch.uint8)).float().mean().item()
+    assert same > 0.99  # k: the kernel's fp32 rotation may round to another bf16 than eager's, rarely
+
+
 @pytest.mark.parametrize("h,hkv", [(32, 32), (64, 8)])
 def test_packed_prefill_varlen_attention_equals_padded_sdpa(h, hkv):
     """The packed prefill's flash varlen attention sees each sequence's tokens (rounding padding included) as the
@@ -95,6 +128,29 @@ def test_fast_engine_matches_plain_engine_on_gpu(tiny_factory, mp1_group):
     assert outs[(True, "fp32", 0)] == outs[(False, "fp32", 0)] == outs[(True, "fp32", 160)]
     outs = {k[:2]: v for k, v in outs.items() if not k[2]}
     first = [outs[(True, "bf16")][k][:2] == outs[(False, "fp32")][k][:2] for k in outs[(False, "fp32")]]
+    assert sum(first) >= len(first) - 2
+
+
+def test_fp8_kv_cache_engine_on_gpu_fast_equals_plain_and_follows_bf16(tiny_factory, mp1_group):
+    """kv_cache_dtype fp8 through CUDA graphs and the fused kernels gives the plain path's tokens (the same bytes in the
+    cache, read back exactly), and mostly the bf16 cache's."""
+    from llamakit.checkpoint import open_checkpoint
+    from llamakit.engine.api import EngineConfig, Request
+    from llamakit.engine.engine import build_engine
+    from llamakit.tokenizer import Tokenizer
+
+    ckpt = tiny_factory("llama2-gqa", 1)
+    tok = Tokenizer(ckpt / "tokenizer.model")
+    prompts = ["Der Wetterdienst warnte", "The museum opens", "Prices for energy fell slightly in October, the"] * 4
+    outs = {}
+    for fast, kv in [(True, "fp8"), (False, "fp8"), (True, "auto")]:
+        eng = build_engine(open_checkpoint(ckpt), EngineConfig(max_seq_len=128, max_batch_size=6, fast=fast,
+                                                               dtype="fp32", device="cuda", kv_cache_dtype=kv))
+        assert eng.runner.cache.k.dtype == (K.FP8 if kv == "fp8" else torch.float32)
+        reqs = [Request(i, tok.encode(p), 24) for i, p in enumerate(prompts)]
+        outs[(fast, kv)] = {c.request.key: c.tokens for c in eng.generate(reqs)}
+    assert outs[(True, "fp8")] == outs[(False, "fp8")]
+    first = [outs[(True, "fp8")][k][:4] == outs[(True, "auto")][k][:4] for k in outs[(True, "auto")]]
     assert sum(first) >= len(first) - 2
 
 

@@ -31,6 +31,9 @@ def bench_cmd(
     batch: int = typer.Option(0, "--batch", help="Upper limit of sequences decoded together (0: the workload's; "
                                                  "free KV-cache blocks decide how many run); score: texts per forward."),
     quantize: str = typer.Option("none", "--quantize", help="none or int8 (weight-only)."),
+    kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype", help="KV cache: auto (the model's dtype) or fp8 "
+                                       "(e4m3: twice the tokens held, half the bytes a decode step reads; vLLM's "
+                                       "name)."),
     gpu_memory_utilization: float = typer.Option(
         1.0, "--gpu-memory-utilization", help="Fraction of each GPU's total memory a process may use (vLLM's name): "
         "0.34 makes a 141 GB H200 behave like a 48 GB RTX A6000."),
@@ -52,7 +55,8 @@ def bench_cmd(
     temps = {k: sampling.pop(k) for k in ("temperature", "top_p") if k in sampling}
     opts = BenchOptions(preset=preset, params_json=params_json, mp=mp, dp=dp, dtype=dtype, device=device,
                         workload=workload, prompts=prompts, gen_len=gen_len, batch=batch, quantize=quantize,
-                        fast=not plain, sampling=sampling, gpu_memory_utilization=gpu_memory_utilization, **temps)
+                        fast=not plain, sampling=sampling, gpu_memory_utilization=gpu_memory_utilization,
+                        kv_cache_dtype=kv_cache_dtype, **temps)
     result = bench(opts)
     if as_json:
         print(json.dumps(asdict(result)))

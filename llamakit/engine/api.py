@@ -62,6 +62,9 @@ class EngineConfig:
     quantize: Literal["none", "int8"] = "none"
     fast: bool = True  # CUDA graphs / compiled decode where available
     block_size: int = 16  # tokens per KV-cache block (vLLM's name and default)
+    # vLLM's kv_cache_dtype: "auto" (the model's dtype) or "fp8" / "fp8_e4m3" (e4m3 bytes: twice the tokens held,
+    # half the bytes a decode step reads; keys and values rounded to 3 mantissa bits)
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3"] = "auto"
     kv_cache_tokens: int = 0  # 0: what GPU memory holds (CUDA) or max_batch_size x max_seq_len (CPU)
     # fraction of each GPU's total memory this process may use (vLLM's name and meaning); 1.0: all of it, less the
     # memory plan's reserve (llamakit.memory.kv_capacity)

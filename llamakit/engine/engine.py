@@ -17,8 +17,8 @@ from llamakit.engine.runner import Launched, ModelRunner
 from llamakit.engine.scheduler import Scheduler
 from llamakit.errors import LlamakitError
 from llamakit.engine.stopping import Stopping
-from llamakit.memory import PREFILL_TOKENS, fmt_gib, kv_capacity, usable_bytes, weight_dtype
-from llamakit.model.kv_cache import KVCache
+from llamakit.memory import PREFILL_TOKENS, fmt_gib, kv_capacity, kv_dtype, usable_bytes, weight_dtype
+from llamakit.model.kv_cache import KVCache, cache_dtype
 from llamakit.model.llama import Transformer, model_parallel_info
 from llamakit.tokenizer import Tokenizer, find_tokenizer
 
@@ -157,7 +157,8 @@ def kv_cache_blocks(cfg: EngineConfig, model_cfg, mp: int, dtype: torch.dtype, d
     elif device.type == "cuda" or gpu is not None:
         may_use, held = gpu if gpu is not None else gpu_share(device, cfg.gpu_memory_utilization)
         cap = kv_capacity(model_cfg, mp, weight_dtype(cfg.dtype, cfg.quantize), cfg.max_seq_len, rows, may_use, held,
-                          step_bytes, KV_DTYPE_NAMES.get(dtype, cfg.dtype), cfg.block_size)
+                          step_bytes, kv_dtype(KV_DTYPE_NAMES.get(dtype, cfg.dtype), cfg.kv_cache_dtype),
+                          cfg.block_size)
         want = cap.blocks
         words = f" of {fmt_gib(may_use)} this process may use ({fmt_gib(held)} held)"
     if want < per_seq:
@@ -224,7 +225,8 @@ def engine_for_model(model: Transformer, cfg: EngineConfig, rows: int | None, eo
 
         step_bytes = step_peak_bytes(model, cfg, rows, cfg.max_seq_len)
     n_blocks = kv_cache_blocks(cfg, mc, mp, model.dtype, model.device, rows, step_bytes)
-    cache = KVCache(mc.n_layers, n_blocks, cfg.block_size, mc.kv_heads // mp, mc.head_dim, model.dtype, model.device)
+    cache = KVCache(mc.n_layers, n_blocks, cfg.block_size, mc.kv_heads // mp, mc.head_dim,
+                    cache_dtype(cfg.kv_cache_dtype, model.dtype), model.device)
     engine = BatchEngine(ModelRunner(model, cache, cfg, rows, eos_ids=eos_ids), cfg, eos_ids, decode)
     if model.device.type == "cuda":  # every rank of a model-parallel group runs the same prefills
         engine.runner.warm_prefill(engine.prefill_tokens)

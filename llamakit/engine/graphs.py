@@ -13,7 +13,7 @@ import torch
 
 from llamakit.engine.api import EngineConfig
 from llamakit.engine.sampler import INT_ROWS, MODES, SamplingBuffers, record_history, sample_step
-from llamakit.model.kv_cache import KVCache
+from llamakit.model.kv_cache import KVCache, cache_dtype
 from llamakit.model.llama import Transformer
 
 STEP_ROW = INT_ROWS.index("step")
@@ -169,7 +169,8 @@ def step_peak_bytes(model: Transformer, cfg: EngineConfig, rows: int, max_seq_le
     the whole vocabulary dominate), the largest over the captured modes: what the graphs' memory pool keeps.
     Measured by running the steps once on a 2-block scratch cache, before the real cache takes the free memory."""
     att = model.layers[0].attention
-    scratch = KVCache(model.cfg.n_layers, 2, cfg.block_size, att.n_kv, att.head_dim, model.dtype, model.device)
+    scratch = KVCache(model.cfg.n_layers, 2, cfg.block_size, att.n_kv, att.head_dim,
+                      cache_dtype(cfg.kv_cache_dtype, model.dtype), model.device)
     history = torch.zeros((rows, max_seq_len), dtype=torch.int64, device=model.device)
     dec = GraphDecoder(model, scratch, cfg, history, SamplingBuffers(rows, model.device), 1, capture=False)
     torch.cuda.synchronize()

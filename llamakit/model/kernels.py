@@ -30,6 +30,46 @@ def _next_pow2(n: int) -> int:
     return 1 << (max(1, n) - 1).bit_length()
 
 
+# ------------------------------------------------------------------------------------------ fp8 (e4m3) KV cache
+
+FP8 = torch.float8_e4m3fn  # kv_cache_dtype "fp8": OCP e4m3 (vLLM's default fp8 format), saturated at +-448
+FP8_MAX = 448.0
+
+
+def to_fp8(x: torch.Tensor) -> torch.Tensor:
+    """Round to the fp8 cache format (nearest even, saturated): what the kernels store, bit for bit."""
+    return x.float().clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
+def _kv_view(cache: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The cache as the kernels take it: fp8 as its raw bytes (they convert with integer ops, so the same kernel runs
+    on GPUs without fp8 instructions, e.g. the RTX A6000), and whether it is fp8."""
+    if cache.dtype == FP8:
+        return cache.view(torch.uint8), True
+    return cache, False
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _fp8_bits(x):
+        """fp32 -> e4m3fn byte: round to nearest even, saturated at 448 (as torch's .to(float8_e4m3fn))."""
+        raw = x.to(tl.int32, bitcast=True)
+        a = tl.minimum(tl.abs(x), 448.0)
+        bits = a.to(tl.int32, bitcast=True)
+        normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) - (120 << 3)  # 3 mantissa bits, exponent bias 7
+        sub = ((a * 512.0 + 8388608.0) - 8388608.0).to(tl.int32)  # below 2^-6: multiples of 2^-9, nearest even
+        code = tl.where(a >= 0.015625, normal, sub) | ((raw >> 24) & 0x80)
+        return code.to(tl.uint8)
+
+    @triton.jit
+    def _fp8_half(code):
+        """e4m3fn byte -> fp16 holding value / 256 exactly: the byte's sign and its 7 magnitude bits shifted into
+        fp16's (an exponent bias 8 apart), three integer ops and no conversion instruction."""
+        c = code.to(tl.int8, bitcast=True).to(tl.int32)  # sign-extended: bits 15 and 14 after the shift are the sign
+        return ((c << 7) & 0xBFFF).to(tl.int16).to(tl.float16, bitcast=True)  # bit 14 cleared
+
+
 # ---------------------------------------------------------------------------------------------- add + RMSNorm
 
 def add_rmsnorm_eager(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float):
@@ -95,8 +135,9 @@ def rope_store_eager(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, si
     rows = torch.arange(n, device=qkv.device) if rows is None else rows
     blk = table[rows, pos // bs].long()
     kr = rot(k, n_kv)
-    k_cache[blk, :, pos % bs] = kr
-    v_cache[blk, :, pos % bs] = v.reshape(n, n_kv, d)
+    store = to_fp8 if k_cache.dtype == FP8 else (lambda x: x)
+    k_cache[blk, :, pos % bs] = store(kr)
+    v_cache[blk, :, pos % bs] = store(v.reshape(n, n_kv, d))
     return rot(q, n_heads), kr
 
 
@@ -105,7 +146,7 @@ if HAVE_TRITON:
     @triton.jit
     def _rope_kernel(QKV, POS, ROWS, COS, SIN, QOUT, KOUT, KC, VC, BT, stride_qkv, stride_bt, stride_kb, stride_kh,
                      stride_kl, N_HEADS: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                     BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, PACKED: tl.constexpr):
+                     BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, PACKED: tl.constexpr, KV_FP8: tl.constexpr):
         """One program per (token, block of heads): rotate q and k (interleaved pairs, fp32), write q (and for a
         packed prefill k) out, store k/v in the paged cache. Decode: token b at POS[b] of block-table row b (POS < 0:
         a padding row, written to the scratch block 0); packed prefill: token i at POS[i] of row ROWS[i]. Head block
@@ -139,10 +180,16 @@ if HAVE_TRITON:
                      mask=kmask)
         blk = tl.load(BT + b * stride_bt + pos // PAGE, mask=real, other=0).to(tl.int64)
         at = blk * stride_kb + (pos % PAGE) * stride_kl
-        tl.store(KC + at + kh * stride_kh + full[None, :], out.to(KC.dtype.element_ty), mask=kmask)
+        if KV_FP8:  # k rounded to the model's dtype first, as the eager twin's
+            kout = _fp8_bits(out.to(QOUT.dtype.element_ty).to(tl.float32))
+        else:
+            kout = out.to(KC.dtype.element_ty)
+        tl.store(KC + at + kh * stride_kh + full[None, :], kout, mask=kmask)
         vh = hb * BLOCK_KV + tl.arange(0, BLOCK_KV)
         vmask = (vh < N_KV)[:, None]
         v = tl.load(row + (N_HEADS + N_KV + vh[:, None]) * D + full[None, :], mask=vmask, other=0.0)
+        if KV_FP8:
+            v = _fp8_bits(v.to(tl.float32))
         tl.store(VC + at + vh[:, None] * stride_kh + full[None, :], v, mask=vmask)
 
 
@@ -160,6 +207,7 @@ def _rope_launch(qkv2: torch.Tensor, pos, rows, cos, sin, q, k, k_cache, v_cache
                  packed: bool, config: tuple[int, int] | None = None) -> None:
     d = k_cache.shape[-1]
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and qkv2.stride(-1) == 1
+    (k_cache, fp8), (v_cache, _) = _kv_view(k_cache), _kv_view(v_cache)
     tokens, heads = qkv2.shape[0], n_heads + n_kv
     block_h, warps = config or rope_config(tokens, heads)
     block_h = min(block_h, _next_pow2(heads))
@@ -168,7 +216,7 @@ def _rope_launch(qkv2: torch.Tensor, pos, rows, cos, sin, q, k, k_cache, v_cache
     _rope_kernel[(tokens, parts)](
         qkv2, pos, rows, cos, sin, q, k, k_cache, v_cache, table, qkv2.stride(0), table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), N_HEADS=n_heads, N_KV=n_kv, D=d,
-        PAGE=k_cache.shape[2], BLOCK_H=block_h, BLOCK_KV=block_kv, PACKED=packed, num_warps=warps)
+        PAGE=k_cache.shape[2], BLOCK_H=block_h, BLOCK_KV=block_kv, PACKED=packed, KV_FP8=fp8, num_warps=warps)
 
 
 def rope_store(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -211,8 +259,8 @@ def decode_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ta
     kk = k[table.long()].transpose(1, 2).reshape(b, hkv, nb * bs, d)  # [B, Hkv, L, D]
     vv = v[table.long()].transpose(1, 2).reshape(b, hkv, nb * bs, d)
     g = h // hkv
-    kk = kk.repeat_interleave(g, dim=1).float()
-    vv = vv.repeat_interleave(g, dim=1).float()
+    kk = kk.float().repeat_interleave(g, dim=1)  # fp8 caches: exact in fp32
+    vv = vv.float().repeat_interleave(g, dim=1)
     scores = torch.einsum("bhd,bhld->bhl", q.float(), kk) / math.sqrt(d)
     mask = torch.arange(nb * bs, device=q.device)[None, :] < lengths[:, None]
     scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
@@ -227,7 +275,7 @@ if HAVE_TRITON:
                             stride_ab, stride_ah, stride_as, stride_mb, stride_mh, stride_ob, stride_oh,
                             G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
                             BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PAGE: tl.constexpr, DIRECT: tl.constexpr,
-                            ORDERED: tl.constexpr):
+                            ORDERED: tl.constexpr, KV_FP8: tl.constexpr):
         b = tl.program_id(0)
         if ORDERED:  # rows longest first: the long rows' programs start in the first wave, not last
             b = tl.load(ORDER + b)
@@ -244,6 +292,10 @@ if HAVE_TRITON:
         gmask = offs_g < G
         heads = kvh * G + offs_g
         q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=gmask[:, None], other=0.0)
+        if KV_FP8:  # keys/values arrive as fp16 holding value / 256: q in fp16 (exact for a bf16 q in fp16's range)
+            if Q.dtype.element_ty != tl.float32:
+                q = q.to(tl.float16)
+            sm_scale = sm_scale * 256.0
         m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, D], tl.float32)
@@ -255,6 +307,8 @@ if HAVE_TRITON:
             blk = tl.load(BT + b * stride_bt + offs // PAGE, mask=nmask, other=0).to(tl.int64)
             where = blk[:, None] * stride_kb + (offs % PAGE)[:, None] * stride_kl + offs_d[None, :]
             k = tl.load(kbase + where, mask=nmask[:, None], other=0.0)
+            if KV_FP8:
+                k = _fp8_half(k).to(q.dtype)
             qk = tl.dot(q, tl.trans(k)) * sm_scale
             qk = tl.where(nmask[None, :], qk, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -262,8 +316,12 @@ if HAVE_TRITON:
             p = tl.exp(qk - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             vt = tl.load(vbase + where, mask=nmask[:, None], other=0.0)
+            if KV_FP8:
+                vt = _fp8_half(vt).to(q.dtype)
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
             m_i = m_new
+        if KV_FP8:
+            acc = acc * 256.0
         if DIRECT:  # one split: normalise here (what the combine kernel computes for one split, bit for bit)
             o = acc / l_i[:, None]
             tl.store(OUT + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], o.to(OUT.dtype.element_ty),
@@ -325,6 +383,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
     split_len = -(-split_len // block_n) * block_n  # whole tiles per split
     out = torch.empty_like(q)
     assert k.stride() == v.stride() and k.stride(-1) == 1 and q.is_contiguous()
+    (k, fp8), (v, _) = _kv_view(k), _kv_view(v)
     direct = splits == 1  # at 128+ rows: no partial sums to merge, no second kernel (0.68 ms a step at 1,024 rows)
     if direct:
         acc = m = l_ = out
@@ -340,7 +399,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
         q.stride(0), q.stride(1), table.stride(0), k.stride(0), k.stride(1), k.stride(2),
         *acc_strides, *m_strides, out.stride(0), out.stride(1),
         G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_N=block_n, SPLIT=split_len, PAGE=page, DIRECT=direct,
-        ORDERED=ordered, num_warps=num_warps, **({"num_stages": num_stages} if num_stages else {}))
+        ORDERED=ordered, KV_FP8=fp8, num_warps=num_warps, **({"num_stages": num_stages} if num_stages else {}))
     if not direct:
         _combine_kernel[(b, h)](acc, m, l_, out, acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0),
                                 m.stride(1), out.stride(0), out.stride(1), S=splits, BLOCK_S=_next_pow2(splits), D=d,
