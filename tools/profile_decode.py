@@ -371,6 +371,30 @@ def part_carveout(model: Transformer, rows: tuple[int, ...] = (512,)) -> None:
         torch.cuda.empty_cache()
 
 
+def part_fp8(h: int = 32, d: int = 128) -> None:
+    """Decode attention over a bf16 cache against an fp8 one (kv_cache_dtype fp8), read through the GPU's e4m3
+    conversion and through the integer one: us a layer and the cache bytes read per second."""
+    for batch in (128, 1024):
+        lens = lengths_for(batch)
+        table, n_blocks = paged_table(lens)
+        k = torch.randn((n_blocks, h, PAGE, d), dtype=torch.bfloat16, device="cuda")
+        v = torch.randn_like(k)
+        k8, v8 = kernels.to_fp8(k), kernels.to_fp8(v)
+        q = torch.randn((batch, h, d), dtype=torch.bfloat16, device="cuda")
+        lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        order = kernels.longest_first(lengths)
+        tokens = sum(lens)
+        out = {"part": "fp8", "batch": batch, "kv_tokens": tokens}
+        for name, kk, vv, native in (("bf16", k, v, None), ("fp8_native", k8, v8, True), ("fp8_int", k8, v8, False)):
+            fn = lambda: kernels.decode_attention(q, kk, vv, table, lengths, order=order, fp8_native=native)  # noqa
+            ms = graph_ms(fn)
+            gb = tokens * h * d * 2 * kk.element_size() / 1e9
+            out[name] = {"us": round(ms * 1000, 1), "GB/s": round(gb / ms * 1000)}
+        print(json.dumps(out), flush=True)
+        del k, v, k8, v8
+        torch.cuda.empty_cache()
+
+
 def part_attn(h: int = 32, d: int = 128) -> None:
     """Achieved bandwidth of decode attention (one layer) per launch configuration, against the eager reference (an MHA
     variant without tl.dot was slower at 128 and 1,024 rows on the H200, 2026-11-30, and was dropped)."""
@@ -726,6 +750,7 @@ def main() -> None:
              ("attn_layers", part_attn_layers), ("nucleus", part_nucleus),
              ("sample", part_sample),
              ("attn", part_attn),
+             ("fp8", part_fp8),
              ("step", lambda: part_step(build(a.preset))),
              ("prefill", lambda: part_prefill(build(a.preset))),
              ("overlap", lambda: part_overlap(build(a.preset))),

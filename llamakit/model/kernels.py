@@ -42,11 +42,30 @@ def to_fp8(x: torch.Tensor) -> torch.Tensor:
 
 
 def _kv_view(cache: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """The cache as the kernels take it: fp8 as its raw bytes (they convert with integer ops, so the same kernel runs
-    on GPUs without fp8 instructions, e.g. the RTX A6000), and whether it is fp8."""
+    """The cache as the rotary kernel writes it: fp8 as its raw bytes (rounded with integer ops, bit for bit as
+    torch), and whether it is fp8."""
     if cache.dtype == FP8:
         return cache.view(torch.uint8), True
     return cache, False
+
+
+@functools.lru_cache(maxsize=None)
+def _fp8_instructions(device_index: int) -> bool:
+    """The GPU converts e4m3 in hardware (compute capability 8.9+: Ada, Hopper)."""
+    return torch.cuda.get_device_capability(device_index) >= (8, 9)
+
+
+def _fp8_read_mode(cache: torch.Tensor, native: bool | None) -> tuple[torch.Tensor, int]:
+    """How decode attention reads the cache: 0 as it is (16/32 bit); 1 fp8 as bytes turned into fp16 by integer ops
+    (GPUs without fp8 instructions, e.g. the RTX A6000, and the CPU interpreter); 2 fp8 through the hardware's
+    e4m3 -> fp16 conversion (the integer path made the H200's 1,024-row dataset bench slower than a bf16 cache,
+    12,276 against 12,638 tok/s, 2026-11-30: the step became bound by those integer ops)."""
+    if cache.dtype != FP8:
+        return cache, 0
+    if native is None:
+        native = cache.is_cuda and _fp8_instructions(cache.device.index if cache.device.index is not None
+                                                     else torch.cuda.current_device())
+    return (cache, 2) if native else (cache.view(torch.uint8), 1)
 
 
 if HAVE_TRITON:
@@ -292,9 +311,10 @@ if HAVE_TRITON:
         gmask = offs_g < G
         heads = kvh * G + offs_g
         q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=gmask[:, None], other=0.0)
-        if KV_FP8:  # keys/values arrive as fp16 holding value / 256: q in fp16 (exact for a bf16 q in fp16's range)
+        if KV_FP8 > 0:  # keys/values arrive as fp16 (mode 1: holding value / 256): q in fp16, exact for a bf16 q
             if Q.dtype.element_ty != tl.float32:
                 q = q.to(tl.float16)
+        if KV_FP8 == 1:
             sm_scale = sm_scale * 256.0
         m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
@@ -307,8 +327,10 @@ if HAVE_TRITON:
             blk = tl.load(BT + b * stride_bt + offs // PAGE, mask=nmask, other=0).to(tl.int64)
             where = blk[:, None] * stride_kb + (offs % PAGE)[:, None] * stride_kl + offs_d[None, :]
             k = tl.load(kbase + where, mask=nmask[:, None], other=0.0)
-            if KV_FP8:
+            if KV_FP8 == 1:
                 k = _fp8_half(k).to(q.dtype)
+            elif KV_FP8 == 2:
+                k = k.to(tl.float16).to(q.dtype)
             qk = tl.dot(q, tl.trans(k)) * sm_scale
             qk = tl.where(nmask[None, :], qk, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -316,11 +338,13 @@ if HAVE_TRITON:
             p = tl.exp(qk - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             vt = tl.load(vbase + where, mask=nmask[:, None], other=0.0)
-            if KV_FP8:
+            if KV_FP8 == 1:
                 vt = _fp8_half(vt).to(q.dtype)
+            elif KV_FP8 == 2:
+                vt = vt.to(tl.float16).to(q.dtype)
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
             m_i = m_new
-        if KV_FP8:
+        if KV_FP8 == 1:
             acc = acc * 256.0
         if DIRECT:  # one split: normalise here (what the combine kernel computes for one split, bit for bit)
             o = acc / l_i[:, None]
@@ -360,11 +384,13 @@ def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
                      splits: int | None = None, block_n: int | None = None, num_warps: int = 4,
-                     num_stages: int | None = None, order: torch.Tensor | None = None) -> torch.Tensor:
+                     num_stages: int | None = None, order: torch.Tensor | None = None,
+                     fp8_native: bool | None = None) -> torch.Tensor:
     """Split-K decode attention over the paged cache on CUDA (bf16/fp16): reads positions [0, lengths[b]) of row
     b only, through its block-table row; eager elsewhere. splits / block_n / num_warps / num_stages: launch
     settings (defaults: n_splits, the best measured), for tools/profile_decode.py's sweep. `order` [B]: the rows
-    by descending length (longest_first), used when each (row, head) is one program."""
+    by descending length (longest_first), used when each (row, head) is one program. An fp8 cache is read through
+    the hardware's conversion where the GPU has one (`fp8_native`: force either path, for the tests and sweeps)."""
     b, h, d = q.shape
     # tl.dot needs a head dim >= 16 (tiny test models use 8) and 16-bit inputs on GPUs (fp32 would run as tf32)
     if d < 16 or not (_use_triton(q) and (q.dtype in (torch.bfloat16, torch.float16) or not q.is_cuda)):
@@ -383,7 +409,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
     split_len = -(-split_len // block_n) * block_n  # whole tiles per split
     out = torch.empty_like(q)
     assert k.stride() == v.stride() and k.stride(-1) == 1 and q.is_contiguous()
-    (k, fp8), (v, _) = _kv_view(k), _kv_view(v)
+    (k, fp8), (v, _) = _fp8_read_mode(k, fp8_native), _fp8_read_mode(v, fp8_native)
     direct = splits == 1  # at 128+ rows: no partial sums to merge, no second kernel (0.68 ms a step at 1,024 rows)
     if direct:
         acc = m = l_ = out
