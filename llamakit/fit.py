@@ -75,17 +75,18 @@ class Verdict:
 
 
 def verdict(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, seq: int, gpu_bytes: int,
-            n_gpus: int, cap: int = 512) -> Verdict:
+            n_gpus: int, cap: int = 512, kv_dtype: str | None = None) -> Verdict:
     """Fit of (MP, dtype, max_seq_len) on `n_gpus` GPUs of `gpu_bytes`, the paged KV cache's way: it fits when the
     weights, the reserve and one sequence of max_seq_len do (memory.kv_capacity); max_batch_size is an upper
     limit, never the thing to change. When it does not fit, the smallest change: no reshard before a reshard (100+
     GB to convert), no int8 before int8 (slightly different text), fewer shards before more (more data-parallel
     copies). `max_batch`: sequences of max_seq_len that fit at once (at most `cap`); `plan` and `fix_plan` are the
-    fixed plans of min(batch, that many) sequences, for the bytes they list."""
+    fixed plans of min(batch, that many) sequences, for the bytes they list. `kv_dtype` (memory.kv_dtype): the
+    cache's, for kv_tokens."""
     plan = plan_memory(config, vocab, mp, dtype, batch, seq)
     runs_here = mp <= n_gpus
     max_batch = max_batch_that_fits(config, vocab, mp, dtype, seq, gpu_bytes, cap) if runs_here else 0
-    kv = kv_tokens_that_fit(config, vocab, mp, dtype, seq, gpu_bytes) if runs_here else 0  # as max_batch: no graphs
+    kv = kv_tokens_that_fit(config, vocab, mp, dtype, seq, gpu_bytes, kv_dtype=kv_dtype) if runs_here else 0  # as max_batch: no graphs
     if runs_here and max_batch >= 1:
         return Verdict(plan, gpu_bytes, n_gpus, True, max_batch, kv_tokens=kv)
     dtypes = [dtype] if dtype == "int8" else [dtype, "int8"]

@@ -114,11 +114,12 @@ def max_batch_that_fits(config: ModelConfig, vocab_size: int, mp: int, dtype: st
 
 
 def kv_tokens_that_fit(config: ModelConfig, vocab_size: int, mp: int, dtype: str, seq: int, gpu_bytes: int,
-                       rows: int = 0) -> int:
+                       rows: int = 0, kv_dtype: str | None = None) -> int:
     """Tokens of KV cache (all sequences together) that fit `gpu_bytes` next to the weights and the reserve, by
     kv_capacity's arithmetic (the engine's), with the decode graphs' pool of `rows` sequences (0: none) and not
     capped by the rows: what the paged cache holds, shared by however many sequences run."""
-    return plan_capacity(config, vocab_size, mp, dtype, seq, rows, gpu_bytes, graphs=rows > 0).fit_tokens
+    return plan_capacity(config, vocab_size, mp, dtype, seq, rows, gpu_bytes, graphs=rows > 0,
+                         kv_dtype=kv_dtype).fit_tokens
 
 
 # ---------------------------------------------------------------- the paged KV cache: one capacity computation

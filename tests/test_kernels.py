@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llamakit.checkpoint import open_checkpoint
 from llamakit.engine.api import EngineConfig, Request
@@ -62,6 +63,20 @@ for config in (None, (8, 2)):  # the few-token default (2 heads a program) and t
     res["rope_packed"] = max(res["rope_packed"], (a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item(),
                              (kc1 - kc2).abs().max().item(), (vc1 - vc2).abs().max().item())
 res["packed_written"] = int((kc1.abs().sum(dim=(1, 3)) > 0).sum())
+# kv_cache_dtype fp8: the rotary kernel's stores round as torch does (v is stored as given: the edge values of
+# e4m3, saturation, subnormals and ties), and attention over the fp8 cache reads what the eager twin reads, through
+# the integer conversion and through Triton's own
+edge = torch.tensor([0., -0., 448., -448., 500., -1e4, 2**-6, -2**-9, 3 * 2**-10, 2**-10, 1e-8, 0.3, -17.5, 240., 232.])
+qkv8 = torch.randn(B, (H + 2 * HKV) * D) * 20
+qkv8[:, (H + HKV) * D:] = edge.repeat(-(-HKV * D // len(edge)))[:HKV * D]
+k81 = torch.zeros(1 + B * NB, HKV, BS, D, dtype=K.FP8); v81 = k81.clone(); k82 = k81.clone(); v82 = k81.clone()
+K.rope_store(qkv8, pos, cos, sin, k81, v81, perm, H, HKV); K.rope_store_eager(qkv8, pos, cos, sin, k82, v82, perm, H, HKV)
+res["fp8_store"] = bool(torch.equal(k81.view(torch.uint8), k82.view(torch.uint8))
+                        and torch.equal(v81.view(torch.uint8), v82.view(torch.uint8)) and v81.float().abs().max() == 448)
+kp8, vp8 = K.to_fp8(kp), K.to_fp8(vp * 0.01)  # small values: subnormal bytes read too
+ref8 = K.decode_attention_eager(q, kp8, vp8, perm, lens)
+res["fp8_attn"] = max((K.decode_attention(q, kp8, vp8, perm, lens, splits=s, fp8_native=n) - ref8).abs().max().item()
+                      for s in (1, 2) for n in (False, True))
 x13 = torch.randn(3, 2, 2 * 1500)
 res["silu"] = (K.silu_mul(x13, 1500) - K.silu_mul_eager(x13, 1500)).abs().max().item()
 print(json.dumps(res))
@@ -74,6 +89,7 @@ def test_triton_kernels_match_eager_twins_in_interpreter(interpreter):
     assert res["attn_ordered"]
     assert res["rope_packed"] < 1e-6 and res["packed_written"] == 60  # 40 + 3 + 17 positions, each written once
     assert res["silu"] < 1e-5  # the int8 matmul: tests/test_int8_kernels.py
+    assert res["fp8_store"] and res["fp8_attn"] < 1e-6
 
 
 PROMPTS = ["Der Wetterdienst warnte", "The museum opens", "Prices for energy fell slightly in October, the"]
@@ -84,11 +100,13 @@ SHORT_PROMPTS = ["Der Wetterdienst", "Der", "Prices for energy fell in October"]
 
 
 def _greedy(ckpt: Path, fast: bool, batch: int, gen: int = 30, warm: bool = False,
-            prompts: list[str] = PROMPTS) -> dict:
+            prompts: list[str] = PROMPTS, kv_cache_dtype: str = "auto") -> dict:
     from llamakit.tokenizer import Tokenizer
 
     tok = Tokenizer(ckpt / "tokenizer.model")
-    eng = build_engine(open_checkpoint(ckpt), EngineConfig(max_seq_len=96, max_batch_size=batch, fast=fast))
+    eng = build_engine(open_checkpoint(ckpt), EngineConfig(max_seq_len=96, max_batch_size=batch, fast=fast,
+                                                           kv_cache_dtype=kv_cache_dtype))
+    assert (eng.runner.cache.k.dtype == torch.float8_e4m3fn) == (kv_cache_dtype != "auto")
     if warm:  # what engine_for_model does on GPUs: prefills into the scratch block only
         eng.runner.warm_prefill(eng.prefill_tokens)
     return {c.request.key: c.tokens for c in eng.generate(Request(i, tok.encode(p), gen) for i, p in enumerate(prompts))}
@@ -130,3 +148,12 @@ def interpreter(tiny_factory):
 
 def test_fast_path_with_triton_kernels_equals_plain_path(interpreter, tiny_factory, mp1_group):
     assert interpreter[1] == _greedy(tiny_factory("llama2-gqa", 1), fast=False, batch=1, gen=12, prompts=SHORT_PROMPTS)
+
+
+@pytest.mark.parametrize("style", ["llama1", "llama2-gqa"])
+def test_fp8_kv_cache_fast_path_equals_plain_path(style, tiny_factory, mp1_group):
+    """kv_cache_dtype fp8: the fused path (rotary + fp8 store, attention over the fp8 cache) and the plain one (store
+    through torch's cast, SDPA over the values read back) give the same greedy text, at batch 3 and batch 1."""
+    ckpt = tiny_factory(style, 1)
+    assert (_greedy(ckpt, fast=True, batch=3, warm=True, kv_cache_dtype="fp8")
+            == _greedy(ckpt, fast=False, batch=1, kv_cache_dtype="fp8"))

@@ -91,7 +91,8 @@ def test_memory_estimate_confirms_the_zeitonline_settings_fit_two_a6000():
 H200 = GpuInfo(0, "NVIDIA H200", int(139.8 * GiB), int(139.8 * GiB), (9, 0))
 
 
-def engine_tokens(config, mp: int, dtype: str, quantize: str, batch: int, seq: int, gpu_bytes: int) -> int:
+def engine_tokens(config, mp: int, dtype: str, quantize: str, batch: int, seq: int, gpu_bytes: int,
+                  kv_cache_dtype: str = "auto") -> int:
     """What engine.kv_cache_blocks sizes for the same inputs: the GPU holding the weights, one decode step as the
     plan estimates it (the engine measures it)."""
     import torch
@@ -100,7 +101,8 @@ def engine_tokens(config, mp: int, dtype: str, quantize: str, batch: int, seq: i
     from llamakit.engine.engine import kv_cache_blocks
     from llamakit.memory import decode_step_bytes, weight_bytes_per_rank, weight_dtype
 
-    cfg = EngineConfig(max_seq_len=seq, max_batch_size=batch, dtype=dtype, device="cuda", quantize=quantize)
+    cfg = EngineConfig(max_seq_len=seq, max_batch_size=batch, dtype=dtype, device="cuda", quantize=quantize,
+                       kv_cache_dtype=kv_cache_dtype)
     held = weight_bytes_per_rank(config, 32000, mp, weight_dtype(dtype, quantize))
     blocks = kv_cache_blocks(cfg, config.with_vocab(32000), mp, torch.bfloat16, torch.device("cpu"), batch,
                              decode_step_bytes(config, 32000, batch), gpu=(gpu_bytes, held))
@@ -125,6 +127,23 @@ def test_the_plan_states_the_kv_cache_the_engine_sizes(preset, mp, quantize, bat
     assert ("is an upper limit" in text) == (tokens < batch * seq)
     if util < 1:
         assert "gpu_memory_utilization 0.34 of 139.8 GiB" in text
+
+
+def test_an_fp8_kv_cache_holds_twice_the_tokens_in_the_plan_the_engine_and_doctor():
+    """kv_cache_dtype fp8 (one byte a value): the 13B recipe on the users' two 48 GB cards holds twice the tokens,
+    and the plan, the engine's sizing and doctor's fit say the same number."""
+    from llamakit import fit
+
+    cfg, gpu = PRESETS["llama-13b"], a6000(0)
+    dev = Devices("cuda", 2, 1, "bf16", "nccl", (gpu, gpu))
+    tokens = {kv: engine_tokens(cfg, 2, "bf16", "none", 1024, 1024, gpu.total_bytes, kv) for kv in ("auto", "fp8")}
+    assert 2 * tokens["auto"] - 32 <= tokens["fp8"] <= 2 * tokens["auto"] + 32  # whole 16-token blocks
+    for kv in ("auto", "fp8"):
+        text, warn = memory_line(cfg, 32000, dev, "none", 1024, 1024, "/ck", 400, kv_cache_dtype=kv)
+        assert warn is None and f"= {tokens[kv]:,} tokens: " in text
+    plain = fit.verdict(cfg, 32000, 2, "bf16", 1024, 1024, gpu.total_bytes, 2)
+    fp8 = fit.verdict(cfg, 32000, 2, "bf16", 1024, 1024, gpu.total_bytes, 2, kv_dtype="fp8")
+    assert abs(fp8.kv_tokens - 2 * plain.kv_tokens) <= 32
 
 
 def test_the_plan_warns_only_when_one_sequence_does_not_fit_and_the_engine_refuses_it():

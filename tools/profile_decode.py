@@ -390,6 +390,17 @@ def part_fp8(h: int = 32, d: int = 128) -> None:
             ms = graph_ms(fn)
             gb = tokens * h * d * 2 * kk.element_size() / 1e9
             out[name] = {"us": round(ms * 1000, 1), "GB/s": round(gb / ms * 1000)}
+        sweep = []
+        for block_n in (32, 64, 128):
+            for warps in (2, 4, 8):
+                for stages in (None, 2, 3, 4):
+                    try:
+                        fn = lambda: kernels.decode_attention(q, k8, v8, table, lengths, 1, block_n, warps,  # noqa
+                                                              stages, order=order)
+                        sweep.append((round(graph_ms(fn) * 1000, 1), block_n, warps, stages or 0))
+                    except Exception as e:  # a configuration that does not compile is a finding, not a stop
+                        sweep.append((1e9, block_n, warps, stages or 0, str(e)[:60]))
+        out["fp8_best"] = sorted(sweep)[:6]
         print(json.dumps(out), flush=True)
         del k, v, k8, v8
         torch.cuda.empty_cache()

@@ -50,6 +50,7 @@ class RecipeFact:
     nproc: str | int = "auto"
     quantize: str | None = None
     gpu_memory_utilization: float = 1.0  # the share of each GPU run may use
+    kv_cache_dtype: str = "auto"  # auto | fp8 | fp8_e4m3
     out_path: str | None = None
     error: str | None = None
     fix: str = ""
@@ -346,6 +347,7 @@ def _recipe(path: Path) -> tuple[RecipeFact, str | None]:
     r.device = str(getattr(rec, "device", r.device))
     r.nproc = getattr(rec, "nproc", "auto")
     r.gpu_memory_utilization = float(getattr(rec, "gpu_memory_utilization", 1.0))
+    r.kv_cache_dtype = str(getattr(rec, "kv_cache_dtype", "auto"))
     q = getattr(rec, "quantize", None)
     r.quantize = str(q) if q and str(q) != "none" else None
     r.out_path = str(out) if out else None

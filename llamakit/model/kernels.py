@@ -383,7 +383,7 @@ def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
-                     splits: int | None = None, block_n: int | None = None, num_warps: int = 4,
+                     splits: int | None = None, block_n: int | None = None, num_warps: int | None = None,
                      num_stages: int | None = None, order: torch.Tensor | None = None,
                      fp8_native: bool | None = None) -> torch.Tensor:
     """Split-K decode attention over the paged cache on CUDA (bf16/fp16): reads positions [0, lengths[b]) of row
@@ -403,13 +403,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
         if q.is_cuda:
             n_sm = sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device())
         splits = n_splits(b, hkv, max_len, n_sm)
+    (k, fp8), (v, _) = _fp8_read_mode(k, fp8_native), _fp8_read_mode(v, fp8_native)
+    if block_n is None and fp8 and splits == 1:  # fp8: 64-key tiles, 2 warps: 752 us a layer at 1,024 rows on an
+        block_n, num_warps = 64, num_warps or 2  # H200 against 905 with bf16's 128 / 4 (profile_decode --part fp8)
     if block_n is None:  # 128-key tiles for one range per (row, head): 144 us a layer at 128 rows on an H200, 64-key
         block_n = 128 if splits == 1 else 64  # tiles 156 (1,024 rows: 877 vs 921; profile_decode --part attn)
     split_len = -(-max_len // splits)
     split_len = -(-split_len // block_n) * block_n  # whole tiles per split
     out = torch.empty_like(q)
     assert k.stride() == v.stride() and k.stride(-1) == 1 and q.is_contiguous()
-    (k, fp8), (v, _) = _fp8_read_mode(k, fp8_native), _fp8_read_mode(v, fp8_native)
     direct = splits == 1  # at 128+ rows: no partial sums to merge, no second kernel (0.68 ms a step at 1,024 rows)
     if direct:
         acc = m = l_ = out
@@ -425,7 +427,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
         q.stride(0), q.stride(1), table.stride(0), k.stride(0), k.stride(1), k.stride(2),
         *acc_strides, *m_strides, out.stride(0), out.stride(1),
         G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_N=block_n, SPLIT=split_len, PAGE=page, DIRECT=direct,
-        ORDERED=ordered, KV_FP8=fp8, num_warps=num_warps, **({"num_stages": num_stages} if num_stages else {}))
+        ORDERED=ordered, KV_FP8=fp8, num_warps=num_warps or 4, **({"num_stages": num_stages} if num_stages else {}))
     if not direct:
         _combine_kernel[(b, h)](acc, m, l_, out, acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0),
                                 m.stride(1), out.stride(0), out.stride(1), S=splits, BLOCK_S=_next_pow2(splits), D=d,

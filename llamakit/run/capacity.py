@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamakit.fit import reshard_command, reshard_destination, verdict
-from llamakit.memory import fmt_gib, plan_capacity, plan_memory, weight_bytes_per_rank, weight_dtype
+from llamakit.memory import fmt_gib, kv_dtype, plan_capacity, plan_memory, weight_bytes_per_rank, weight_dtype
 
 if TYPE_CHECKING:
     from llamakit.run.plan import Devices
@@ -17,17 +17,19 @@ if TYPE_CHECKING:
 
 def memory_line(config: Any, vocab: int, dev: Devices, quantize: str, batch: int, seq: int,
                 ckpt_dir: str | Path = "CKPT_DIR", typical: int | None = None, fast: bool = True,
-                utilization: float = 1.0) -> tuple[str, str | None]:
+                utilization: float = 1.0, kv_cache_dtype: str = "auto") -> tuple[str, str | None]:
     """What each GPU will hold, as the engine sizes it (memory.plan_capacity = engine.kv_cache_blocks' arithmetic):
     weights + reserve, then the paged KV cache of what is left, in tokens and in sequences of about `typical` tokens
     (max_batch_size is only an upper limit); and a warning with llamakit.fit's fix only when the weights do not fit
-    or not even one sequence of max_seq_len does. `utilization` (gpu_memory_utilization) scales each GPU."""
+    or not even one sequence of max_seq_len does. `utilization` (gpu_memory_utilization) scales each GPU;
+    `kv_cache_dtype` fp8 halves a token's bytes."""
     dtype = weight_dtype(dev.dtype, quantize)
     if not dev.gpus:  # the CPU engine gives every sequence max_seq_len: the fixed plan is what it holds
         return f"{plan_memory(config, vocab, dev.mp, dtype, batch, seq).breakdown()} per process", None
     total = min(g.cuda_total_bytes for g in dev.gpus)  # what the engine's torch.cuda.mem_get_info reports
     small = int(total * utilization) if utilization < 1 else total
-    cap = plan_capacity(config, vocab, dev.mp, dtype, seq, batch, small, graphs=fast, kv_dtype=dev.dtype)
+    cap = plan_capacity(config, vocab, dev.mp, dtype, seq, batch, small, graphs=fast,
+                        kv_dtype=kv_dtype(dev.dtype, kv_cache_dtype))
     weights = weight_bytes_per_rank(config, vocab, dev.mp, dtype)
     of = (f"{fmt_gib(small)} per GPU (gpu_memory_utilization {utilization:g} of {fmt_gib(total)})"
           if utilization < 1 else f"{fmt_gib(small)} per GPU")

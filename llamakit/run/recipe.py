@@ -69,6 +69,9 @@ KEYS: dict[str, KeyInfo] = {
                      "auto or a positive multiple of the checkpoint's MP"),
     "quantize": KeyInfo("int8 weights (about half the memory of bf16)", "one of none, int8"),
     "fast": KeyInfo("CUDA graphs / compiled decode where available", "true or false"),
+    "kv_cache_dtype": KeyInfo("how the KV cache stores keys and values (vLLM's key); auto = the compute dtype, fp8 = "
+                              "e4m3 bytes: twice the tokens in the same memory, keys/values rounded to 3 mantissa bits",
+                              "one of auto, fp8, fp8_e4m3"),
     "gpu_memory_utilization": KeyInfo("fraction of each GPU's total memory this run may use (vLLM's name); the paged "
                                       "KV cache gets what is left of it after the weights and the reserve",
                                       "a number > 0 and <= 1 (e.g. 0.34 makes a 141 GB H200 behave like a 48 GB "
@@ -113,6 +116,7 @@ class Recipe(BaseModel):
     nproc: Literal["auto"] | int = "auto"
     quantize: Literal["none", "int8"] = "none"
     fast: bool = True
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3"] = "auto"
     gpu_memory_utilization: float = Field(1.0, gt=0.0, le=1.0)
 
     @property

@@ -398,6 +398,8 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
     key("nproc", "auto", f"auto = MP x data-parallel copies = {p.mp} x {p.dp} = {p.mp * p.dp} process(es) "
         f"{'on ' + str(p.mp * p.dp) + ' GPU(s)' if p.device == 'cuda' else 'on the CPU'}.")
     key("fast", True, "Set false only to rule it out when looking for a bug.")
+    key("kv_cache_dtype", "auto", "auto = keys/values in the compute dtype; fp8 holds twice the tokens (twice the "
+        "sequences at once) and rounds them to 3 mantissa bits (vLLM's key).")
     key("gpu_memory_utilization", 1.0, "Fraction of each GPU's memory this run may use (vLLM's key); e.g. 0.34 "
         "acts as a 48 GB card on a 141 GB H200.")
 
