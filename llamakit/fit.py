@@ -86,7 +86,8 @@ def verdict(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, se
     plan = plan_memory(config, vocab, mp, dtype, batch, seq)
     runs_here = mp <= n_gpus
     max_batch = max_batch_that_fits(config, vocab, mp, dtype, seq, gpu_bytes, cap) if runs_here else 0
-    kv = kv_tokens_that_fit(config, vocab, mp, dtype, seq, gpu_bytes, kv_dtype=kv_dtype) if runs_here else 0  # as max_batch: no graphs
+    kv = (kv_tokens_that_fit(config, vocab, mp, dtype, seq, gpu_bytes, kv_dtype=kv_dtype)  # as max_batch: no graphs
+          if runs_here else 0)
     if runs_here and max_batch >= 1:
         return Verdict(plan, gpu_bytes, n_gpus, True, max_batch, kv_tokens=kv)
     dtypes = [dtype] if dtype == "int8" else [dtype, "int8"]
