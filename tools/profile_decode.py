@@ -384,6 +384,7 @@ def part_fp8(h: int = 32, d: int = 128) -> None:
         lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
         order = kernels.longest_first(lengths)
         tokens = sum(lens)
+        ref = kernels.decode_attention_eager(q, k8, v8, table, lengths)
         out = {"part": "fp8", "batch": batch, "kv_tokens": tokens}
         for name, kk, vv, native in (("bf16", k, v, None), ("fp8_native", k8, v8, True), ("fp8_int", k8, v8, False)):
             fn = lambda: kernels.decode_attention(q, kk, vv, table, lengths, order=order, fp8_native=native)  # noqa
@@ -401,6 +402,23 @@ def part_fp8(h: int = 32, d: int = 128) -> None:
                     except Exception as e:  # a configuration that does not compile is a finding, not a stop
                         sweep.append((1e9, block_n, warps, stages or 0, str(e)[:60]))
         out["fp8_best"] = sorted(sweep)[:6]
+        rows = []
+        for kk, vv, native in ((k8, v8, True), (k8, v8, False), (k, v, None)):
+            for block_n in (16, 32, 64):
+                for warps in (1, 2, 4, 8):
+                    for stages in (None, 3):
+                        try:
+                            fn = lambda: kernels.decode_attention(q, kk, vv, table, lengths, 1, block_n, warps,  # noqa
+                                                                  stages, order=order, fp8_native=native,
+                                                                  per_row=True)
+                            err = (fn().float() - ref.float()).abs().max().item() if native else None
+                            rows.append((round(graph_ms(fn) * 1000, 1), str(kk.dtype)[6:], native, block_n, warps,
+                                         stages or 0, err and round(err, 4)))
+                        except Exception as e:  # a configuration that does not compile is a finding, not a stop
+                            rows.append((1e9, str(kk.dtype)[6:], native, block_n, warps, stages or 0, str(e)[:60]))
+        for dt in ("float8_e4m3fn", "bfloat16"):
+            for native in ((True, False) if dt != "bfloat16" else (None,)):
+                out[f"row_{dt}_{native}"] = sorted(r for r in rows if r[1] == dt and r[2] == native)[:4]
         print(json.dumps(out), flush=True)
         del k, v, k8, v8
         torch.cuda.empty_cache()

@@ -357,6 +357,56 @@ if HAVE_TRITON:
             tl.store(L_OUT + b * stride_mb + heads * stride_mh + sp, l_i, mask=gmask)
 
 
+if HAVE_TRITON:
+
+    @triton.jit
+    def _decode_attn_row_kernel(Q, K, V, BT, LENS, ORDER, OUT, sm_scale, stride_qb, stride_qh, stride_bt, stride_kb,
+                                stride_kh, stride_kl, stride_ob, stride_oh, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                                PAGE: tl.constexpr, ORDERED: tl.constexpr, KV_FP8: tl.constexpr):
+        """One query row per program (MHA, one key range), all in registers: q.k as products summed over the head
+        dim, p.v accumulated per key slot and summed once at the end. Without tl.dot's 16-row padding and its
+        trip through shared memory, so an fp8 cache's bytes are converted and used where they are loaded."""
+        b = tl.program_id(0)
+        if ORDERED:
+            b = tl.load(ORDER + b)
+        h = tl.program_id(1)
+        seq_len = tl.load(LENS + b).to(tl.int32)
+        offs_d = tl.arange(0, D)
+        offs_n = tl.arange(0, BLOCK_N)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d).to(tl.float32)
+        scale = sm_scale
+        if KV_FP8 == 1:
+            scale = sm_scale * 256.0
+        m_i = tl.max(tl.full([BLOCK_N], float("-inf"), tl.float32), 0)
+        l_i = tl.sum(tl.zeros([BLOCK_N], tl.float32), 0)
+        acc = tl.zeros([BLOCK_N, D], tl.float32)
+        kbase = K + h * stride_kh
+        vbase = V + h * stride_kh
+        for n0 in range(0, seq_len, BLOCK_N):
+            offs = n0 + offs_n
+            nmask = offs < seq_len
+            blk = tl.load(BT + b * stride_bt + offs // PAGE, mask=nmask, other=0).to(tl.int64)
+            where = blk[:, None] * stride_kb + (offs % PAGE)[:, None] * stride_kl + offs_d[None, :]
+            k = tl.load(kbase + where, mask=nmask[:, None], other=0.0)
+            if KV_FP8 == 1:
+                k = _fp8_half(k)
+            s = tl.sum(k.to(tl.float32) * q[None, :], 1) * scale
+            s = tl.where(nmask, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 0))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new)
+            l_i = l_i * alpha + tl.sum(p, 0)
+            vt = tl.load(vbase + where, mask=nmask[:, None], other=0.0)
+            if KV_FP8 == 1:
+                vt = _fp8_half(vt)
+            acc = acc * alpha + p[:, None] * vt.to(tl.float32)
+            m_i = m_new
+        o = tl.sum(acc, 0) / l_i
+        if KV_FP8 == 1:
+            o = o * 256.0
+        tl.store(OUT + b * stride_ob + h * stride_oh + offs_d, o.to(OUT.dtype.element_ty))
+
+
 def longest_first(lengths: torch.Tensor) -> torch.Tensor | None:
     """The decode batch's rows by descending length, for decode_attention's `order` (one small sort a step, shared
     by every layer): with one program per (row, head), a batch whose lengths differ (the standard workload: 136..736)
@@ -385,7 +435,7 @@ def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
                      splits: int | None = None, block_n: int | None = None, num_warps: int | None = None,
                      num_stages: int | None = None, order: torch.Tensor | None = None,
-                     fp8_native: bool | None = None) -> torch.Tensor:
+                     fp8_native: bool | None = None, per_row: bool | None = None) -> torch.Tensor:
     """Split-K decode attention over the paged cache on CUDA (bf16/fp16): reads positions [0, lengths[b]) of row
     b only, through its block-table row; eager elsewhere. splits / block_n / num_warps / num_stages: launch
     settings (defaults: n_splits, the best measured), for tools/profile_decode.py's sweep. `order` [B]: the rows
@@ -404,6 +454,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
             n_sm = sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device())
         splits = n_splits(b, hkv, max_len, n_sm)
     (k, fp8), (v, _) = _fp8_read_mode(k, fp8_native), _fp8_read_mode(v, fp8_native)
+    if per_row and g == 1 and splits == 1:  # (experimental: profile_decode --part fp8) the register-only kernel
+        out = torch.empty_like(q)
+        ordered = order is not None
+        _decode_attn_row_kernel[(b, h)](
+            q, k, v, table, lengths, order if ordered else lengths, out, 1.0 / math.sqrt(d), q.stride(0), q.stride(1),
+            table.stride(0), k.stride(0), k.stride(1), k.stride(2), out.stride(0), out.stride(1), D=d,
+            BLOCK_N=block_n or 32, PAGE=page, ORDERED=ordered, KV_FP8=fp8, num_warps=num_warps or 4,
+            **({"num_stages": num_stages} if num_stages else {}))
+        return out
     if block_n is None and fp8 and splits == 1:  # fp8: 64-key tiles, 2 warps: 752 us a layer at 1,024 rows on an
         block_n, num_warps = 64, num_warps or 2  # H200 against 905 with bf16's 128 / 4 (profile_decode --part fp8)
     if block_n is None:  # 128-key tiles for one range per (row, head): 144 us a layer at 128 rows on an H200, 64-key
