@@ -32,10 +32,12 @@ def test_decode_attention_bf16(batch, h, hkv, splits):
 
 
 @pytest.mark.parametrize("native", [None, False])
-@pytest.mark.parametrize("batch,h,hkv,splits", [(1, 32, 32, None), (300, 32, 32, None), (5, 64, 8, 3)])
+@pytest.mark.parametrize("batch,h,hkv,splits", [(1, 32, 32, None), (300, 32, 32, None), (300, 64, 8, None),
+                                                (5, 64, 8, 3)])
 def test_decode_attention_over_an_fp8_cache_equals_the_eager_twin(batch, h, hkv, splits, native):
     """kv_cache_dtype fp8: the compiled kernel reads what torch's float8 reads, through the GPU's e4m3 conversion
-    (None: where it has one) and through the integer one (False: what GPUs without fp8 instructions run)."""
+    (None: where it has one) and through the integer one (False: what GPUs without fp8 instructions run); at 300
+    MHA rows by the kernel without tl.dot, at batch 1, GQA and 3 splits through tl.dot."""
     torch.manual_seed(0)
     L, D, BS = 512, 128, 16
     nb = L // BS

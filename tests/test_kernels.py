@@ -77,6 +77,10 @@ kp8, vp8 = K.to_fp8(kp), K.to_fp8(vp * 0.01)  # small values: subnormal bytes re
 ref8 = K.decode_attention_eager(q, kp8, vp8, perm, lens)
 res["fp8_attn"] = max((K.decode_attention(q, kp8, vp8, perm, lens, splits=s, fp8_native=n) - ref8).abs().max().item()
                       for s in (1, 2) for n in (False, True))
+q1 = q[:, :HKV].contiguous()  # one query head per kv head (MHA): one key range goes to the kernel without tl.dot
+ref1 = K.decode_attention_eager(q1, kp8, vp8, perm, lens)
+res["fp8_attn_row"] = max((K.decode_attention(q1, kp8, vp8, perm, lens, splits=1, fp8_native=n, order=o) - ref1)
+                          .abs().max().item() for n in (False, True) for o in (None, K.longest_first(lens)))
 x13 = torch.randn(3, 2, 2 * 1500)
 res["silu"] = (K.silu_mul(x13, 1500) - K.silu_mul_eager(x13, 1500)).abs().max().item()
 print(json.dumps(res))
@@ -89,7 +93,7 @@ def test_triton_kernels_match_eager_twins_in_interpreter(interpreter):
     assert res["attn_ordered"]
     assert res["rope_packed"] < 1e-6 and res["packed_written"] == 60  # 40 + 3 + 17 positions, each written once
     assert res["silu"] < 1e-5  # the int8 matmul: tests/test_int8_kernels.py
-    assert res["fp8_store"] and res["fp8_attn"] < 1e-6
+    assert res["fp8_store"] and res["fp8_attn"] < 1e-6 and res["fp8_attn_row"] < 1e-6
 
 
 PROMPTS = ["Der Wetterdienst warnte", "The museum opens", "Prices for energy fell slightly in October, the"]

@@ -440,7 +440,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
     b only, through its block-table row; eager elsewhere. splits / block_n / num_warps / num_stages: launch
     settings (defaults: n_splits, the best measured), for tools/profile_decode.py's sweep. `order` [B]: the rows
     by descending length (longest_first), used when each (row, head) is one program. An fp8 cache is read through
-    the hardware's conversion where the GPU has one (`fp8_native`: force either path, for the tests and sweeps)."""
+    the hardware's conversion where the GPU has one (`fp8_native`: force either path, for the tests and sweeps), and
+    with one query row per kv head (MHA) and one key range by a kernel without tl.dot (`per_row`: force it on/off)."""
     b, h, d = q.shape
     # tl.dot needs a head dim >= 16 (tiny test models use 8) and 16-bit inputs on GPUs (fp32 would run as tf32)
     if d < 16 or not (_use_triton(q) and (q.dtype in (torch.bfloat16, torch.float16) or not q.is_cuda)):
@@ -454,17 +455,21 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
             n_sm = sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device())
         splits = n_splits(b, hkv, max_len, n_sm)
     (k, fp8), (v, _) = _fp8_read_mode(k, fp8_native), _fp8_read_mode(v, fp8_native)
-    if per_row and g == 1 and splits == 1:  # (experimental: profile_decode --part fp8) the register-only kernel
+    if per_row is None:  # an fp8 cache, one query row per kv head, one key range: 476 us a layer at 1,024 rows on an
+        per_row = fp8 > 0 and g == 1 and splits == 1  # H200 (fp8 bytes at 3.8 TB/s) against 748 through tl.dot, 1,001
+        # with a bf16 cache; 107 against 125 and 143 us at 128 rows (profile_decode --part fp8, 2026-11-30). A bf16
+        # cache is faster through tl.dot (1,029 us this way).
+    if per_row and g == 1 and splits == 1:
         out = torch.empty_like(q)
         ordered = order is not None
         _decode_attn_row_kernel[(b, h)](
             q, k, v, table, lengths, order if ordered else lengths, out, 1.0 / math.sqrt(d), q.stride(0), q.stride(1),
             table.stride(0), k.stride(0), k.stride(1), k.stride(2), out.stride(0), out.stride(1), D=d,
-            BLOCK_N=block_n or 32, PAGE=page, ORDERED=ordered, KV_FP8=fp8, num_warps=num_warps or 4,
+            BLOCK_N=block_n or 16, PAGE=page, ORDERED=ordered, KV_FP8=fp8, num_warps=num_warps or 1,
             **({"num_stages": num_stages} if num_stages else {}))
         return out
-    if block_n is None and fp8 and splits == 1:  # fp8: 64-key tiles, 2 warps: 752 us a layer at 1,024 rows on an
-        block_n, num_warps = 64, num_warps or 2  # H200 against 905 with bf16's 128 / 4 (profile_decode --part fp8)
+    if block_n is None and fp8 and splits == 1:  # fp8 through tl.dot (GQA): 64-key tiles, 2 warps: 752 us a layer at
+        block_n, num_warps = 64, num_warps or 2  # 1,024 MHA rows on an H200 against 905 with bf16's 128 / 4
     if block_n is None:  # 128-key tiles for one range per (row, head): 144 us a layer at 128 rows on an H200, 64-key
         block_n = 128 if splits == 1 else 64  # tiles 156 (1,024 rows: 877 vs 921; profile_decode --part attn)
     split_len = -(-max_len // splits)
