@@ -156,6 +156,7 @@ class KvCapacity:
     rows: int
     budget: int
     block_bytes: int
+    kv_dtype: str = ""  # the cache's (kv_cache_bytes' name): fp8, or the compute dtype
 
     @property
     def tokens(self) -> int:
@@ -191,8 +192,9 @@ class KvCapacity:
                            + (f" (memory for about {more} of ~{typical} tokens: a higher max_batch_size runs more "
                               "at once)" if more > self.rows else ""))
         of_max = f", {self.sequences()} of max_seq_len {self.seq}" if typical < self.seq else ""
+        fp8 = "; kv_cache_dtype: fp8 would hold about twice as many" if self.kv_dtype != "fp8" else ""
         return head + (f"holds about {self.sequences(typical)} sequences of ~{typical} tokens at once{of_max} "
-                       f"(max_batch_size {self.rows} is an upper limit)")
+                       f"(max_batch_size {self.rows} is an upper limit){fp8}")
 
 
 def kv_capacity(config: ModelConfig, mp: int, dtype: str, seq: int, rows: int, gpu_bytes: int,
@@ -209,7 +211,7 @@ def kv_capacity(config: ModelConfig, mp: int, dtype: str, seq: int, rows: int, g
     budget = gpu_bytes - held - overhead_bytes(config, mp, dtype, seq) - graph_pool_bytes(step_bytes)
     per_seq = -(-seq // block_size)
     blocks = min(max(0, budget // block_bytes), rows * per_seq) if block_bytes > 0 else 0
-    return KvCapacity(int(blocks), block_size, seq, rows, int(budget), block_bytes)
+    return KvCapacity(int(blocks), block_size, seq, rows, int(budget), block_bytes, kv_dtype or dtype)
 
 
 def usable_bytes(total: int, free: int, held: int, fraction: float = 1.0) -> int:

@@ -174,6 +174,20 @@ def test_memory_fit_a_batch_beyond_the_cache_is_an_upper_limit_not_a_failure():
         in r.fix
 
 
+def test_memory_fit_counts_an_fp8_kv_cache_and_points_to_it_when_the_batch_does_not_fit_at_once():
+    """The recipe's kv_cache_dtype: fp8 halves a token's bytes, so the cache doctor states holds twice the tokens;
+    with the default cache and a batch beyond it, the finding names the key."""
+    auto = R.rule_memory_fit(with_ckpt(server(), mp=2, batch=256, seq=4096))
+    fp8 = R.rule_memory_fit(with_ckpt(server(), mp=2, batch=256, seq=4096, kv_cache_dtype="fp8"))
+
+    def tokens(finding: str) -> int:
+        return int(finding.split("the KV cache holds ")[1].split(" tokens")[0].replace(",", ""))
+
+    assert auto.status == fp8.status == "ok" and abs(tokens(fp8.finding) - 2 * tokens(auto.finding)) <= 32
+    assert "kv_cache_dtype: fp8" in auto.finding and "kv_cache_dtype" not in fp8.finding
+    assert "kv_cache_dtype" not in R.rule_memory_fit(with_ckpt(server(), mp=2, batch=2, seq=512)).finding  # all fit
+
+
 def test_memory_fit_weights_too_big_suggest_int8():
     small = GpuInfo(0, "Tesla T4", 15 * GiB, 15 * GiB, (7, 5))
     r = R.rule_memory_fit(with_ckpt(server(gpus=[small], gpus_total=1), config=LLAMA_13B, mp=1, batch=1, seq=512))

@@ -141,6 +141,7 @@ def test_an_fp8_kv_cache_holds_twice_the_tokens_in_the_plan_the_engine_and_docto
     for kv in ("auto", "fp8"):
         text, warn = memory_line(cfg, 32000, dev, "none", 1024, 1024, "/ck", 400, kv_cache_dtype=kv)
         assert warn is None and f"= {tokens[kv]:,} tokens: " in text
+        assert ("kv_cache_dtype: fp8 would hold about twice as many" in text) == (kv == "auto")  # the way to more
     plain = fit.verdict(cfg, 32000, 2, "bf16", 1024, 1024, gpu.total_bytes, 2)
     fp8 = fit.verdict(cfg, 32000, 2, "bf16", 1024, 1024, gpu.total_bytes, 2, kv_dtype="fp8")
     assert abs(fp8.kv_tokens - 2 * plain.kv_tokens) <= 32
