@@ -185,7 +185,7 @@ class KvCapacity:
         """'KV cache 58.0 GiB = 118,000 tokens: holds about 290 sequences of ~400 tokens at once, 115 of max_seq_len
         1024 (max_batch_size 1024 is an upper limit)'."""
         typical = max(1, min(self.seq, typical or self.seq))
-        head = f"KV cache {fmt_gib(self.bytes)} = {self.tokens:,} tokens: "
+        head = f"KV cache{' (fp8)' if self.kv_dtype == 'fp8' else ''} {fmt_gib(self.bytes)} = {self.tokens:,} tokens: "
         if self.sequences() >= self.rows:  # capped by max_batch_size: say that more would fit
             more = self.fit_tokens // (-(-typical // self.block_size) * self.block_size)
             return head + (f"all max_batch_size {self.rows} sequences at once, even at max_seq_len {self.seq}"

@@ -56,17 +56,22 @@ def test_bad_options_are_one_line_errors():
         resolve(BenchOptions(preset="tiny", device="cpu", mp=3))
     with pytest.raises(LlamakitError, match="--gpu-memory-utilization 1.5 is not a fraction"):
         resolve(BenchOptions(preset="tiny", device="cpu", gpu_memory_utilization=1.5))
+    with pytest.raises(LlamakitError, match="--kv-cache-dtype 'int4' is not one of auto, fp8, fp8_e4m3"):
+        resolve(BenchOptions(preset="tiny", device="cpu", kv_cache_dtype="int4"))
 
 
-@pytest.mark.parametrize("flag,n,expected", [("--mp", 2, 16), ("--dp", 2, 16)])
-def test_cli_json_with_two_processes_counts_every_prompt_once(flag, n, expected):
-    """MP=2 splits the model across two ranks; DP=2 splits the prompts between two replicas."""
+@pytest.mark.parametrize("flag,n,expected,kv", [("--mp", 2, 16, "auto"), ("--dp", 2, 16, "auto"),
+                                                ("--mp", 2, 16, "fp8")])
+def test_cli_json_with_two_processes_counts_every_prompt_once(flag, n, expected, kv):
+    """MP=2 splits the model across two ranks (each rank's fp8 cache holding its own kv heads); DP=2 splits the
+    prompts between two replicas."""
     proc = subprocess.run([sys.executable, "-m", "llamakit", "bench", "--device", "cpu", "--preset", "tiny", flag,
-                           str(n), "--prompts", "4", "--gen-len", "4", "--batch", "4", "--json"],
+                           str(n), "--prompts", "4", "--gen-len", "4", "--batch", "4", "--kv-cache-dtype", kv, "--json"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result[flag[2:]] == n and result["generated_tokens"] == expected  # 4 prompts x 4 tokens, once each
+    assert result["kv_cache_dtype"] == kv
 
 
 def test_dataset_workload_draws_max_gen_len_per_prompt_from_its_own_stream():
