@@ -54,6 +54,9 @@ def probe(cc: int) -> dict:
                 kc = torch.empty(1 + b * L // 16, hkv, 16, d, device=dev, dtype=bf)  # paged: blocks of 16 tokens
                 table = torch.zeros(b, L // 16, dtype=torch.int32, device=dev)
                 K.decode_attention(q, kc, kc, table, torch.ones(b, dtype=torch.long, device=dev))
+                # kv_cache_dtype fp8: the e4m3 conversion in hardware from sm_89, with integer ops before
+                k8 = torch.empty(kc.shape, device=dev, dtype=torch.float8_e4m3fn)
+                K.decode_attention(q, k8, k8, table, torch.ones(b, dtype=torch.long, device=dev), fp8_native=cc >= 89)
             x = torch.empty(b, dim, device=dev, dtype=bf)
             K.add_rmsnorm(x, x, torch.empty(dim, device=dev, dtype=bf), 1e-6)
             K.add_rmsnorm(x, None, torch.empty(dim, device=dev, dtype=bf), 1e-6)
@@ -62,6 +65,8 @@ def probe(cc: int) -> dict:
             tab = torch.empty(4096, d // 2, device=dev, dtype=torch.float32)
             table = torch.zeros(b, 32, dtype=torch.int32, device=dev)
             K.rope_store(qkv, torch.zeros(b, dtype=torch.long, device=dev), tab, tab, cache, cache, table, h, hkv)
+            c8 = torch.empty(cache.shape, device=dev, dtype=torch.float8_e4m3fn)
+            K.rope_store(qkv, torch.zeros(b, dtype=torch.long, device=dev), tab, tab, c8, c8, table, h, hkv)
             K.silu_mul(torch.empty(b, 2 * 11008, device=dev, dtype=bf), 11008)
         for m in (1, 2, 4, 16, 32, 64, 256):  # each config of the schedule at the batch sizes it serves
             Q.int8_matmul(torch.empty(m, dim, device=dev, dtype=bf), torch.empty(4096, dim, device=dev,
