@@ -400,3 +400,15 @@ def test_the_plan_sizes_from_the_total_cuda_reports_not_nvmls():
     assert (g.total_bytes, g.cuda_total_bytes) == (143771 * MiB, 143155 * MiB)
     text, _ = memory_line(PRESETS["llama-7b"], 32000, Devices("cuda", 1, 1, "bf16", "nccl", (g,)), "none", 8, 1024)
     assert "of 139.8 GiB per GPU" in text
+
+
+def test_kv_cache_dtype_values_are_the_same_everywhere():
+    """The recipe, the engine's config and bench accept the same kv_cache_dtype values (vLLM's names)."""
+    import typing
+
+    from llamakit.engine.api import EngineConfig
+    from llamakit.model.kv_cache import KV_CACHE_DTYPES
+    from llamakit.run.recipe import Recipe
+
+    assert typing.get_args(Recipe.model_fields["kv_cache_dtype"].annotation) == KV_CACHE_DTYPES
+    assert typing.get_args(typing.get_type_hints(EngineConfig)["kv_cache_dtype"]) == KV_CACHE_DTYPES
