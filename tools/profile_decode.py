@@ -273,104 +273,6 @@ def part_overlap(model: Transformer, rows: tuple[int, ...] = (256, 512)) -> None
         torch.cuda.empty_cache()
 
 
-def part_carveout(model: Transformer, rows: tuple[int, ...] = (512,)) -> None:
-    """Can attention and the matmuls share the GPU if the matmuls are told to leave SMs free? cuBLAS's SM-count target
-    (torch._C._set_sm_carveout_experimental) for the matmuls, attention launch settings that keep more bytes in flight
-    per SM, two streams in lockstep per layer (as a two-half pipelined step would run): 32 layers at `rows` rows with
-    dataset-workload KV lengths, timed alone and together."""
-    import torch.nn.functional as F
-
-    cfg = model.cfg
-    h, d = cfg.n_heads, cfg.head_dim
-    set_carve = torch._C._set_sm_carveout_experimental
-    for m in rows:
-        lens = lengths_for(1024)[:m]
-        table, n_blocks = paged_table(lens)
-        kc = torch.randn((n_blocks, h, PAGE, d), dtype=torch.bfloat16, device="cuda")
-        vc = torch.randn_like(kc)
-        q = torch.randn((m, h, d), dtype=torch.bfloat16, device="cuda")
-        lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
-        order = kernels.longest_first(lengths)
-        x = torch.randn((m, cfg.dim), dtype=torch.bfloat16, device="cuda")
-        hidden = model.layers[0].feed_forward.hidden_local
-        gb = sum(lens) * h * d * 2 * 2 / 1e9 * cfg.n_layers
-        cfgs = {"default": {}, "bn64_s4": {"block_n": 64, "num_stages": 4}, "bn128_w8_s3":
-                {"block_n": 128, "num_warps": 8, "num_stages": 3}, "bn64_w4_s2": {"block_n": 64, "num_stages": 2}}
-
-        def attn(kw: dict) -> None:
-            kernels.decode_attention(q, kc, vc, table, lengths, order=order, **kw)
-
-        def mm(layer: int) -> None:
-            blk = model.layers[layer]
-            F.linear(x, blk.attention.wqkv.weight)
-            F.linear(x, blk.attention.wo.weight)
-            g = kernels.silu_mul(F.linear(x, blk.feed_forward.w13.weight), hidden)
-            F.linear(g, blk.feed_forward.w2.weight)
-
-        def timed(body) -> float:
-            main = torch.cuda.current_stream()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            best = 1e9
-            for _ in range(3):
-                torch.cuda.synchronize()
-                a.record(main)
-                body()
-                b.record(main)
-                torch.cuda.synchronize()
-                best = min(best, a.elapsed_time(b))
-            return best
-
-        def together(kw: dict, carve: int, prio: str) -> float:
-            hi, lo = torch.cuda.Stream(priority=-1), torch.cuda.Stream(priority=0)
-            s_attn, s_mm = (hi, lo) if prio == "attn" else (lo, hi)
-            main = torch.cuda.current_stream()
-
-            def body():
-                s_attn.wait_stream(main)
-                s_mm.wait_stream(main)
-                for layer in range(cfg.n_layers):
-                    with torch.cuda.stream(s_mm):
-                        mm(layer)
-                    with torch.cuda.stream(s_attn):
-                        attn(kw)
-                    s_attn.wait_stream(s_mm)
-                    s_mm.wait_stream(s_attn)
-                main.wait_stream(s_attn)
-                main.wait_stream(s_mm)
-            set_carve(carve or None)
-            try:
-                return timed(body)
-            finally:
-                set_carve(None)
-
-        out = {"part": "carveout", "rows": m, "kv_gb": round(gb, 2)}
-        with torch.inference_mode():
-            for name, kw in cfgs.items():
-                try:
-                    ms = timed(lambda: [attn(kw) for _ in range(cfg.n_layers)])
-                    out[f"attn_{name}_ms"] = round(ms, 3)
-                    out[f"attn_{name}_TBps"] = round(gb / ms, 2)
-                except Exception as e:
-                    out[f"attn_{name}_error"] = str(e)[:80]
-            for carve in (0, 16, 32, 48, 66):
-                set_carve(carve or None)
-                out[f"mm_c{carve}_ms"] = round(timed(lambda: [mm(i) for i in range(cfg.n_layers)]), 3)
-                set_carve(None)
-            out["serial_ms"] = round(out["attn_default_ms"] + out["mm_c0_ms"], 3)
-            for name, kw in cfgs.items():
-                if f"attn_{name}_ms" not in out:
-                    continue
-                for carve in (0, 16, 32, 48, 66):
-                    for prio in ("mm", "attn"):
-                        out[f"both_{name}_c{carve}_{prio}_ms"] = round(together(kw, carve, prio), 3)
-        best = min((v, k) for k, v in out.items() if k.startswith("both_"))
-        out["best"] = best[1]
-        out["saved_pct"] = round(100 * (1 - best[0] / out["serial_ms"]), 1)
-        print(json.dumps(out), flush=True)
-        del kc, vc
-        torch.cuda.empty_cache()
-
-
 def part_fp8(h: int = 32, d: int = 128) -> None:
     """Decode attention over a bf16 cache against an fp8 one (kv_cache_dtype fp8), read through the GPU's e4m3
     conversion and through the integer one: us a layer and the cache bytes read per second."""
@@ -783,7 +685,6 @@ def main() -> None:
              ("step", lambda: part_step(build(a.preset))),
              ("prefill", lambda: part_prefill(build(a.preset))),
              ("overlap", lambda: part_overlap(build(a.preset))),
-             ("carveout", lambda: part_carveout(build(a.preset))),
              ("gaps", lambda: part_gaps(build(a.preset))),
              ("gaps_dataset", lambda: part_gaps(build(a.preset), "dataset")),
              ("int8b1", lambda: part_step(build(a.preset, "int8"), (1,))))
