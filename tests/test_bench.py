@@ -66,7 +66,8 @@ def test_cli_json_with_two_processes_counts_every_prompt_once(flag, n, expected,
     """MP=2 splits the model across two ranks (each rank's fp8 cache holding its own kv heads); DP=2 splits the
     prompts between two replicas."""
     proc = subprocess.run([sys.executable, "-m", "llamakit", "bench", "--device", "cpu", "--preset", "tiny", flag,
-                           str(n), "--prompts", "4", "--gen-len", "4", "--batch", "4", "--kv-cache-dtype", kv, "--json"],
+                           str(n), "--prompts", "4", "--gen-len", "4", "--batch", "4", "--kv-cache-dtype", kv,
+                           "--json"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -70,9 +70,11 @@ edge = torch.tensor([0., -0., 448., -448., 500., -1e4, 2**-6, -2**-9, 3 * 2**-10
 qkv8 = torch.randn(B, (H + 2 * HKV) * D) * 20
 qkv8[:, (H + HKV) * D:] = edge.repeat(-(-HKV * D // len(edge)))[:HKV * D]
 k81 = torch.zeros(1 + B * NB, HKV, BS, D, dtype=K.FP8); v81 = k81.clone(); k82 = k81.clone(); v82 = k81.clone()
-K.rope_store(qkv8, pos, cos, sin, k81, v81, perm, H, HKV); K.rope_store_eager(qkv8, pos, cos, sin, k82, v82, perm, H, HKV)
+K.rope_store(qkv8, pos, cos, sin, k81, v81, perm, H, HKV)
+K.rope_store_eager(qkv8, pos, cos, sin, k82, v82, perm, H, HKV)
 res["fp8_store"] = bool(torch.equal(k81.view(torch.uint8), k82.view(torch.uint8))
-                        and torch.equal(v81.view(torch.uint8), v82.view(torch.uint8)) and v81.float().abs().max() == 448)
+                        and torch.equal(v81.view(torch.uint8), v82.view(torch.uint8))
+                        and v81.float().abs().max() == 448)
 kp8, vp8 = K.to_fp8(kp), K.to_fp8(vp * 0.01)  # small values: subnormal bytes read too
 ref8 = K.decode_attention_eager(q, kp8, vp8, perm, lens)
 res["fp8_attn"] = max((K.decode_attention(q, kp8, vp8, perm, lens, splits=s, fp8_native=n) - ref8).abs().max().item()
