@@ -41,25 +41,18 @@ def to_fp8(x: torch.Tensor) -> torch.Tensor:
     return x.float().clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 
-def _kv_view(cache: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """The cache as the rotary kernel writes it: fp8 as its raw bytes (rounded with integer ops, bit for bit as
-    torch), and whether it is fp8."""
-    if cache.dtype == FP8:
-        return cache.view(torch.uint8), True
-    return cache, False
-
-
 @functools.lru_cache(maxsize=None)
 def _fp8_instructions(device_index: int) -> bool:
     """The GPU converts e4m3 in hardware (compute capability 8.9+: Ada, Hopper)."""
     return torch.cuda.get_device_capability(device_index) >= (8, 9)
 
 
-def _fp8_read_mode(cache: torch.Tensor, native: bool | None) -> tuple[torch.Tensor, int]:
-    """How decode attention reads the cache: 0 as it is (16/32 bit); 1 fp8 as bytes turned into fp16 by integer ops
-    (GPUs without fp8 instructions, e.g. the RTX A6000, and the CPU interpreter); 2 fp8 through the hardware's
-    e4m3 -> fp16 conversion (the integer path made the H200's 1,024-row dataset bench slower than a bf16 cache,
-    12,276 against 12,638 tok/s, 2026-11-30: the step became bound by those integer ops)."""
+def _fp8_mode(cache: torch.Tensor, native: bool | None) -> tuple[torch.Tensor, int]:
+    """How a kernel takes the cache: 0 as it is (16/32 bit); 1 fp8 as raw bytes, converted with integer ops (the
+    rotary kernel's stores, bit for bit as torch's cast; reads on GPUs without fp8 instructions, e.g. the RTX A6000,
+    and in the CPU interpreter); 2 fp8 read through the hardware's e4m3 -> fp16 conversion (`native` None: where
+    the GPU has one; integer reads made the H200's 1,024-row dataset bench slower than a bf16 cache, 12,276 against
+    12,638 tok/s, 2026-11-30)."""
     if cache.dtype != FP8:
         return cache, 0
     if native is None:
@@ -226,7 +219,7 @@ def _rope_launch(qkv2: torch.Tensor, pos, rows, cos, sin, q, k, k_cache, v_cache
                  packed: bool, config: tuple[int, int] | None = None) -> None:
     d = k_cache.shape[-1]
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and qkv2.stride(-1) == 1
-    (k_cache, fp8), (v_cache, _) = _kv_view(k_cache), _kv_view(v_cache)
+    (k_cache, fp8), (v_cache, _) = _fp8_mode(k_cache, False), _fp8_mode(v_cache, False)
     tokens, heads = qkv2.shape[0], n_heads + n_kv
     block_h, warps = config or rope_config(tokens, heads)
     block_h = min(block_h, _next_pow2(heads))
@@ -454,7 +447,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
         if q.is_cuda:
             n_sm = sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device())
         splits = n_splits(b, hkv, max_len, n_sm)
-    (k, fp8), (v, _) = _fp8_read_mode(k, fp8_native), _fp8_read_mode(v, fp8_native)
+    (k, fp8), (v, _) = _fp8_mode(k, fp8_native), _fp8_mode(v, fp8_native)
     if per_row is None:  # an fp8 cache, one query row per kv head, one key range: 476 us a layer at 1,024 rows on an
         per_row = fp8 > 0 and g == 1 and splits == 1  # H200 (fp8 bytes at 3.8 TB/s) against 748 through tl.dot, 1,001
         # with a bf16 cache; 107 against 125 and 143 us at 128 rows (profile_decode --part fp8, 2026-11-30). A bf16

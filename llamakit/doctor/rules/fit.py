@@ -46,9 +46,9 @@ def _verdict(f: Facts, gpu_bytes: int, n_gpus: int) -> Verdict:
     """llamakit.fit's verdict for the checkpoint and recipe on `n_gpus` GPUs of `gpu_bytes`."""
     c, r = f.ckpt, f.recipe
     assert c is not None and r is not None
-    kv = None if r.kv_cache_dtype == "auto" else "fp8"
-    return fit_module().verdict(c.config, c.vocab_size, c.mp, _dtype(f), r.max_batch_size, r.max_seq_len, gpu_bytes,
-                                n_gpus, kv_dtype=kv)
+    fit, dtype = fit_module(), _dtype(f)
+    return fit.verdict(c.config, c.vocab_size, c.mp, dtype, r.max_batch_size, r.max_seq_len, gpu_bytes, n_gpus,
+                       kv_dtype=fit.kv_dtype(dtype, r.kv_cache_dtype))
 
 
 def _fix_words(v: Verdict, src: str) -> str:
