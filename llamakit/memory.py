@@ -60,6 +60,10 @@ class MemoryPlan:
                 f"{fmt_gib(self.overhead)} = {fmt_gib(self.total)}")
 
 
+# what the plan and doctor add when max_batch_size sequences do not fit the cache at once and it is not fp8 yet
+FP8_ADVICE = "kv_cache_dtype: fp8 would hold about twice as many"
+
+
 def kv_dtype(dtype: str, kv_cache_dtype: str = "auto") -> str:
     """The KV cache's dtype name for kv_cache_bytes: the compute dtype, or fp8 (kv_cache_dtype fp8 / fp8_e4m3)."""
     return dtype if kv_cache_dtype == "auto" else "fp8"
@@ -192,7 +196,7 @@ class KvCapacity:
                            + (f" (memory for about {more} of ~{typical} tokens: a higher max_batch_size runs more "
                               "at once)" if more > self.rows else ""))
         of_max = f", {self.sequences()} of max_seq_len {self.seq}" if typical < self.seq else ""
-        fp8 = "; kv_cache_dtype: fp8 would hold about twice as many" if self.kv_dtype != "fp8" else ""
+        fp8 = f"; {FP8_ADVICE}" if self.kv_dtype != "fp8" else ""
         return head + (f"holds about {self.sequences(typical)} sequences of ~{typical} tokens at once{of_max} "
                        f"(max_batch_size {self.rows} is an upper limit){fp8}")
 

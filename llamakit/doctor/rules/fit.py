@@ -135,7 +135,8 @@ def rule_memory_fit(f: Facts) -> CheckResult:
     if not _verdict(f, min(share, busy.free_bytes), n).fits:
         return CheckResult("memory-fit", WARN, f"{head}: fits GPU{busy.index}'s {of} but only "
                            f"{gib(busy.free_bytes)} is free now", "another process uses the GPU: see `nvidia-smi`")
-    words = fit_module().capacity_words(empty.kv_tokens, r.max_seq_len)
+    fit = fit_module()
+    words = fit.capacity_words(empty.kv_tokens, r.max_seq_len)
     if r.kv_cache_dtype == "auto" and empty.kv_tokens < r.max_batch_size * r.max_seq_len:
-        words += "; kv_cache_dtype: fp8 in the recipe holds twice the tokens (keys/values rounded to e4m3)"
+        words += f"; {fit.FP8_ADVICE}"
     return CheckResult("memory-fit", OK, f"{head}: fits {of}; {words}")
