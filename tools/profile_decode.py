@@ -2,8 +2,9 @@
 the 7B decode step at batch 1 / 128 / 1,024 and of a standard-workload prefill (int8b1: the int8 step at batch 1), the
 decode-attention and rotary kernels' achieved bandwidth per launch configuration, and the sampling step's cost.
 
-    python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,gaps,gaps_dataset,tunable,
-                                    attn_layers,attn,rope,gemv,mm,nucleus,sample,int8b1] > profile.txt
+    python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,green,green_attn,gaps,
+                                    gaps_dataset,tunable,attn_layers,attn,fp8,fp8_gqa,rope,gemv,mm,nucleus,sample,
+                                    int8b1] > profile.txt
 
 Random weights of the bench preset (llamakit.bench), KV lengths as in the standard workload halfway through its
 256 tokens (batch 128) and as the dataset workload holds them (batch 1,024). Numbers are for reading, not for the docs:
@@ -272,6 +273,247 @@ def part_overlap(model: Transformer, rows: tuple[int, ...] = (256, 512)) -> None
         del kc, vc
         torch.cuda.empty_cache()
 
+
+class GreenSplit:
+    """Two CUDA green contexts over disjoint SMs of device 0 (driver API through ctypes: torch's GreenContext.create
+    always takes the first SMs, so two of them would share), with one stream each as torch ExternalStreams."""
+
+    def __init__(self, n_first: int):
+        import ctypes
+
+        cu = ctypes.CDLL("libcuda.so.1")
+        self.cu = cu
+
+        def ok(r, what):
+            if r != 0:
+                raise RuntimeError(f"{what} failed: CUresult {r}")
+
+        dev = ctypes.c_int()
+        ok(cu.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
+        whole, first, rest = (ctypes.create_string_buffer(1024) for _ in range(3))
+        ok(cu.cuDeviceGetDevResource(dev, whole, 1), "cuDeviceGetDevResource")  # CU_DEV_RESOURCE_TYPE_SM
+        n = ctypes.c_uint(1)
+        ok(cu.cuDevSmResourceSplitByCount(first, ctypes.byref(n), whole, rest, 0, n_first),
+           "cuDevSmResourceSplitByCount")
+        sm = lambda buf: int.from_bytes(buf.raw[96:100], "little")  # noqa: E731 (CUdevSmResource.smCount)
+        self.sms = (sm(first), sm(rest), sm(whole))
+        self.streams, self._keep = [], []
+        for res in (first, rest):
+            desc, ctx, stream = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+            ok(cu.cuDevResourceGenerateDesc(ctypes.byref(desc), res, 1), "cuDevResourceGenerateDesc")
+            ok(cu.cuGreenCtxCreate(ctypes.byref(ctx), desc, dev, 1), "cuGreenCtxCreate")  # DEFAULT_STREAM
+            ok(cu.cuGreenCtxStreamCreate(ctypes.byref(stream), ctx, 1, 0), "cuGreenCtxStreamCreate")  # NON_BLOCKING
+            self._keep.append(ctx)
+            self.streams.append(torch.cuda.ExternalStream(stream.value, device=torch.device("cuda", 0)))
+
+
+def part_green(model: Transformer, rows: tuple[int, ...] = (1024, 512)) -> None:
+    """Do decode attention (bound by memory) and the matmuls (bound by compute) overlap when each runs on its own SMs?
+    CUDA green contexts split the SMs in two (attention on n, matmuls on the rest); 32 layers for `rows` rows
+    (dataset-workload KV lengths): each alone on its part, both free-running, and as the two-half pipelined step
+    would run them (half A's attention beside half B's matmuls, dependencies through events), eager and in a CUDA
+    graph, against one after the other on all SMs."""
+    import torch.nn.functional as F
+
+    cfg = model.cfg
+    h, d = cfg.n_heads, cfg.head_dim
+    hidden = model.layers[0].feed_forward.hidden_local
+    print(json.dumps({"part": "green", "torch": torch.__version__,
+                      "torch_green": hasattr(torch._C, "_CUDAGreenContext") or hasattr(torch._C, "GreenContext"),
+                      "sms": torch.cuda.get_device_properties(0).multi_processor_count}), flush=True)
+    for m in rows:
+        lens = lengths_for(1024)[:m]
+        table, n_blocks = paged_table(lens)
+        kc = torch.randn((n_blocks, h, PAGE, d), dtype=torch.bfloat16, device="cuda")
+        vc = torch.randn_like(kc)
+        halves = []
+        for part in (slice(0, m // 2), slice(m // 2, m)):
+            ln = torch.tensor(lens[part], dtype=torch.int32, device="cuda")
+            halves.append({"q": torch.randn((len(lens[part]), h, d), dtype=torch.bfloat16, device="cuda"),
+                           "table": table[part].contiguous(), "lengths": ln, "order": kernels.longest_first(ln),
+                           "x": torch.randn((len(lens[part]), cfg.dim), dtype=torch.bfloat16, device="cuda")})
+        full = {"q": torch.randn((m, h, d), dtype=torch.bfloat16, device="cuda"), "table": table,
+                "lengths": torch.tensor(lens, dtype=torch.int32, device="cuda"),
+                "x": torch.randn((m, cfg.dim), dtype=torch.bfloat16, device="cuda")}
+        full["order"] = kernels.longest_first(full["lengths"])
+
+        def attn(t, _layer):
+            kernels.decode_attention(t["q"], kc, vc, t["table"], t["lengths"], order=t["order"])
+
+        def mm(t, layer):
+            blk = model.layers[layer]
+            x = t["x"]
+            F.linear(x, blk.attention.wqkv.weight)
+            F.linear(x, blk.attention.wo.weight)
+            g = kernels.silu_mul(F.linear(x, blk.feed_forward.w13.weight), hidden)
+            F.linear(g, blk.feed_forward.w2.weight)
+
+        def timed(fn, reps=3):
+            main = torch.cuda.current_stream()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            best = 1e9
+            for _ in range(reps):
+                torch.cuda.synchronize()
+                a.record(main)
+                fn()
+                b.record(main)
+                torch.cuda.synchronize()
+                best = min(best, a.elapsed_time(b))
+            return round(best, 3)
+
+        def on(stream, fn):
+            main = torch.cuda.current_stream()
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                fn()
+            main.wait_stream(stream)
+
+        layers = range(cfg.n_layers)
+        out = {"part": "green", "rows": m, "kv_tokens": sum(lens)}
+        with torch.inference_mode():
+            out["attn_ms"] = timed(lambda: [attn(full, i) for i in layers])
+            out["mm_ms"] = timed(lambda: [mm(full, i) for i in layers])
+            out["serial_ms"] = timed(lambda: [(attn(full, i), mm(full, i)) for i in layers])
+            out["serial_halves_ms"] = timed(lambda: [(attn(t, i), mm(t, i)) for i in layers for t in halves])
+        print(json.dumps(out), flush=True)
+        for n_attn in (40, 56, 72, 88):
+            row = {"part": "green", "rows": m, "n_attn": n_attn}
+            try:
+                split = GreenSplit(n_attn)
+            except Exception as e:  # no green contexts here is a finding, not a stop
+                row["error"] = repr(e)[:200]
+                print(json.dumps(row), flush=True)
+                break
+            sa, sb = split.streams
+            row["sms"] = split.sms
+
+            def pipelined():
+                main = torch.cuda.current_stream()
+                sa.wait_stream(main)
+                sb.wait_stream(main)
+                done_mm = [torch.cuda.Event(), torch.cuda.Event()]
+                done_attn = [torch.cuda.Event(), torch.cuda.Event()]
+                for i in layers:
+                    for k, t in enumerate(halves):
+                        with torch.cuda.stream(sb):
+                            if i:
+                                sb.wait_event(done_attn[k])
+                            mm(t, i)  # half k's wo/ffn of layer i-1 and qkv of layer i, as one layer's matmuls
+                            done_mm[k].record(sb)
+                        with torch.cuda.stream(sa):
+                            sa.wait_event(done_mm[k])
+                            attn(t, i)
+                            done_attn[k].record(sa)
+                main.wait_stream(sa)
+                main.wait_stream(sb)
+
+            def free():  # no dependencies between the two: what running side by side costs each
+                main = torch.cuda.current_stream()
+                sa.wait_stream(main)
+                sb.wait_stream(main)
+                with torch.cuda.stream(sa):
+                    [attn(full, i) for i in layers]
+                with torch.cuda.stream(sb):
+                    [mm(full, i) for i in layers]
+                main.wait_stream(sa)
+                main.wait_stream(sb)
+
+            with torch.inference_mode():
+                try:
+                    row["attn_alone_ms"] = timed(lambda: on(sa, lambda: [attn(full, i) for i in layers]))
+                    row["mm_alone_ms"] = timed(lambda: on(sb, lambda: [mm(full, i) for i in layers]))
+                    torch._C._set_sm_carveout_experimental(n_attn)
+                    row["mm_alone_carveout_ms"] = timed(lambda: on(sb, lambda: [mm(full, i) for i in layers]))
+                    row["free_carveout_ms"] = timed(free)
+                    row["pipelined_carveout_ms"] = timed(pipelined)
+                    torch._C._set_sm_carveout_experimental(None)
+                    row["free_ms"] = timed(free)
+                    row["pipelined_ms"] = timed(pipelined)
+                    g = torch.cuda.CUDAGraph()
+                    pipelined()
+                    torch.cuda.synchronize()
+                    with torch.cuda.graph(g):
+                        pipelined()
+                    row["pipelined_graph_ms"] = timed(g.replay)
+                    del g
+                except Exception as e:  # what does not work is a finding, not a stop
+                    row["error"] = repr(e)[:300]
+                finally:
+                    torch._C._set_sm_carveout_experimental(None)
+            row["saved_pct"] = round(100 * (1 - min(v for k, v in row.items() if k.startswith(("free", "pipe"))
+                                                    and isinstance(v, float)) / out["serial_ms"]), 1) \
+                if any(k.startswith("pipe") and isinstance(v, float) for k, v in row.items()) else None
+            print(json.dumps(row), flush=True)
+        del kc, vc
+        torch.cuda.empty_cache()
+
+
+
+def part_green_attn(h: int = 32, d: int = 128, rows: int = 1024) -> None:
+    """Decode attention's bytes per second per SM when it has only part of the GPU (a green context of n SMs), per
+    launch configuration: sharing the SMs with the matmuls pays only if attention saturates memory on part of them."""
+    lens = lengths_for(rows)
+    table, n_blocks = paged_table(lens)
+    k = torch.randn((n_blocks, h, PAGE, d), dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    q = torch.randn((rows, h, d), dtype=torch.bfloat16, device="cuda")
+    lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    order = kernels.longest_first(lengths)
+    gb = sum(lens) * h * d * 2 * 2 / 1e9
+    for n in (66, 132):
+        stream = GreenSplit(n).streams[0] if n < 132 else torch.cuda.Stream()
+        sweep = []
+        for block_n in (32, 64, 128):
+            for warps in (2, 4, 8):
+                for stages in (None, 2, 3, 4):
+                    def fn():
+                        for _ in range(8):
+                            kernels.decode_attention(q, k, v, table, lengths, 1, block_n, warps, stages, order=order)
+                    try:
+                        stream.wait_stream(torch.cuda.current_stream())
+                        with torch.cuda.stream(stream):
+                            ms = cuda_ms(fn, reps=3, warm=1) / 8
+                        torch.cuda.current_stream().wait_stream(stream)
+                        sweep.append((round(gb / ms, 1), round(gb / ms / n * 1000, 1), block_n, warps, stages or 0))
+                    except Exception as e:  # a configuration that does not compile is a finding, not a stop
+                        sweep.append((0, 0, block_n, warps, stages or 0, str(e)[:60]))
+        with torch.cuda.stream(stream):
+            ms = cuda_ms(lambda: kernels.decode_attention(q, k, v, table, lengths, order=order), reps=8)
+        print(json.dumps({"part": "green_attn", "sms": n, "default_TB/s": round(gb / ms, 2),
+                          "best_TB/s_GB/s_per_sm_block_warps_stages": sorted(sweep, reverse=True)[:6]}), flush=True)
+
+
+def part_fp8_gqa(h: int = 32, hkv: int = 8, d: int = 128, rows: int = 1024) -> None:
+    """Decode attention over a GQA cache (Llama 3 8B: 32 query heads, 8 kv heads), bf16 against fp8 through tl.dot:
+    us a layer per launch configuration."""
+    lens = lengths_for(rows)
+    table, n_blocks = paged_table(lens)
+    k = torch.randn((n_blocks, hkv, PAGE, d), dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    k8, v8 = kernels.to_fp8(k), kernels.to_fp8(v)
+    q = torch.randn((rows, h, d), dtype=torch.bfloat16, device="cuda")
+    lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    order = kernels.longest_first(lengths)
+    ref = kernels.decode_attention_eager(q, k8, v8, table, lengths)
+    out = {"part": "fp8_gqa", "rows": rows, "kv_tokens": sum(lens)}
+    for name, kk, vv in (("bf16", k, v), ("fp8", k8, v8)):
+        fn = lambda: kernels.decode_attention(q, kk, vv, table, lengths, order=order)  # noqa: E731
+        err = (fn().float() - ref.float()).abs().max().item() if name == "fp8" else None
+        out[name + "_default_us"] = round(graph_ms(fn) * 1000, 1)
+        sweep = []
+        for splits in (1, 2):
+            for block_n in (32, 64, 128):
+                for warps in (2, 4, 8):
+                    for stages in (None, 3):
+                        try:
+                            fn = lambda: kernels.decode_attention(q, kk, vv, table, lengths, splits, block_n,  # noqa
+                                                                  warps, stages, order=order)
+                            sweep.append((round(graph_ms(fn) * 1000, 1), splits, block_n, warps, stages or 0))
+                        except Exception as e:  # a configuration that does not compile is a finding, not a stop
+                            sweep.append((1e9, splits, block_n, warps, stages or 0, str(e)[:60]))
+        out[name + "_best"] = sorted(sweep)[:4]
+        out[name + "_max_err"] = err and round(err, 4)
+    print(json.dumps(out), flush=True)
 
 def part_fp8(h: int = 32, d: int = 128) -> None:
     """Decode attention over a bf16 cache against an fp8 one (kv_cache_dtype fp8), read through the GPU's e4m3
@@ -682,9 +924,12 @@ def main() -> None:
              ("sample", part_sample),
              ("attn", part_attn),
              ("fp8", part_fp8),
+             ("fp8_gqa", part_fp8_gqa),
+             ("green_attn", part_green_attn),
              ("step", lambda: part_step(build(a.preset))),
              ("prefill", lambda: part_prefill(build(a.preset))),
              ("overlap", lambda: part_overlap(build(a.preset))),
+             ("green", lambda: part_green(build(a.preset))),
              ("gaps", lambda: part_gaps(build(a.preset))),
              ("gaps_dataset", lambda: part_gaps(build(a.preset), "dataset")),
              ("int8b1", lambda: part_step(build(a.preset, "int8"), (1,))))
