@@ -69,6 +69,7 @@ class BenchOptions:
     top_p: float = 0.9
     quantize: str = "none"
     kv_cache_dtype: str = "auto"  # auto | fp8 (vLLM's key)
+    batch_invariant: bool = False  # each sequence's logits independent of the batch, bit for bit (EngineConfig)
     fast: bool = True
     gpu_memory_utilization: float = 1.0  # fraction of each GPU's memory a process may use (vLLM's name)
     # decoding controls by their recipe names (`--set top_k=50 --set n=4 ...`); n multiplies the sequences
@@ -109,6 +110,7 @@ class BenchResult:
     sampling: dict = field(default_factory=dict)
     gpu_memory_utilization: float = 1.0
     kv_cache_dtype: str = "auto"
+    batch_invariant: bool = False
     timeline: dict = field(default_factory=dict)  # engine.Timeline of the timed run: prefill / decode / waiting
     batch1_timeline: dict = field(default_factory=dict)  # the same, summed over the batch-1 runs
 
@@ -201,7 +203,8 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
                         device=device.type, temperature=opts.temperature, top_p=opts.top_p,  # type: ignore[arg-type]
                         quantize=opts.quantize, fast=opts.fast, graph_modes=(mode,),  # type: ignore[arg-type]
                         gpu_memory_utilization=opts.gpu_memory_utilization,
-                        kv_cache_dtype=opts.kv_cache_dtype)  # type: ignore[arg-type]
+                        kv_cache_dtype=opts.kv_cache_dtype,  # type: ignore[arg-type]
+                        batch_invariant=opts.batch_invariant)
     cap_gpu_memory(opts.gpu_memory_utilization, device)  # before any weights: they count against the cap
     seed = 1234 + get_model_parallel_rank()
     quality: tuple = (None, None, None, None)
@@ -266,7 +269,8 @@ def run_bench(opts: BenchOptions, rank: int = 0) -> BenchResult:
         bf16_logit_rel_err=quality[0], int8_logit_rel_err=quality[1], bf16_top1_agreement=quality[2],
         int8_top1_agreement=quality[3], dp=dp, workload=opts.workload, peak_sequences=held[0],
         peak_kv_tokens=held[1], kv_cache_tokens=kv_tokens, preemptions=held[2], sampling=opts.sampling,
-        gpu_memory_utilization=opts.gpu_memory_utilization, kv_cache_dtype=opts.kv_cache_dtype, timeline=timeline,
+        gpu_memory_utilization=opts.gpu_memory_utilization, kv_cache_dtype=opts.kv_cache_dtype,
+        batch_invariant=opts.batch_invariant, timeline=timeline,
         batch1_timeline={k: round(v, 3) for k, v in b1_timeline.items()})
 
 

@@ -232,3 +232,41 @@ def test_ignore_eos_generates_to_max_gen_len_but_stop_ids_still_end():
     plain = Tracker(req, SamplingParams(), (2,), None)
     assert plain.add([], 4, 2, None).finish_reason == "stop"
     assert to_params({**DecodingKeys(ignore_eos=True).model_dump()}).ignore_eos is True
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_batch_invariant_gives_every_sequence_the_same_bits_at_any_batch_and_never_preempts(dtype, tiny_factory,
+                                                                                            mp1_group):
+    """batch_invariant: true. Each sequence's tokens and logprobs are bit for bit the same alone (batch 1, a cache for
+    one sequence) as among 12 at once in a cache too small for all of them, where the default engine preempts."""
+    ckpt = tiny_factory("llama2", 1)
+    params = [{**p, "logprobs": 3} for p in SAMPLED] * 3
+
+    def run(batch: int, kv_tokens: int, invariant: bool) -> tuple[dict, int]:
+        engine = build_engine(open_checkpoint(ckpt), EngineConfig(
+            max_seq_len=64, max_batch_size=batch, kv_cache_tokens=kv_tokens, dtype=dtype, batch_invariant=invariant))
+        out = {c.request.key: (c.tokens, c.logprobs.token_logprobs, c.logprobs.top_logprobs)
+               for c in engine.generate(_requests(ckpt, params))}
+        return out, engine.last.preemptions
+
+    alone, _ = run(1, 64, True)
+    together, preempted = run(12, 256, True)
+    assert preempted == 0 and together == alone  # == on floats: the same bits
+    _, default_preempted = run(12, 256, False)
+    assert default_preempted > 0  # the same cache makes the default engine preempt
+    assert len({tuple(v[0]) for v in alone.values()}) > 6  # the rows really sample different texts
+
+
+def test_batch_invariant_at_mp2_over_gloo_gives_the_same_bits_alone_and_in_a_full_batch(tiny_factory, tmp_path):
+    """The same at MP=2 under torchrun (gloo): the all-reduce of two ranks' partial sums is one addition per value,
+    the same whichever order; so alone and among 12 in a tight cache a sequence gets the same tokens and logprobs."""
+    ckpt = tiny_factory("llama2", 2)
+    tok = _tok(ckpt)
+    params = [{**p, "logprobs": 3} for p in SAMPLED] * 3
+    prompts = [tok.encode(t) for t in (PROMPTS * 3)]
+    jobs = [{"ckpt": ckpt, "config": {"max_seq_len": 64, "max_batch_size": batch, "kv_cache_tokens": kv,
+                                      "batch_invariant": True},
+             "max_gen_len": GEN, "prompts": prompts, "params": params} for batch, kv in ((1, 64), (12, 256))]
+    alone, together = run_jobs_under_torchrun(2, tmp_path, jobs)
+    assert together == alone and len(alone) == 12
+    assert all(v[2] is not None and len(v[2]) == len(v[0]) for v in alone.values())

@@ -272,3 +272,62 @@ def test_gpu_memory_utilization_caps_the_process_and_sizes_the_cache_from_the_ca
         torch.cuda.set_per_process_memory_fraction(1.0)
         eng = cache = None
         torch.cuda.empty_cache()
+
+
+def test_batch_invariant_matmul_and_attention_give_a_row_the_same_bits_at_every_batch_size():
+    """At 7B sizes in bf16: cuBLAS picks kernels by row count and batch 1 takes the GEMV, so a row's product changes
+    in the last bits with the batch; in chunks of INVARIANT_ROWS it does not. Decode attention with one key range
+    (what batch_invariant fixes) gives a row the same bits among 1 or 300 rows."""
+    from torch import nn
+
+    from llamakit.model.linear import INVARIANT_ROWS, linear
+
+    torch.manual_seed(0)
+    layer = nn.Module()
+    layer.weight = nn.Parameter(torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) / 64,
+                                requires_grad=False)
+    x = torch.randn(700, 4096, device="cuda", dtype=torch.bfloat16)
+    plain = [linear(x[:m], layer)[0] for m in (1, 3, 64, 300, 700)]
+    layer.invariant_rows = INVARIANT_ROWS["cuda"]
+    fixed = [linear(x[:m], layer)[0] for m in (1, 3, 64, 300, 700)]
+    assert all(torch.equal(f, fixed[0]) for f in fixed)
+    print(f"\nplain matmul: row 0 identical at {sum(torch.equal(p, plain[0]) for p in plain)} of 5 row counts")
+    L, D, BS, rows = 1024, 128, 16, 300
+    nb = L // BS
+    q = torch.randn(rows, 32, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1 + rows * nb, 32, BS, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    table = (torch.randperm(rows * nb, device="cuda") + 1).view(rows, nb).to(torch.int32)
+    lengths = torch.randint(1, L + 1, (rows,), device="cuda")
+    full = K.decode_attention(q, k, v, table, lengths, splits=1)
+    for m in (1, 7, 130):
+        assert torch.equal(K.decode_attention(q[:m], k, v, table[:m], lengths[:m], splits=1), full[:m])
+
+
+@pytest.mark.parametrize("style", ["llama2", "llama2-gqa"])
+def test_batch_invariant_engine_gives_the_same_tokens_and_logprobs_alone_and_in_a_tight_batch(style, tiny_factory,
+                                                                                             mp1_group):
+    """batch_invariant on the GPU in bf16, through the CUDA graphs (sampling) and the eager step (logprobs): each
+    sequence's tokens and logprobs are the same bits alone as among 12 in a cache too small for all of them.
+    llama2 (head dim 16) decodes through the Triton attention kernel, llama2-gqa (head dim 8) through the eager one."""
+    from llamakit.checkpoint import open_checkpoint
+    from llamakit.engine.api import EngineConfig, Request, SamplingParams
+    from llamakit.engine.engine import build_engine
+    from llamakit.tokenizer import Tokenizer
+
+    ckpt = tiny_factory(style, 1)
+    tok = Tokenizer(ckpt / "tokenizer.model")
+    texts = ["Der Wetterdienst warnte", "The museum opens", "Prices for energy fell slightly in October, the"] * 4
+
+    def run(batch: int, kv_tokens: int, params: SamplingParams) -> tuple[dict, int]:
+        eng = build_engine(open_checkpoint(ckpt), EngineConfig(
+            max_seq_len=64, max_batch_size=batch, dtype="bf16", device="cuda", kv_cache_tokens=kv_tokens,
+            batch_invariant=True))
+        reqs = [Request(i, tok.encode(t), 32, params=params, sample=i % 3) for i, t in enumerate(texts)]
+        out = {c.request.key: (c.tokens, c.logprobs and c.logprobs.token_logprobs) for c in eng.generate(reqs)}
+        return out, eng.last.preemptions
+
+    for params in (SamplingParams(temperature=0.8), SamplingParams(temperature=0.8, top_k=40, logprobs=3)):
+        alone, _ = run(1, 64, params)
+        together, preempted = run(12, 320, params)
+        assert preempted == 0 and together == alone, params

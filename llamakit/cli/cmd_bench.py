@@ -34,6 +34,8 @@ def bench_cmd(
     kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype", help="KV cache: auto (the model's dtype) or fp8 "
                                        "(e4m3: twice the tokens held, half the bytes a decode step reads; vLLM's "
                                        "name)."),
+    batch_invariant: bool = typer.Option(False, "--batch-invariant", help="Each sequence's tokens and logprobs "
+                                         "independent of the batch, bit for bit (recipe key batch_invariant)."),
     gpu_memory_utilization: float = typer.Option(
         1.0, "--gpu-memory-utilization", help="Fraction of each GPU's total memory a process may use (vLLM's name): "
         "0.34 makes a 141 GB H200 behave like a 48 GB RTX A6000."),
@@ -56,7 +58,7 @@ def bench_cmd(
     opts = BenchOptions(preset=preset, params_json=params_json, mp=mp, dp=dp, dtype=dtype, device=device,
                         workload=workload, prompts=prompts, gen_len=gen_len, batch=batch, quantize=quantize,
                         fast=not plain, sampling=sampling, gpu_memory_utilization=gpu_memory_utilization,
-                        kv_cache_dtype=kv_cache_dtype, **temps)
+                        kv_cache_dtype=kv_cache_dtype, batch_invariant=batch_invariant, **temps)
     result = bench(opts)
     if as_json:
         print(json.dumps(asdict(result)))

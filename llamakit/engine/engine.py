@@ -45,7 +45,8 @@ class BatchEngine:
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         cache = self.runner.cache
         sched = Scheduler(self.max_rows, self.cfg.max_seq_len, self.eos_ids, self.prefill_tokens,
-                          BlockManager(cache.n_blocks, cache.block_size), self.stopping)
+                          BlockManager(cache.n_blocks, cache.block_size), self.stopping,
+                          reserve_whole=self.cfg.batch_invariant)
         self.last = sched
         tl = self.timeline = Timeline()
         start = time.perf_counter()
@@ -219,6 +220,8 @@ def engine_for_model(model: Transformer, cfg: EngineConfig, rows: int | None, eo
     rows = rows or cfg.max_batch_size
     mp = model_parallel_info()[1]
     cap_gpu_memory(cfg.gpu_memory_utilization, model.device)
+    if cfg.batch_invariant:
+        model.make_batch_invariant()
     step_bytes = 0
     if model.device.type == "cuda" and cfg.fast and cfg.kv_cache_tokens <= 0:
         from llamakit.engine.graphs import step_peak_bytes

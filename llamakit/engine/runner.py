@@ -168,6 +168,8 @@ class ModelRunner:
         else:  # plain path: SDPA over the first kv_len positions of every row (the reference of the fast path)
             need = max(positions) + 1
             kv_len = min(self.cfg.max_seq_len, -(-need // self.kv_bucket) * self.kv_bucket)
+            if self.cfg.batch_invariant:  # the same key count for every batch: each row's sums in the same order
+                kv_len = self.cfg.max_seq_len
             logits = self.model.decode(tokens, pos, self.cache, table, kv_len)
         ints, floats = self.rows.upload(len(seqs))
         return unpack(sample_step(logits, ints, floats, hist, mode), mode, seqs, self.default)

@@ -47,17 +47,20 @@ class Scheduler:
     """Admits queued sequences while rows (max_batch_size) and free KV blocks allow; before each decode step,
     gives every running sequence room for one more token, preempting the newest ones (their blocks freed, put
     back at the head of the queue, recomputed from prompt + generated tokens when readmitted) if blocks run out.
+    With `reserve_whole` (batch_invariant) a sequence is admitted only with the blocks of its whole length (prompt +
+    max_new), so none is ever preempted: a recomputed prefix would be summed in another order than its decode steps.
     Running sequences keep rows 0..n-1 (a hole is filled by moving the last one down), so a decode step is a
     prefix of the batch buffers; moving a row moves no cache data, only its block-table row."""
 
-    def __init__(self, n_slots: int, max_seq_len: int, eos_ids: Iterable[int], prefill_tokens: int, blocks: BlockManager,
-                 stopping: Stopping | None = None):
+    def __init__(self, n_slots: int, max_seq_len: int, eos_ids: Iterable[int], prefill_tokens: int,
+                 blocks: BlockManager, stopping: Stopping | None = None, reserve_whole: bool = False):
         self.n_slots = n_slots
         self.max_seq_len = max_seq_len
         self.eos_ids = tuple(eos_ids)  # the tokenizer's stop ids (eos; Llama 3: end_of_text, eom, eot)
         self.stopping = stopping or Stopping(self.eos_ids, SamplingParams())
         self.prefill_tokens = prefill_tokens
         self.blocks = blocks
+        self.reserve_whole = reserve_whole
         # admission keeps ~1% of the blocks free for running sequences to grow into (fewer preemptions)
         self.watermark = blocks.usable_blocks // 100
         self.queue: deque[Sequence] = deque()
@@ -100,7 +103,7 @@ class Scheduler:
             if not self.queue:
                 break
             seq = self.queue[0]
-            need = self.blocks.blocks_for(seq.prefill_len + 1)
+            need = self._admission_blocks(seq)
             reserve = 0 if (nothing_running and not admitted) else self.watermark
             if need + reserve > self.blocks.n_free:
                 break  # first come, first served: later (shorter) requests do not overtake
@@ -174,7 +177,13 @@ class Scheduler:
     def _can_admit(self) -> bool:
         if not self.queue or all(s is not None for s in self.slots):
             return False
-        return self.blocks.blocks_for(self.queue[0].prefill_len + 1) + self.watermark <= self.blocks.n_free
+        return self._admission_blocks(self.queue[0]) + self.watermark <= self.blocks.n_free
+
+    def _admission_blocks(self, seq: Sequence) -> int:
+        """Blocks a sequence takes when admitted: its prefill and first decode token, or its whole length."""
+        if self.reserve_whole:
+            return self.blocks.blocks_for(seq.prompt_len + seq.max_new)
+        return self.blocks.blocks_for(seq.prefill_len + 1)
 
     def compact(self) -> None:
         """Fill holes below the last running row by moving the last running sequence down."""

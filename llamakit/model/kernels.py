@@ -261,10 +261,29 @@ def rope_packed(qkv: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, cos: t
 
 # ------------------------------------------------------------------------------------------- decode attention
 
+EAGER_ROWS = 16  # rows per batched matmul of the eager decode attention
+
 def decode_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
                            lengths: torch.Tensor) -> torch.Tensor:
     """Reference: q [B, H, D] over the paged cache k/v [n_blocks, Hkv, block_size, D], row b reading positions
-    [0, lengths[b]) through its block-table row table[b]."""
+    [0, lengths[b]) through its block-table row table[b]. Rows go in chunks of EAGER_ROWS (the last padded): every
+    batched matmul has the same shape, so a row's result does not depend on the batch (batch_invariant), and the
+    gathered keys stay small."""
+    b = q.shape[0]
+    if b != EAGER_ROWS:
+        pad = -b % EAGER_ROWS
+        if pad:
+            q = torch.cat([q, q.new_zeros((pad,) + q.shape[1:])])
+            table = torch.cat([table, table.new_zeros((pad, table.shape[1]))])
+            lengths = torch.cat([lengths, lengths.new_ones(pad)])
+        return torch.cat([_attention_eager(q[i:i + EAGER_ROWS], k, v, table[i:i + EAGER_ROWS],
+                                           lengths[i:i + EAGER_ROWS]) for i in range(0, b + pad, EAGER_ROWS)])[:b]
+    return _attention_eager(q, k, v, table, lengths)
+
+
+
+def _attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+                     lengths: torch.Tensor) -> torch.Tensor:
     b, h, d = q.shape
     nb, bs = table.shape[1], k.shape[2]
     hkv = k.shape[1]

@@ -3,6 +3,11 @@
 int8 halves the bytes of weights (65B: ~65 GB instead of ~130 GB), so 30B/65B fit on two 48 GB GPUs. On CUDA,
 small-batch matmuls (decode) run through Triton kernels that read the int8 weights directly (model/int8_kernels.py);
 large ones (prefill) dequantize the layer and use cuBLAS. Batch 1 with 16-bit weights on CUDA uses the same GEMV.
+
+Batch invariance (`batch_invariant: true`): a matmul library picks its kernel, and with it the order in which a
+row's products are summed, by the number of rows; so a sequence's logits change in the last bits with the batch it
+runs in. A layer marked with `invariant_rows` multiplies in chunks of exactly that many rows (the last one padded):
+every call has the same shape, so every row is summed the same way whatever else is in the batch.
 """
 
 from __future__ import annotations
@@ -14,8 +19,30 @@ from torch import nn
 from llamakit.model import int8_kernels
 
 
+# rows per matmul call in batch-invariant mode: on GPUs 256 rows are past where a 7B step stops being bound by reading
+# the weights (so a 1,024-row step costs about what one call would), on CPUs any fixed count does
+INVARIANT_ROWS = {"cuda": 256, "cpu": 16}
+
+
 def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """x @ W.T for `module.weight`; when the layer was quantized, W is int8 and `weight_scale` rescales rows."""
+    """x @ W.T for `module.weight`; when the layer was quantized, W is int8 and `weight_scale` rescales rows.
+    A layer with `invariant_rows` set computes in chunks of that many rows (see the module's docstring)."""
+    rows = getattr(module, "invariant_rows", 0)
+    if rows:
+        return _fixed_rows(x, module, rows)
+    return _linear(x, module)
+
+
+def _fixed_rows(x: torch.Tensor, module: nn.Module, rows: int) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1])
+    n = flat.shape[0]
+    if n % rows:
+        flat = torch.cat([flat, flat.new_zeros((rows - n % rows, flat.shape[1]))])
+    out = torch.cat([_linear(chunk, module) for chunk in flat.split(rows)])
+    return out[:n].view(*x.shape[:-1], out.shape[-1])
+
+
+def _linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     scale = getattr(module, "weight_scale", None)
     if scale is None:
         if int8_kernels.use_gemv16(x, module.weight):  # batch 1 on a GPU: the Triton GEMV

@@ -26,7 +26,7 @@ from torch import nn
 from llamakit.checkpoint.params import ModelConfig
 from llamakit.model import kernels
 from llamakit.model.kv_cache import KVCache
-from llamakit.model.linear import linear, quantize_int8_
+from llamakit.model.linear import INVARIANT_ROWS, linear, quantize_int8_
 
 
 @contextlib.contextmanager
@@ -188,6 +188,7 @@ class Attention(nn.Module):
         self.wqkv = ColumnLinear(cfg.dim, qkv_out, bias=False, gather_output=False, init_method=lambda w: w)
         self.wo = RowLinear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False, input_is_parallel=True,
                             init_method=lambda w: w)
+        self.per_sequence = False  # batch_invariant: prefill attention per sequence at its own length (no varlen)
 
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         b, t, _ = x.shape
@@ -221,10 +222,24 @@ class Attention(nn.Module):
         if varlen is not None:
             o = varlen(q, k, v, pack.cu_seqlens, pack.t)
             return self.wo(o.reshape(n, -1))
+        if self.per_sequence:  # a right-padded layout would sum over the group's longest length, not the sequence's
+            return self.wo(self._attend_each(q, k, v, pack).reshape(n, -1))
         with _prefill_backends(x.device):
             o = F.scaled_dot_product_attention(pack.pad(q), pack.pad(k), pack.pad(v), is_causal=True,
                                                enable_gqa=self.n_kv != self.n_heads)
         return self.wo(pack.unpad(o))
+
+    def _attend_each(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pack: "Packing") -> torch.Tensor:
+        """Causal attention of each sequence's real tokens alone (q/k/v packed [N, heads, D]); padding rows get 0."""
+        o = torch.zeros_like(q)
+        starts = pack.cu_seqlens.tolist()
+        ends = (pack.last + 1).tolist()
+        with _prefill_backends(q.device):
+            for a, e in zip(starts, ends):
+                o[a:e] = F.scaled_dot_product_attention(
+                    q[a:e].transpose(0, 1)[None], k[a:e].transpose(0, 1)[None], v[a:e].transpose(0, 1)[None],
+                    is_causal=True, enable_gqa=self.n_kv != self.n_heads)[0].transpose(0, 1)
+        return o
 
     def decode(self, x, cos, sin, cache: KVCache, table: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
         """One token for each row at positions `pos` [B]; keys 0..pos of each row are read through its blocks."""
@@ -313,6 +328,7 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.head_dim, max_seq_len, cfg.rope_theta, cfg.use_scaled_rope)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.decode_splits: int | None = None  # key ranges of decode attention; None: kernels.n_splits by batch
 
     @classmethod
     def from_shard(cls, cfg: ModelConfig, shard: dict[str, torch.Tensor], max_seq_len: int,
@@ -355,6 +371,19 @@ class Transformer(nn.Module):
             put(blk.feed_forward.w2, "weight", get(p + "feed_forward.w2.weight"))
             put(blk.attention_norm, "weight", get(p + "attention_norm.weight"))
             put(blk.ffn_norm, "weight", get(p + "ffn_norm.weight"))
+
+    def make_batch_invariant(self) -> None:
+        """Make a sequence's logits independent of the batch it runs in, bit for bit (`batch_invariant: true`):
+        every matmul in chunks of a fixed row count (llamakit.model.linear) and decode attention over one key range
+        per row whatever the batch size (n_splits would cut a small batch's keys into more ranges, summed in
+        another order). The other kernels (norms, rotary, sampling) already treat each row alone."""
+        rows = INVARIANT_ROWS[self.device.type]
+        for module in self.modules():
+            if isinstance(module, (ColumnLinear, RowLinear)):
+                module.invariant_rows = rows
+            elif isinstance(module, Attention):
+                module.per_sequence = True
+        self.decode_splits = 1
 
     @property
     def dtype(self) -> torch.dtype:
@@ -418,6 +447,7 @@ class Transformer(nn.Module):
         No host sync and static shapes, so a CUDA graph can capture it."""
         lengths = pos + 1  # once a step, not once a layer
         order = kernels.longest_first(lengths)
+        splits = self.decode_splits if splits is None else splits
         h, delta = self._layers(
             self.tok_embeddings(tokens),
             lambda att, x: att.decode_fast(x, pos, lengths, order, self.rope_cos, self.rope_sin, cache, table,

@@ -368,7 +368,7 @@ def plan_run(recipe: str | Path, overrides: list[str] | None = None, flags: dict
                           device=dev.device, temperature=r.temperature, top_p=r.top_p, seed=r.seed,  # type: ignore[arg-type]
                           quantize=r.quantize, fast=r.fast, graph_modes=rows.graph_modes(todo),
                           gpu_memory_utilization=r.gpu_memory_utilization,
-                          kv_cache_dtype=r.kv_cache_dtype)
+                          kv_cache_dtype=r.kv_cache_dtype, batch_invariant=r.batch_invariant)
     mem, warn = memory_line(ckpt.config, ckpt.vocab_rows, dev, r.quantize, r.max_batch_size, r.max_seq_len,
                             paths.ckpt_dir, typical_length(todo, r.max_seq_len, r.max_gen_len), r.fast,
                             r.gpu_memory_utilization)

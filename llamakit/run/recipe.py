@@ -72,6 +72,9 @@ KEYS: dict[str, KeyInfo] = {
     "kv_cache_dtype": KeyInfo("how the KV cache stores keys and values (vLLM's key); auto = the compute dtype, fp8 = "
                               "e4m3 bytes: twice the tokens in the same memory, keys/values rounded to 3 mantissa bits",
                               "one of auto, fp8, fp8_e4m3"),
+    "batch_invariant": KeyInfo("a prompt's tokens and logprobs do not depend on the other prompts in its batch or the "
+                               "batch size, bit for bit, also on GPUs in bf16 (fixed-shape matmuls, each sequence's "
+                               "whole KV cache reserved at admission); some speed for it", "true or false"),
     "gpu_memory_utilization": KeyInfo("fraction of each GPU's total memory this run may use (vLLM's name); the paged "
                                       "KV cache gets what is left of it after the weights and the reserve",
                                       "a number > 0 and <= 1 (e.g. 0.34 makes a 141 GB H200 behave like a 48 GB "
@@ -117,6 +120,7 @@ class Recipe(BaseModel):
     quantize: Literal["none", "int8"] = "none"
     fast: bool = True
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3"] = "auto"
+    batch_invariant: bool = False
     gpu_memory_utilization: float = Field(1.0, gt=0.0, le=1.0)
 
     @property
