@@ -17,6 +17,7 @@ import argparse
 import json
 import random
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -448,18 +449,12 @@ def part_green(model: Transformer, rows: tuple[int, ...] = (1024, 512)) -> None:
         torch.cuda.empty_cache()
 
 
-
 def part_green_attn(h: int = 32, d: int = 128, rows: int = 1024) -> None:
     """Decode attention's bytes per second per SM when it has only part of the GPU (a green context of n SMs), per
     launch configuration: sharing the SMs with the matmuls pays only if attention saturates memory on part of them."""
-    lens = lengths_for(rows)
-    table, n_blocks = paged_table(lens)
-    k = torch.randn((n_blocks, h, PAGE, d), dtype=torch.bfloat16, device="cuda")
-    v = torch.randn_like(k)
-    q = torch.randn((rows, h, d), dtype=torch.bfloat16, device="cuda")
-    lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
-    order = kernels.longest_first(lengths)
-    gb = sum(lens) * h * d * 2 * 2 / 1e9
+    c = attention_case(rows, h, h, d)
+    q, k, v, table, lengths, order = c.q, c.k, c.v, c.table, c.lengths, c.order
+    gb = sum(c.lens) * h * d * 2 * 2 / 1e9
     for n in (66, 132):
         stream = GreenSplit(n).streams[0] if n < 132 else torch.cuda.Stream()
         sweep = []
@@ -483,21 +478,19 @@ def part_green_attn(h: int = 32, d: int = 128, rows: int = 1024) -> None:
                           "best_TB/s_GB/s_per_sm_block_warps_stages": sorted(sweep, reverse=True)[:6]}), flush=True)
 
 
-def part_fp8_gqa(h: int = 32, hkv: int = 8, d: int = 128, rows: int = 1024) -> None:
+def part_fp8_gqa(h: int = 32, hkv: int = 8, d: int = 128) -> None:
     """Decode attention over a GQA cache (Llama 3 8B: 32 query heads, 8 kv heads), bf16 against fp8 through tl.dot:
-    us a layer per launch configuration."""
-    lens = lengths_for(rows)
-    table, n_blocks = paged_table(lens)
-    k = torch.randn((n_blocks, hkv, PAGE, d), dtype=torch.bfloat16, device="cuda")
-    v = torch.randn_like(k)
-    k8, v8 = kernels.to_fp8(k), kernels.to_fp8(v)
-    q = torch.randn((rows, h, d), dtype=torch.bfloat16, device="cuda")
-    lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
-    order = kernels.longest_first(lengths)
-    ref = kernels.decode_attention_eager(q, k8, v8, table, lengths)
-    out = {"part": "fp8_gqa", "rows": rows, "kv_tokens": sum(lens)}
-    for name, kk, vv in (("bf16", k, v), ("fp8", k8, v8)):
-        fn = lambda: kernels.decode_attention(q, kk, vv, table, lengths, order=order)  # noqa: E731
+    us a layer per launch configuration, at 128 and 1,024 rows."""
+    for rows in (128, 1024):
+        _fp8_gqa(h, hkv, d, rows)
+
+
+def _fp8_gqa(h: int, hkv: int, d: int, rows: int) -> None:
+    c = attention_case(rows, h, hkv, d)
+    ref = kernels.decode_attention_eager(c.q, c.k8, c.v8, c.table, c.lengths)
+    out = {"part": "fp8_gqa", "rows": rows, "kv_tokens": sum(c.lens)}
+    for name, kk, vv in (("bf16", c.k, c.v), ("fp8", c.k8, c.v8)):
+        fn = lambda: kernels.decode_attention(c.q, kk, vv, c.table, c.lengths, order=c.order)  # noqa: E731
         err = (fn().float() - ref.float()).abs().max().item() if name == "fp8" else None
         out[name + "_default_us"] = round(graph_ms(fn) * 1000, 1)
         sweep = []
@@ -506,8 +499,8 @@ def part_fp8_gqa(h: int = 32, hkv: int = 8, d: int = 128, rows: int = 1024) -> N
                 for warps in (2, 4, 8):
                     for stages in (None, 3):
                         try:
-                            fn = lambda: kernels.decode_attention(q, kk, vv, table, lengths, splits, block_n,  # noqa
-                                                                  warps, stages, order=order)
+                            fn = lambda: kernels.decode_attention(c.q, kk, vv, c.table, c.lengths, splits,  # noqa
+                                                                  block_n, warps, stages, order=c.order)
                             sweep.append((round(graph_ms(fn) * 1000, 1), splits, block_n, warps, stages or 0))
                         except Exception as e:  # a configuration that does not compile is a finding, not a stop
                             sweep.append((1e9, splits, block_n, warps, stages or 0, str(e)[:60]))
@@ -515,18 +508,27 @@ def part_fp8_gqa(h: int = 32, hkv: int = 8, d: int = 128, rows: int = 1024) -> N
         out[name + "_max_err"] = err and round(err, 4)
     print(json.dumps(out), flush=True)
 
+
+def attention_case(rows: int, h: int, hkv: int, d: int) -> SimpleNamespace:
+    """Decode-attention inputs at the dataset workload's KV lengths: q, a paged bf16 cache k/v and its fp8 copy
+    k8/v8 (shuffled blocks), table, lengths (and lens on the host), order (longest first)."""
+    lens = lengths_for(rows)
+    table, n_blocks = paged_table(lens)
+    k = torch.randn((n_blocks, hkv, PAGE, d), dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    return SimpleNamespace(lens=lens, table=table, k=k, v=v, k8=kernels.to_fp8(k), v8=kernels.to_fp8(v),
+                           q=torch.randn((rows, h, d), dtype=torch.bfloat16, device="cuda"), lengths=lengths,
+                           order=kernels.longest_first(lengths))
+
+
 def part_fp8(h: int = 32, d: int = 128) -> None:
     """Decode attention over a bf16 cache against an fp8 one (kv_cache_dtype fp8), read through the GPU's e4m3
     conversion and through the integer one: us a layer and the cache bytes read per second."""
     for batch in (128, 1024):
-        lens = lengths_for(batch)
-        table, n_blocks = paged_table(lens)
-        k = torch.randn((n_blocks, h, PAGE, d), dtype=torch.bfloat16, device="cuda")
-        v = torch.randn_like(k)
-        k8, v8 = kernels.to_fp8(k), kernels.to_fp8(v)
-        q = torch.randn((batch, h, d), dtype=torch.bfloat16, device="cuda")
-        lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
-        order = kernels.longest_first(lengths)
+        c = attention_case(batch, h, h, d)
+        lens, table, k, v, k8, v8, q, lengths, order = (c.lens, c.table, c.k, c.v, c.k8, c.v8, c.q, c.lengths,
+                                                         c.order)
         tokens = sum(lens)
         ref = kernels.decode_attention_eager(q, k8, v8, table, lengths)
         out = {"part": "fp8", "batch": batch, "kv_tokens": tokens}
@@ -564,7 +566,7 @@ def part_fp8(h: int = 32, d: int = 128) -> None:
             for native in ((True, False) if dt != "bfloat16" else (None,)):
                 out[f"row_{dt}_{native}"] = sorted(r for r in rows if r[1] == dt and r[2] == native)[:4]
         print(json.dumps(out), flush=True)
-        del k, v, k8, v8
+        del c, k, v, k8, v8
         torch.cuda.empty_cache()
 
 
@@ -572,16 +574,11 @@ def part_attn(h: int = 32, d: int = 128) -> None:
     """Achieved bandwidth of decode attention (one layer) per launch configuration, against the eager reference (an MHA
     variant without tl.dot was slower at 128 and 1,024 rows on the H200, 2026-11-30, and was dropped)."""
     for batch in (1, 128, 1024):
-        lens = lengths_for(batch)
-        table, n_blocks = paged_table(lens)
-        k = torch.randn((n_blocks, h, PAGE, d), dtype=torch.bfloat16, device="cuda")
-        v = torch.randn_like(k)
-        q = torch.randn((batch, h, d), dtype=torch.bfloat16, device="cuda")
-        lengths = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        c = attention_case(batch, h, h, d)
+        lens, table, k, v, q, lengths, order = c.lens, c.table, c.k, c.v, c.q, c.lengths, c.order
         ref = kernels.decode_attention_eager(q, k, v, table, lengths)
         gb = sum(lens) * h * d * 2 * 2 / 1e9
         results = []
-        order = kernels.longest_first(lengths)
         for ordered in ((False,) if batch == 1 else (False, True)):
             fn = lambda: kernels.decode_attention(q, k, v, table, lengths, order=order if ordered else None)  # noqa
             ms = graph_ms(fn)
@@ -608,7 +605,7 @@ def part_attn(h: int = 32, d: int = 128) -> None:
         print(json.dumps({"part": "attn", "batch": batch, "kv_tokens": sum(lens), "kv_gb": round(gb, 3),
                           "default": default, "best": ok[:8], "errors": [r for r in results if "error" in r][:3]}),
               flush=True)
-        del k, v
+        del c, k, v
         torch.cuda.empty_cache()
 
 

@@ -301,6 +301,13 @@ def _attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
 if HAVE_TRITON:
 
     @triton.jit
+    def _paged_offsets(BT, row, offs, nmask, stride_kb, stride_kl, offs_d, PAGE: tl.constexpr):
+        """Where key slots `offs` [N] of the row whose block-table row starts at BT + row lie in one head of a
+        paged cache layer: [N, D] offsets (masked slots point at block 0, the scratch block)."""
+        blk = tl.load(BT + row + offs // PAGE, mask=nmask, other=0).to(tl.int64)
+        return blk[:, None] * stride_kb + (offs % PAGE)[:, None] * stride_kl + offs_d[None, :]
+
+    @triton.jit
     def _decode_attn_kernel(Q, K, V, BT, LENS, ORDER, ACC, M, L_OUT, OUT, sm_scale,
                             stride_qb, stride_qh, stride_bt, stride_kb, stride_kh, stride_kl,
                             stride_ab, stride_ah, stride_as, stride_mb, stride_mh, stride_ob, stride_oh,
@@ -336,8 +343,7 @@ if HAVE_TRITON:
         for n0 in range(start, end, BLOCK_N):
             offs = n0 + offs_n
             nmask = offs < end
-            blk = tl.load(BT + b * stride_bt + offs // PAGE, mask=nmask, other=0).to(tl.int64)
-            where = blk[:, None] * stride_kb + (offs % PAGE)[:, None] * stride_kl + offs_d[None, :]
+            where = _paged_offsets(BT, b * stride_bt, offs, nmask, stride_kb, stride_kl, offs_d, PAGE)
             k = tl.load(kbase + where, mask=nmask[:, None], other=0.0)
             if KV_FP8 == 1:
                 k = _fp8_half(k).to(q.dtype)
@@ -397,8 +403,7 @@ if HAVE_TRITON:
         for n0 in range(0, seq_len, BLOCK_N):
             offs = n0 + offs_n
             nmask = offs < seq_len
-            blk = tl.load(BT + b * stride_bt + offs // PAGE, mask=nmask, other=0).to(tl.int64)
-            where = blk[:, None] * stride_kb + (offs % PAGE)[:, None] * stride_kl + offs_d[None, :]
+            where = _paged_offsets(BT, b * stride_bt, offs, nmask, stride_kb, stride_kl, offs_d, PAGE)
             k = tl.load(kbase + where, mask=nmask[:, None], other=0.0)
             if KV_FP8 == 1:
                 k = _fp8_half(k)
