@@ -156,3 +156,20 @@ def test_bad_recipe_keys_name_their_line(world):
     with pytest.raises(LlamakitError) as e:
         plan_run(recipe("badr", repetition_penalty="1.2"), gpu_facts=([], False))
     assert "key 'repetition_penalty': expected a number" in e.value.what and e.value.line == 10
+
+
+def test_batch_invariant_rows_are_the_same_bits_alone_in_a_batch_and_after_kill_9(world):
+    """`batch_invariant: true` through `llamakit run`: the rows of a run at max_batch_size 1 and of one at 8 that is
+    killed with SIGKILL and resumed at 3 are identical, logprob floats included (no tolerance)."""
+    root, recipe = world
+    alone = run_cli(root, str(recipe("inv1", batch_invariant=True, max_batch_size=1)))
+    assert alone.returncode == 0, alone.stderr + (root / "inv1.log").read_text()
+    r = recipe("inv8", batch_invariant=True, max_batch_size=8)
+    out = root / "inv8.jsonl"
+    proc = _start_until_rows(root, r, out, subprocess.DEVNULL, rows=6)
+    _kill_everything(proc)
+    res = run_cli(root, str(r), "--set", "max_batch_size=3")
+    assert res.returncode == 0, res.stderr + (root / "inv8.log").read_text()
+    assert "were already in the output (resumed)" in res.stdout
+    want = rows_of(root / "inv1.jsonl")
+    assert rows_of(out) == want and any("token_logprobs" in row for row in want)
