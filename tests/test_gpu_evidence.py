@@ -259,3 +259,29 @@ def test_30b_width_resharded_4_to_2_and_1_gives_the_same_greedy_text(tiny_tok, t
         assert res.returncode == 0, res.stderr[-2000:]
         texts[mp] = [json.loads(line)["completion"] for line in out.open(encoding="utf-8")]
     assert texts[4] == texts[2] == texts[1] and len(texts[4]) == 6
+
+
+@two_gpus
+def test_batch_invariant_at_mp2_over_nccl_gives_the_same_rows_alone_and_in_a_batch(tiny_tok, tmp_path, big_dir,
+                                                                                    capsys):
+    """The users' layout: 13B width at MP=2 over NCCL, bf16, Triton kernels (4 of its layers). With batch_invariant
+    the rows of a run at max_batch_size 1 and at 16 are identical, logprob floats included; without it, printed:
+    how many of the sampled texts and logprob lists differ."""
+    ck = write_ckpt(big_dir / "ck13", tiny_tok, "llama-13b", mp=2, layers=4)
+    src = prompts(24, tmp_path / "p.jsonl")
+    got = {}
+    for invariant in (True, False):
+        for batch in (1, 16):
+            out = tmp_path / f"inv{int(invariant)}-b{batch}.jsonl"
+            rec = recipe(tmp_path / f"inv{int(invariant)}-b{batch}.yaml", ck, src, out, batch=batch, gen=24, seq=384)
+            rec.write_text(rec.read_text() + f"logprobs: 2\nbatch_invariant: {str(invariant).lower()}\n")
+            res = llamakit("run", str(rec))
+            assert res.returncode == 0, res.stderr[-2000:]
+            got[invariant, batch] = [json.loads(line) for line in out.open(encoding="utf-8")]
+    assert len(got[True, 1]) == 24 and got[True, 1] == got[True, 16]
+    plain_1, plain_16 = got[False, 1], got[False, 16]
+    texts = sum(a["completion"] != b["completion"] for a, b in zip(plain_1, plain_16))
+    lps = sum(a["token_logprobs"] != b["token_logprobs"] for a, b in zip(plain_1, plain_16))
+    with capsys.disabled():
+        print(f"\n13B width, MP=2, bf16, batch 1 vs 16 without batch_invariant: {texts} of 24 texts and {lps} of 24 "
+              "logprob lists differ; with it: none")
