@@ -7,7 +7,8 @@ failure in one not stopping the others; results in $OUT/summary.json plus one lo
   b  a 30B-shaped checkpoint (dim 6656, 52 heads; --b-layers of its 60 layers, 12 by default so that the MP=4
      copy and its MP=2 reshard fit the disk and the time) written at MP=4, `llamakit reshard` 4 -> 2, run at MP=2:
      once uninterrupted, once killed with kill -9 of the launcher mid-run and resumed; every id once, the texts
-     compared with the uninterrupted run's, and whether the workers died with the launcher.
+     compared with the uninterrupted run's, and whether the workers died with the launcher (--b-batch-invariant:
+     both runs with batch_invariant: true, so a resume at another batch composition gives the same bits).
   c  the users' 48 GB RTX A6000 emulated: 13B shape at MP=2, each process capped to gpu_memory_utilization 0.34
      of an H200, on the dataset workload (1,024 prompts, max_gen_len drawn per prompt). After: `llamakit bench
      --preset 13b --mp 2 --workload dataset --gpu-memory-utilization 0.34 --json`. Before: the fixed-slot engine of
@@ -185,8 +186,8 @@ def _write_ckpt(spec_json: str) -> None:
 
 
 def recipe(path: Path, ckpt: Path, prompts: Path, out: Path, seq: int, gen: int, batch: int, temp: float,
-           dry: bool) -> Path:
-    extra = "device: cpu\ndtype: fp32\n" if dry else ""
+           dry: bool, invariant: bool = False) -> Path:
+    extra = ("device: cpu\ndtype: fp32\n" if dry else "") + ("batch_invariant: true\n" if invariant else "")
     path.write_text(f"ckpt_dir: {ckpt}\nprompt_path: {prompts}\nout_path: {out}\nlogging_path: {out}.log\n"
                     f"max_seq_len: {seq}\nmax_gen_len: {gen}\nmax_batch_size: {batch}\ntemperature: {temp}\n"
                     f"top_p: 0.9\n{extra}", encoding="utf-8")
@@ -302,10 +303,11 @@ def step_b(step: Step, work: Path, args: argparse.Namespace) -> None:
     fresh(ref)
     fresh(out)
     batch = 4 if args.dry else 64  # rows come in waves: the kill lands mid-run
+    step.result["batch_invariant"] = args.b_batch_invariant
     r = step.run(llamakit("run", str(recipe(work / "r-b-ref.yaml", dst, prompts, ref, 512, gen, batch, 0.8,
-                                            args.dry))), args.timeout_b / 4)
+                                            args.dry, args.b_batch_invariant))), args.timeout_b / 4)
     step.result["uninterrupted"] = {"rc": r.returncode, "rows": len(rows_of(ref)), **summary_rates(r.stdout)}
-    rec = recipe(work / "r-b.yaml", dst, prompts, out, 512, gen, batch, 0.8, args.dry)
+    rec = recipe(work / "r-b.yaml", dst, prompts, out, 512, gen, batch, 0.8, args.dry, args.b_batch_invariant)
     step.result["kill"] = kill_launcher_mid_run(step, rec, out, n // 4, args.timeout_b / 4)
     r = step.run(llamakit("run", str(rec)), args.timeout_b / 4)
     got = rows_of(out)
@@ -496,6 +498,8 @@ def main() -> None:
     ap.add_argument("--before", default=str(REPO / ".before"), help="the 6025c86 tree (fixed-slot engine)")
     ap.add_argument("--utilization", type=float, default=0.34, help="c: 48 GB of a 141 GB H200")
     ap.add_argument("--b-layers", type=int, default=12, help="b: layers of the 30B shape (of 60)")
+    ap.add_argument("--b-batch-invariant", action="store_true",
+                    help="b: both runs with batch_invariant: true (the resumed texts then equal bit for bit)")
     ap.add_argument("--before-slots", type=int, default=0,
                     help="c: KV-cache slots of the fixed-slot engine (0: what its own memory plan fits in the cap)")
     ap.add_argument("--timeout-a", type=float, default=200)
