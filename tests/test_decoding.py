@@ -87,13 +87,22 @@ MP2_STYLES = ["llama1", "llama2-gqa"]
 MP2_PARAMS = [GREEDY_REP] * len(PROMPTS) + SAMPLED
 
 
+INVARIANT = ["invariant-1", "invariant-12"]  # batch_invariant at MP=2: alone, and 12 at once in a tight cache
+
+
 @pytest.fixture(scope="module")
 def mp2_outputs(tiny_factory, tmp_path_factory):
-    """{style: the MP=2 engine's completions of MP2_PARAMS' requests}: both styles in one torchrun start."""
+    """{style: the MP=2 engine's completions of MP2_PARAMS' requests}, and {INVARIANT[i]: batch_invariant's
+    completions of SAMPLED with logprobs}: all in one torchrun start."""
     jobs = [{"ckpt": tiny_factory(style, 2), "config": {"max_seq_len": 128, "max_batch_size": 3}, "max_gen_len": GEN,
              "prompts": [_tok(tiny_factory(style, 2)).encode(t) for t in PROMPTS] * 2, "params": MP2_PARAMS}
             for style in MP2_STYLES]
-    return dict(zip(MP2_STYLES, run_jobs_under_torchrun(2, tmp_path_factory.mktemp("mp2"), jobs)))
+    ckpt = tiny_factory("llama2", 2)
+    jobs += [{"ckpt": ckpt, "config": {"max_seq_len": 64, "max_batch_size": batch, "kv_cache_tokens": kv,
+                                       "batch_invariant": True},
+              "max_gen_len": GEN, "prompts": [_tok(ckpt).encode(t) for t in PROMPTS * 3],
+              "params": [{**p, "logprobs": 3} for p in SAMPLED] * 3} for batch, kv in ((1, 64), (12, 256))]
+    return dict(zip(MP2_STYLES + INVARIANT, run_jobs_under_torchrun(2, tmp_path_factory.mktemp("mp2"), jobs)))
 
 
 @pytest.mark.slow
@@ -257,16 +266,10 @@ def test_batch_invariant_gives_every_sequence_the_same_bits_at_any_batch_and_nev
     assert len({tuple(v[0]) for v in alone.values()}) > 6  # the rows really sample different texts
 
 
-def test_batch_invariant_at_mp2_over_gloo_gives_the_same_bits_alone_and_in_a_full_batch(tiny_factory, tmp_path):
+@pytest.mark.slow
+def test_batch_invariant_at_mp2_over_gloo_gives_the_same_bits_alone_and_in_a_full_batch(mp2_outputs):
     """The same at MP=2 under torchrun (gloo): the all-reduce of two ranks' partial sums is one addition per value,
     the same whichever order; so alone and among 12 in a tight cache a sequence gets the same tokens and logprobs."""
-    ckpt = tiny_factory("llama2", 2)
-    tok = _tok(ckpt)
-    params = [{**p, "logprobs": 3} for p in SAMPLED] * 3
-    prompts = [tok.encode(t) for t in (PROMPTS * 3)]
-    jobs = [{"ckpt": ckpt, "config": {"max_seq_len": 64, "max_batch_size": batch, "kv_cache_tokens": kv,
-                                      "batch_invariant": True},
-             "max_gen_len": GEN, "prompts": prompts, "params": params} for batch, kv in ((1, 64), (12, 256))]
-    alone, together = run_jobs_under_torchrun(2, tmp_path, jobs)
+    alone, together = (mp2_outputs[k] for k in INVARIANT)
     assert together == alone and len(alone) == 12
     assert all(v[2] is not None and len(v[2]) == len(v[0]) for v in alone.values())
