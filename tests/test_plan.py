@@ -412,3 +412,16 @@ def test_kv_cache_dtype_values_are_the_same_everywhere():
 
     assert typing.get_args(Recipe.model_fields["kv_cache_dtype"].annotation) == KV_CACHE_DTYPES
     assert typing.get_args(typing.get_type_hints(EngineConfig)["kv_cache_dtype"]) == KV_CACHE_DTYPES
+
+
+def test_batch_invariant_reaches_the_engine_and_the_plan_says_what_it_does(tiny_factory, tmp_path):
+    from llamakit.run.plan import describe
+
+    r = recipe(tmp_path, tiny_factory(), PROMPTS, batch_invariant=True)
+    setup = plan_run(r, gpu_facts=([], False))
+    assert setup.plan.engine["batch_invariant"] is True
+    batch = next(line for line in describe(setup.plan, setup.argv) if line.startswith("batch "))
+    assert "batch-invariant" in batch and "whole KV cache reserved" in batch
+    plain = plan_run(r, ["batch_invariant=false"], gpu_facts=([], False))
+    assert not plain.plan.engine["batch_invariant"]
+    assert "invariant" not in next(line for line in describe(plain.plan, plain.argv) if line.startswith("batch "))

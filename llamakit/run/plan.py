@@ -271,7 +271,9 @@ def describe(plan: Plan, argv: list[str]) -> list[str]:
         f"dtype        {plan.dtype}" + (f", quantize {plan.engine['quantize']}"
                                         if plan.engine.get("quantize", "none") != "none" else ""),
         f"batch        max_batch_size {plan.engine['max_batch_size']} per replica, max_seq_len "
-        f"{plan.engine['max_seq_len']}, max_gen_len {plan.max_gen_len}",
+        f"{plan.engine['max_seq_len']}, max_gen_len {plan.max_gen_len}"
+        + ("; batch-invariant (the same bits at any batch; each sequence's whole KV cache reserved when it starts)"
+           if plan.engine.get("batch_invariant") else ""),
         "sampling     " + describe_sampling(plan.sampling or {k: plan.engine[k] for k in ("temperature", "top_p",
                                                                                          "seed")}),
     ]
