@@ -263,6 +263,7 @@ def rope_packed(qkv: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, cos: t
 
 EAGER_ROWS = 16  # rows per batched matmul of the eager decode attention
 
+
 def decode_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
                            lengths: torch.Tensor) -> torch.Tensor:
     """Reference: q [B, H, D] over the paged cache k/v [n_blocks, Hkv, block_size, D], row b reading positions
@@ -279,7 +280,6 @@ def decode_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ta
         return torch.cat([_attention_eager(q[i:i + EAGER_ROWS], k, v, table[i:i + EAGER_ROWS],
                                            lengths[i:i + EAGER_ROWS]) for i in range(0, b + pad, EAGER_ROWS)])[:b]
     return _attention_eager(q, k, v, table, lengths)
-
 
 
 def _attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,

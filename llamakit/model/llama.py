@@ -374,9 +374,11 @@ class Transformer(nn.Module):
 
     def make_batch_invariant(self) -> None:
         """Make a sequence's logits independent of the batch it runs in, bit for bit (`batch_invariant: true`):
-        every matmul in chunks of a fixed row count (llamakit.model.linear) and decode attention over one key range
+        every matmul in chunks of a fixed row count (llamakit.model.linear), decode attention over one key range
         per row whatever the batch size (n_splits would cut a small batch's keys into more ranges, summed in
-        another order). The other kernels (norms, rotary, sampling) already treat each row alone."""
+        another order), and a prefill's attention per sequence where no varlen kernel does that already. The
+        other kernels (norms, rotary, the eager attention's fixed row chunks, sampling) treat each row alone. The
+        engine adds the rest: no preemption (Scheduler reserve_whole)."""
         rows = INVARIANT_ROWS[self.device.type]
         for module in self.modules():
             if isinstance(module, (ColumnLinear, RowLinear)):
