@@ -308,8 +308,9 @@ def test_batch_invariant_matmul_and_attention_give_a_row_the_same_bits_at_every_
 def test_batch_invariant_engine_gives_the_same_tokens_and_logprobs_alone_and_in_a_tight_batch(style, tiny_factory,
                                                                                              mp1_group):
     """batch_invariant on the GPU in bf16, through the CUDA graphs (sampling) and the eager step (logprobs): each
-    sequence's tokens and logprobs are the same bits alone as among 12 in a cache too small for all of them.
-    llama2 (head dim 16) decodes through the Triton attention kernel, llama2-gqa (head dim 8) through the eager one."""
+    sequence's tokens and logprobs are the same bits alone as among 12 in a cache too small for all of them, where
+    preempted sequences are recomputed. llama2 (head dim 16) decodes through the Triton attention kernel,
+    llama2-gqa (head dim 8) through the eager one."""
     from llamakit.checkpoint import open_checkpoint
     from llamakit.engine.api import EngineConfig, Request, SamplingParams
     from llamakit.engine.engine import build_engine
@@ -330,4 +331,4 @@ def test_batch_invariant_engine_gives_the_same_tokens_and_logprobs_alone_and_in_
     for params in (SamplingParams(temperature=0.8), SamplingParams(temperature=0.8, top_k=40, logprobs=3)):
         alone, _ = run(1, 64, params)
         together, preempted = run(12, 320, params)
-        assert preempted == 0 and together == alone, params
+        assert preempted > 0 and together == alone, params  # recomputed by a prefill with the decode steps' bits

@@ -421,7 +421,7 @@ def test_batch_invariant_reaches_the_engine_and_the_plan_says_what_it_does(tiny_
     setup = plan_run(r, gpu_facts=([], False))
     assert setup.plan.engine["batch_invariant"] is True
     batch = next(line for line in describe(setup.plan, setup.argv) if line.startswith("batch "))
-    assert "batch-invariant" in batch and "whole KV cache reserved" in batch
+    assert "batch-invariant" in batch and "the same bits at any batch" in batch
     plain = plan_run(r, ["batch_invariant=false"], gpu_facts=([], False))
     assert not plain.plan.engine["batch_invariant"]
     assert "invariant" not in next(line for line in describe(plain.plan, plain.argv) if line.startswith("batch "))

@@ -67,7 +67,7 @@ class EngineConfig:
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3"] = "auto"
     # a sequence's tokens and logprobs do not depend on the batch it runs in, bit for bit, on GPUs too (in bf16 the
     # matmul kernels otherwise change with the row count): fixed-shape matmuls, one key range in decode attention,
-    # and each sequence's whole KV cache reserved at admission, so none is preempted and recomputed
+    # a prefill computed as decode steps would, so a preempted sequence is recomputed exactly (make_batch_invariant)
     batch_invariant: bool = False
     kv_cache_tokens: int = 0  # 0: what GPU memory holds (CUDA) or max_batch_size x max_seq_len (CPU)
     # fraction of each GPU's total memory this process may use (vLLM's name and meaning); 1.0: all of it, less the

@@ -46,7 +46,7 @@ class BatchEngine:
         cache = self.runner.cache
         sched = Scheduler(self.max_rows, self.cfg.max_seq_len, self.eos_ids, self.prefill_tokens,
                           BlockManager(cache.n_blocks, cache.block_size), self.stopping,
-                          reserve_whole=self.cfg.batch_invariant)
+                          reserve_whole=self.cfg.batch_invariant and not self.cfg.fast)
         self.last = sched
         tl = self.timeline = Timeline()
         start = time.perf_counter()

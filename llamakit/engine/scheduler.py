@@ -47,8 +47,8 @@ class Scheduler:
     """Admits queued sequences while rows (max_batch_size) and free KV blocks allow; before each decode step,
     gives every running sequence room for one more token, preempting the newest ones (their blocks freed, put
     back at the head of the queue, recomputed from prompt + generated tokens when readmitted) if blocks run out.
-    With `reserve_whole` (batch_invariant) a sequence is admitted only with the blocks of its whole length (prompt +
-    max_new), so none is ever preempted: a recomputed prefix would be summed in another order than its decode steps.
+    With `reserve_whole` (batch_invariant on the plain path, whose prefill and decode sum in different orders) a
+    sequence is admitted only with the blocks of its whole length (prompt + max_new), so none is ever preempted.
     Running sequences keep rows 0..n-1 (a hole is filled by moving the last one down), so a decode step is a
     prefix of the batch buffers; moving a row moves no cache data, only its block-table row."""
 

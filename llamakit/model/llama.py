@@ -188,7 +188,8 @@ class Attention(nn.Module):
         self.wqkv = ColumnLinear(cfg.dim, qkv_out, bias=False, gather_output=False, init_method=lambda w: w)
         self.wo = RowLinear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False, input_is_parallel=True,
                             init_method=lambda w: w)
-        self.per_sequence = False  # batch_invariant: prefill attention per sequence at its own length (no varlen)
+        # batch_invariant: a prefill attends through the decode kernel, so a recomputed token equals its decode step
+        self.invariant = False
 
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         b, t, _ = x.shape
@@ -217,29 +218,19 @@ class Attention(nn.Module):
         qkv = linear(x, self.wqkv)
         q, k = kernels.rope_packed(qkv, pack.pos, pack.rows, cos, sin, cache.k[self.layer_id], cache.v[self.layer_id],
                                    table, self.n_heads, self.n_kv)
+        if self.invariant:  # each token as a decode row over the keys just stored: the bits a decode step computes
+            o = kernels.decode_attention(q, cache.k[self.layer_id], cache.v[self.layer_id], table[pack.rows],
+                                         pack.pos + 1, splits=1)
+            return self.wo(o.reshape(n, -1))
         v = qkv[:, (self.n_heads + self.n_kv) * self.head_dim:].reshape(n, self.n_kv, self.head_dim)
         varlen = _varlen_causal() if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) else None
         if varlen is not None:
             o = varlen(q, k, v, pack.cu_seqlens, pack.t)
             return self.wo(o.reshape(n, -1))
-        if self.per_sequence:  # a right-padded layout would sum over the group's longest length, not the sequence's
-            return self.wo(self._attend_each(q, k, v, pack).reshape(n, -1))
         with _prefill_backends(x.device):
             o = F.scaled_dot_product_attention(pack.pad(q), pack.pad(k), pack.pad(v), is_causal=True,
                                                enable_gqa=self.n_kv != self.n_heads)
         return self.wo(pack.unpad(o))
-
-    def _attend_each(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pack: "Packing") -> torch.Tensor:
-        """Causal attention of each sequence's real tokens alone (q/k/v packed [N, heads, D]); padding rows get 0."""
-        o = torch.zeros_like(q)
-        starts = pack.cu_seqlens.tolist()
-        ends = (pack.last + 1).tolist()
-        with _prefill_backends(q.device):
-            for a, e in zip(starts, ends):
-                o[a:e] = F.scaled_dot_product_attention(
-                    q[a:e].transpose(0, 1)[None], k[a:e].transpose(0, 1)[None], v[a:e].transpose(0, 1)[None],
-                    is_causal=True, enable_gqa=self.n_kv != self.n_heads)[0].transpose(0, 1)
-        return o
 
     def decode(self, x, cos, sin, cache: KVCache, table: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
         """One token for each row at positions `pos` [B]; keys 0..pos of each row are read through its blocks."""
@@ -328,7 +319,7 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.head_dim, max_seq_len, cfg.rope_theta, cfg.use_scaled_rope)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.decode_splits: int | None = None  # key ranges of decode attention; None: kernels.n_splits by batch
+        self.batch_invariant = False  # make_batch_invariant
 
     @classmethod
     def from_shard(cls, cfg: ModelConfig, shard: dict[str, torch.Tensor], max_seq_len: int,
@@ -374,18 +365,18 @@ class Transformer(nn.Module):
 
     def make_batch_invariant(self) -> None:
         """Make a sequence's logits independent of the batch it runs in, bit for bit (`batch_invariant: true`):
-        every matmul in chunks of a fixed row count (llamakit.model.linear), decode attention over one key range
-        per row whatever the batch size (n_splits would cut a small batch's keys into more ranges, summed in
-        another order), and a prefill's attention per sequence where no varlen kernel does that already. The
-        other kernels (norms, rotary, the eager attention's fixed row chunks, sampling) treat each row alone. The
-        engine adds the rest: no preemption (Scheduler reserve_whole)."""
+        every matmul in chunks of a fixed row count (llamakit.model.linear); decode attention over one key range per
+        row whatever the batch size (n_splits would cut a small batch's keys into more ranges, summed in another
+        order); and a prefill computed as its tokens' decode steps would be (attention through the decode kernel,
+        the fused add + RMSNorm), so a sequence preempted and recomputed goes on with the same bits. The other
+        kernels (rotary, the eager attention's fixed row chunks, sampling) treat each row alone."""
         rows = INVARIANT_ROWS[self.device.type]
         for module in self.modules():
             if isinstance(module, (ColumnLinear, RowLinear)):
                 module.invariant_rows = rows
             elif isinstance(module, Attention):
-                module.per_sequence = True
-        self.decode_splits = 1
+                module.invariant = True
+        self.batch_invariant = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -411,7 +402,7 @@ class Transformer(nn.Module):
         pack = Packing(lengths, tokens.shape[1], PACK_MULTIPLE)
         # on GPUs the fused add + RMSNorm: a 48-prompt prefill step spent 43% of its GPU time outside the matmuls,
         # mostly in eager fp32 elementwise passes (torch.profiler, 7B shape, H200, 2026-11-30)
-        add_norm = add_norm_fused if tokens.is_cuda else add_norm_eager
+        add_norm = add_norm_fused if tokens.is_cuda or self.batch_invariant else add_norm_eager
         h, delta = self._layers(self.tok_embeddings(tokens.reshape(-1)[pack.index]),
                                 lambda att, x: att.prefill_packed(x, pack, cos, sin, cache, table), add_norm)
         x, _ = add_norm(h[pack.last], delta[pack.last], self.norm)  # only each last real token needs logits
@@ -449,7 +440,8 @@ class Transformer(nn.Module):
         No host sync and static shapes, so a CUDA graph can capture it."""
         lengths = pos + 1  # once a step, not once a layer
         order = kernels.longest_first(lengths)
-        splits = self.decode_splits if splits is None else splits
+        if splits is None and self.batch_invariant:
+            splits = 1
         h, delta = self._layers(
             self.tok_embeddings(tokens),
             lambda att, x: att.decode_fast(x, pos, lengths, order, self.rope_cos, self.rope_sin, cache, table,

@@ -272,7 +272,7 @@ def describe(plan: Plan, argv: list[str]) -> list[str]:
                                         if plan.engine.get("quantize", "none") != "none" else ""),
         f"batch        max_batch_size {plan.engine['max_batch_size']} per replica, max_seq_len "
         f"{plan.engine['max_seq_len']}, max_gen_len {plan.max_gen_len}"
-        + ("; batch-invariant (the same bits at any batch; each sequence's whole KV cache reserved when it starts)"
+        + ("; batch-invariant (a prompt's text and logprobs the same bits at any batch, also when preempted)"
            if plan.engine.get("batch_invariant") else ""),
         "sampling     " + describe_sampling(plan.sampling or {k: plan.engine[k] for k in ("temperature", "top_p",
                                                                                          "seed")}),
