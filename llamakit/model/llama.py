@@ -188,8 +188,6 @@ class Attention(nn.Module):
         self.wqkv = ColumnLinear(cfg.dim, qkv_out, bias=False, gather_output=False, init_method=lambda w: w)
         self.wo = RowLinear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False, input_is_parallel=True,
                             init_method=lambda w: w)
-        # batch_invariant: a prefill attends through the decode kernel, so a recomputed token equals its decode step
-        self.invariant = False
 
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         b, t, _ = x.shape
@@ -210,15 +208,17 @@ class Attention(nn.Module):
                                                is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         return self.wo(o.transpose(1, 2).reshape(b, t, -1))
 
-    def prefill_packed(self, x, pack: "Packing", cos, sin, cache: KVCache, table: torch.Tensor) -> torch.Tensor:
+    def prefill_packed(self, x, pack: "Packing", cos, sin, cache: KVCache, table: torch.Tensor,
+                       invariant: bool = False) -> torch.Tensor:
         """The real tokens of several sequences x [N, dim] (no padding: the matmuls see only them), stored in their
         cache blocks; causal attention per sequence: on GPUs torch's flash varlen attention on the packed tokens,
-        elsewhere SDPA on a right-padded [B, T] layout of q/k/v (pack.index)."""
+        elsewhere SDPA on a right-padded [B, T] layout of q/k/v (pack.index); `invariant` (batch_invariant): each
+        token through the decode-attention kernel, as its decode step would compute it."""
         n = x.shape[0]
         qkv = linear(x, self.wqkv)
         q, k = kernels.rope_packed(qkv, pack.pos, pack.rows, cos, sin, cache.k[self.layer_id], cache.v[self.layer_id],
                                    table, self.n_heads, self.n_kv)
-        if self.invariant:  # each token as a decode row over the keys just stored: the bits a decode step computes
+        if invariant:  # batch_invariant: each token as a decode row over the keys just stored, as a decode step would
             o = kernels.decode_attention(q, cache.k[self.layer_id], cache.v[self.layer_id], table[pack.rows],
                                          pack.pos + 1, splits=1)
             return self.wo(o.reshape(n, -1))
@@ -374,8 +374,6 @@ class Transformer(nn.Module):
         for module in self.modules():
             if isinstance(module, (ColumnLinear, RowLinear)):
                 module.invariant_rows = rows
-            elif isinstance(module, Attention):
-                module.invariant = True
         self.batch_invariant = True
 
     @property
@@ -403,8 +401,9 @@ class Transformer(nn.Module):
         # on GPUs the fused add + RMSNorm: a 48-prompt prefill step spent 43% of its GPU time outside the matmuls,
         # mostly in eager fp32 elementwise passes (torch.profiler, 7B shape, H200, 2026-11-30)
         add_norm = add_norm_fused if tokens.is_cuda or self.batch_invariant else add_norm_eager
+        invariant = self.batch_invariant
         h, delta = self._layers(self.tok_embeddings(tokens.reshape(-1)[pack.index]),
-                                lambda att, x: att.prefill_packed(x, pack, cos, sin, cache, table), add_norm)
+                                lambda att, x: att.prefill_packed(x, pack, cos, sin, cache, table, invariant), add_norm)
         x, _ = add_norm(h[pack.last], delta[pack.last], self.norm)  # only each last real token needs logits
         return self.output(x).float()
 
