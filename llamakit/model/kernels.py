@@ -261,25 +261,17 @@ def rope_packed(qkv: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, cos: t
 
 # ------------------------------------------------------------------------------------------- decode attention
 
-EAGER_ROWS = 16  # rows per batched matmul of the eager decode attention
-
-
 def decode_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
                            lengths: torch.Tensor) -> torch.Tensor:
     """Reference: q [B, H, D] over the paged cache k/v [n_blocks, Hkv, block_size, D], row b reading positions
-    [0, lengths[b]) through its block-table row table[b]. Rows go in chunks of EAGER_ROWS (the last padded): every
-    batched matmul has the same shape, so a row's result does not depend on the batch (batch_invariant), and the
-    gathered keys stay small."""
-    b = q.shape[0]
-    if b != EAGER_ROWS:
-        pad = -b % EAGER_ROWS
-        if pad:
-            q = torch.cat([q, q.new_zeros((pad,) + q.shape[1:])])
-            table = torch.cat([table, table.new_zeros((pad, table.shape[1]))])
-            lengths = torch.cat([lengths, lengths.new_ones(pad)])
-        return torch.cat([_attention_eager(q[i:i + EAGER_ROWS], k, v, table[i:i + EAGER_ROWS],
-                                           lengths[i:i + EAGER_ROWS]) for i in range(0, b + pad, EAGER_ROWS)])[:b]
-    return _attention_eager(q, k, v, table, lengths)
+    [0, lengths[b]) through its block-table row table[b]. On GPUs one row at a time: cuBLAS picks its batched-matmul
+    kernel by the batch count, so a row's result would depend on the batch (batch_invariant); on CPUs every batch
+    item is the same matmul (tests/test_decoding.py holds the rows' bits equal), so the rows go together: padding them
+    to chunks of 16 had made a tiny model's batch-1 generation ~3x slower on the CPU (2026-11-30)."""
+    if not q.is_cuda or q.shape[0] == 1:
+        return _attention_eager(q, k, v, table, lengths)
+    return torch.cat([_attention_eager(q[i:i + 1], k, v, table[i:i + 1], lengths[i:i + 1])
+                      for i in range(q.shape[0])])
 
 
 def _attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,

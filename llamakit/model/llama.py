@@ -369,7 +369,7 @@ class Transformer(nn.Module):
         row whatever the batch size (n_splits would cut a small batch's keys into more ranges, summed in another
         order); and a prefill computed as its tokens' decode steps would be (attention through the decode kernel,
         the fused add + RMSNorm), so a sequence preempted and recomputed goes on with the same bits. The other
-        kernels (rotary, the eager attention's fixed row chunks, sampling) treat each row alone."""
+        kernels (rotary, the eager attention, sampling) treat each row alone."""
         rows = INVARIANT_ROWS[self.device.type]
         for module in self.modules():
             if isinstance(module, (ColumnLinear, RowLinear)):
