@@ -1,4 +1,5 @@
-"""int8 weight-only: quantization error is bounded, the model stays close to 16/32-bit, MP works, memory halves."""
+"""int8 weight-only: quantization error is bounded, the model stays close to 16/32-bit, MP works, memory halves;
+and linear's fixed row chunks (batch_invariant) give a row the same bits at any row count, int8 or not."""
 
 from __future__ import annotations
 
@@ -64,3 +65,25 @@ def test_int8_runs_at_mp2(tiny_factory, tmp_path):
     out = _torchrun_outputs(tiny_factory("llama2-gqa", 2), 2, tmp_path, config=spec_cfg)
     assert len(out) == 5 and all(len(toks) > 0 or reason == "stop" for toks, reason in out.values())
     json.dumps(out)
+
+
+def test_fixed_row_chunks_give_a_row_the_same_bits_at_every_row_count_for_16_bit_and_int8_weights():
+    """linear() with `invariant_rows` (batch_invariant): a row's product is the same bits whether it comes alone or
+    among 3, 40 or 700 rows, for 16-bit weights and for int8 ones, and equals the plain product to rounding."""
+    from torch import nn
+
+    from llamakit.model.linear import INVARIANT_ROWS, linear, quantize_int8_
+
+    torch.manual_seed(0)
+    x = torch.randn(700, 96)
+    for int8 in (False, True):
+        layer = nn.Module()
+        layer.weight = nn.Parameter(torch.randn(80, 96) / 10, requires_grad=False)
+        if int8:
+            quantize_int8_(layer)
+        plain = linear(x, layer)
+        layer.invariant_rows = INVARIANT_ROWS["cpu"]
+        rows = [linear(x[:m], layer) for m in (1, 3, 40, 700)]
+        assert all(torch.equal(r[0], rows[0][0]) for r in rows) and torch.equal(rows[2][17], rows[3][17])
+        assert rows[3].shape == plain.shape and torch.allclose(rows[3], plain, atol=1e-5)
+        assert linear(x[:5].view(1, 5, 96), layer).shape == (1, 5, 80)  # leading dims kept
