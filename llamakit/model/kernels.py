@@ -41,6 +41,11 @@ def to_fp8(x: torch.Tensor) -> torch.Tensor:
     return x.float().clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 
+def to_cache(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """x as `cache` stores it: rounded to fp8 (saturated) for an fp8 cache; otherwise as it is (the copy casts)."""
+    return to_fp8(x) if cache.dtype == FP8 else x
+
+
 @functools.lru_cache(maxsize=None)
 def _fp8_instructions(device_index: int) -> bool:
     """The GPU converts e4m3 in hardware (compute capability 8.9+: Ada, Hopper)."""
@@ -147,9 +152,8 @@ def rope_store_eager(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, si
     rows = torch.arange(n, device=qkv.device) if rows is None else rows
     blk = table[rows, pos // bs].long()
     kr = rot(k, n_kv)
-    store = to_fp8 if k_cache.dtype == FP8 else (lambda x: x)
-    k_cache[blk, :, pos % bs] = store(kr)
-    v_cache[blk, :, pos % bs] = store(v.reshape(n, n_kv, d))
+    k_cache[blk, :, pos % bs] = to_cache(kr, k_cache)
+    v_cache[blk, :, pos % bs] = to_cache(v.reshape(n, n_kv, d), v_cache)
     return rot(q, n_heads), kr
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llamakit.model.kernels import FP8, to_fp8
+from llamakit.model.kernels import FP8, to_cache
 
 # kv_cache_dtype (vLLM's key and values): "auto" keeps the model's dtype; "fp8" / "fp8_e4m3" stores e4m3 bytes,
 # half the memory of bf16 and half the bytes a decode step reads
@@ -47,10 +47,8 @@ class KVCache:
                      v: torch.Tensor) -> None:
         """Store one k/v [B, H, D] per row at its position pos [B]."""
         blk, off = self.where(table, pos)
-        if self.k.dtype == FP8:
-            k, v = to_fp8(k), to_fp8(v)
-        self.k[layer][blk, :, off] = k
-        self.v[layer][blk, :, off] = v
+        self.k[layer][blk, :, off] = to_cache(k, self.k)
+        self.v[layer][blk, :, off] = to_cache(v, self.v)
 
     def gather(self, layer: int, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys/values of the blocks in `table` [B, nb], laid out [B, H, nb * block_size, D] (plain path)."""
