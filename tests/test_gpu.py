@@ -276,22 +276,34 @@ def test_gpu_memory_utilization_caps_the_process_and_sizes_the_cache_from_the_ca
 
 def test_batch_invariant_matmul_and_attention_give_a_row_the_same_bits_at_every_batch_size():
     """At 7B sizes in bf16: cuBLAS picks kernels by row count and batch 1 takes the GEMV, so a row's product changes
-    in the last bits with the batch; in chunks of INVARIANT_ROWS it does not. Decode attention with one key range
-    (what batch_invariant fixes) gives a row the same bits among 1 or 300 rows."""
+    in the last bits with the batch; through fixed_matmul (its tile changes with the row count, its order does not)
+    it does not, with split-K (w2's shape) or without, and neither in INVARIANT_ROWS chunks (int8 weights). Decode
+    attention with one key range (what batch_invariant fixes) gives a row the same bits among 1 or 300 rows."""
     from torch import nn
 
-    from llamakit.model.linear import INVARIANT_ROWS, linear
+    from llamakit.model import fixed_matmul
+    from llamakit.model.linear import INVARIANT_ROWS, linear, quantize_int8_
 
     torch.manual_seed(0)
-    layer = nn.Module()
-    layer.weight = nn.Parameter(torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) / 64,
-                                requires_grad=False)
-    x = torch.randn(700, 4096, device="cuda", dtype=torch.bfloat16)
-    plain = [linear(x[:m], layer)[0] for m in (1, 3, 64, 300, 700)]
-    layer.invariant_rows = INVARIANT_ROWS["cuda"]
-    fixed = [linear(x[:m], layer)[0] for m in (1, 3, 64, 300, 700)]
-    assert all(torch.equal(f, fixed[0]) for f in fixed)
-    print(f"\nplain matmul: row 0 identical at {sum(torch.equal(p, plain[0]) for p in plain)} of 5 row counts")
+    counts = (1, 3, 64, 65, 128, 129, 300, 700)
+    for n, k in ((4096, 4096), (4096, 11008), (1000, 4096)):
+        layer = nn.Module()
+        layer.weight = nn.Parameter(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / 64, requires_grad=False)
+        x = torch.randn(700, k, device="cuda", dtype=torch.bfloat16)
+        plain = [linear(x[:m], layer)[0] for m in counts]
+        layer.invariant_rows = INVARIANT_ROWS["cuda"]
+        fixed = [linear(x[:m], layer) for m in counts]
+        assert all(torch.equal(f[0], fixed[0][0]) for f in fixed), (n, k)
+        assert all(torch.equal(f, fixed[-1][:len(f)]) for f in fixed), (n, k)
+        assert torch.allclose(fixed[-1].float(), (x.float() @ layer.weight.float().T), atol=2e-2, rtol=2e-2)
+        sk = fixed_matmul.split_k(n, k)  # the tiles it picks from by row count: the same bits
+        assert all(torch.equal(fixed_matmul.fixed_matmul(x, layer.weight, cfg, sk), fixed[-1])
+                   for cfg in fixed_matmul.TILES), (n, k)
+        print(f"\n{n}x{k} (split_k {fixed_matmul.split_k(n, k)}): plain matmul's row 0 identical at "
+              f"{sum(torch.equal(p, plain[0]) for p in plain)} of {len(counts)} row counts")
+    quantize_int8_(layer)  # int8 weights: linear's fixed row chunks
+    chunks = [linear(x[:m], layer)[0] for m in counts]
+    assert all(torch.equal(c, chunks[0]) for c in chunks)
     L, D, BS, rows = 1024, 128, 16, 300
     nb = L // BS
     q = torch.randn(rows, 32, D, device="cuda", dtype=torch.bfloat16)

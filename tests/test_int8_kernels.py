@@ -1,6 +1,7 @@
-"""The int8 weight-only matmul kernels (model/int8_kernels.py): every named configuration, GEMV and tl.dot, split-K
-or not, computes what the eager twin computes (Triton's CPU interpreter; at 7B sizes in bf16: tests/test_gpu.py),
-and the schedule that picks one per decode batch covers every batch the kernel takes."""
+"""The Triton matmuls: the int8 weight-only kernels (model/int8_kernels.py): every named configuration, GEMV and
+tl.dot, split-K or not, computes what the eager twin computes, and the schedule that picks one per decode batch covers
+every batch the kernel takes; the batch-invariant matmul (model/fixed_matmul.py) computes x @ W.T with every tile
+and split. In Triton's CPU interpreter; at 7B sizes in bf16, bits included: tests/test_gpu.py."""
 
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ for m, n, k in cases:
         w = torch.randn(n, k)
         ref16 = torch.nn.functional.linear(x, w)
         res[f"gemv16@{m}x{n}x{k}"] = ((Q.gemv16(x, w) - ref16).abs().max() / ref16.abs().max()).item()
+from llamakit.model import fixed_matmul as F
+for m, n, k in [(1, 37, 160), (70, 37, 160), (3, 21, 2048), (130, 150, 256)]:
+    x = torch.randn(m, k); w = torch.randn(n, k)  # fp32: the interpreter's bf16 is broken, its fp32 dot exact
+    ref = torch.nn.functional.linear(x, w)
+    for cfg in F.TILES:
+        for sk in (1, 2, 3):
+            got = F.fixed_matmul(x, w, cfg, sk)
+            res[f"fixed@{cfg.name}_sk{sk}@{m}x{n}x{k}"] = ((got - ref).abs().max() / ref.abs().max()).item()
 print(json.dumps(res))
 """
 
@@ -52,7 +61,8 @@ def test_every_int8_config_matches_the_eager_twin_in_interpreter():
     proc = subprocess.run([sys.executable, "-c", INT8_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {key.split("@")[0] for key in res} == set(Q.CONFIGS) | {"default", "gemv16"}
+    assert {key.split("@")[0] for key in res} == set(Q.CONFIGS) | {"default", "gemv16", "fixed"}
+    assert len([key for key in res if key.startswith("fixed@")]) == 4 * 3 * 3
     bad = {key: err for key, err in res.items() if not err < 1e-5}
     assert not bad, bad
 

@@ -4,7 +4,7 @@ decode-attention and rotary kernels' achieved bandwidth per launch configuration
 
     python3 tools/profile_decode.py [--preset 7b] [--part all|step,prefill,overlap,green,green_attn,gaps,
                                     gaps_dataset,tunable,attn_layers,attn,fp8,fp8_gqa,rope,gemv,mm,nucleus,sample,
-                                    int8b1] > profile.txt
+                                    int8b1,fixed_mm] > profile.txt
 
 Random weights of the bench preset (llamakit.bench), KV lengths as in the standard workload halfway through its
 256 tokens (batch 128) and as the dataset workload holds them (batch 1,024). Numbers are for reading, not for the docs:
@@ -716,6 +716,125 @@ def part_mm(rows: tuple[int, ...] = (128, 256)) -> None:
             torch.cuda.empty_cache()
 
 
+def part_fixed_mm(rows: tuple[int, ...] = (1, 16, 64, 128, 256, 512, 1024)) -> None:
+    """Batch-invariant matmuls (llamakit.model.fixed_matmul's Triton kernel: its TILES schedule, and tiles one by one
+    with split_k 1 and 2) against what runs by default (cuBLAS on all rows; the GEMV at one row) and cuBLAS in chunks
+    of 256 rows (linear's fallback), the 7B step's five matrices, per row count, inside CUDA graphs, each call on
+    another copy of the matrix (>= 200 MB in all, past the L2). Then the bits: the schedule's rows alone and among
+    1,024 (its tiles change with the row count), and every tile against the first with the same split."""
+    from llamakit.model.fixed_matmul import FixedConfig, fixed_matmul, invariant_matmul, split_k
+    from llamakit.model.linear import INVARIANT_ROWS, _fixed_rows, _linear
+
+    shapes = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2": (4096, 11008),
+              "output": (32000, 4096)}
+    tiles = [FixedConfig(*t) for t in ((64, 64, 128, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+                                       (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3))]
+    descs = [FixedConfig(*t) for t in ((128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3),
+                                       (64, 128, 64, 4, 4))]
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    totals: dict[tuple[int, str, str], float] = {}
+    for name, (n, k) in shapes.items():
+        copies = max(2, -(-200_000_000 // (n * k * 2)))
+        ws = [torch.randn((n, k), dtype=torch.bfloat16, device="cuda") * 0.02 for _ in range(copies)]
+        mods = [SimpleNamespace(weight=w) for w in ws]
+        xs = torch.randn((max(rows), k), dtype=torch.bfloat16, device="cuda")
+        times = 32 if name != "output" else 1
+        for m in rows:
+            x = xs[:m]
+            row = {"part": "fixed_mm", "rows": m, "matrix": name}
+            cands = {"cublas": lambda mod: _linear(x, mod),  # the default path (the GEMV at one row)
+                     "chunks256": lambda mod: _fixed_rows(x, mod, INVARIANT_ROWS["cuda"]),
+                     "schedule": lambda mod: invariant_matmul(x, mod.weight)}
+            for c in tiles:
+                for sk in (1, 2):
+                    cands[f"{c.name}_sk{sk}"] = lambda mod, c=c, sk=sk: fixed_matmul(x, mod.weight, c, sk)
+            for c in descs:  # TMA descriptors, with and without warp specialization (no split)
+                for ws_ in (False, True):
+                    cands[f"desc_{c.name}_ws{int(ws_)}"] = lambda mod, c=c, ws_=ws_: _desc_mm(x, mod.weight, c, ws_)
+            ref = torch.nn.functional.linear(x, ws[0]).float()
+            for cname, fn in cands.items():
+                try:
+                    err = (fn(mods[0]).float() - ref).abs().max().item()
+                    us = graph_ms(lambda: [fn(mod) for mod in mods], calls=2) / copies * 1000
+                    row[cname] = round(us, 1)
+                    if err > 0.05:
+                        row[cname + "_err"] = round(err, 4)
+                    totals[(m, name, cname)] = us * times
+                except Exception as e:  # a configuration that does not compile is a finding, not a stop
+                    row[cname] = str(e)[:80]
+            print(json.dumps(row), flush=True)
+        full = invariant_matmul(xs, ws[0])
+        bits = {"schedule_alone_eq_among_1024": all(torch.equal(invariant_matmul(xs[:r], ws[0]), full[:r])
+                                                    for r in (1, 3, 64, 65, 100, 128, 129, 300))}
+        sk = split_k(n, k)
+        for c in tiles:
+            try:
+                bits[c.name + "_eq_schedule"] = torch.equal(fixed_matmul(xs, ws[0], c, sk), full)
+            except Exception as e:
+                bits[c.name] = str(e)[:80]
+        for c in descs if sk == 1 else ():
+            for ws_ in (False, True):
+                try:
+                    got = _desc_mm(xs, ws[0], c, ws_)
+                    bits[f"desc_{c.name}_ws{int(ws_)}_eq_schedule"] = torch.equal(got, full)
+                    bits[f"desc_{c.name}_ws{int(ws_)}_alone_eq"] = all(
+                        torch.equal(_desc_mm(xs[:r], ws[0], c, ws_), got[:r]) for r in (1, 65, 300))
+                except Exception as e:
+                    bits[f"desc_{c.name}_ws{int(ws_)}"] = str(e)[:80]
+        print(json.dumps({"part": "fixed_mm_bits", "matrix": name, "split_k": sk, **bits}), flush=True)
+        del ws, mods
+        torch.cuda.empty_cache()
+    for m in rows:  # a step's 32 x 4 + 1 matmuls: the cuBLAS ways, the schedule, and each tile with the best split
+        mine = {key: us for key, us in totals.items() if key[0] == m}
+        step = {way: round(sum(us for key, us in mine.items() if key[2] == way))
+                for way in ("cublas", "chunks256", "schedule")}
+        for c in tiles:
+            step[c.name] = round(sum(min(mine.get((m, name, f"{c.name}_sk{sk}"), 1e9) for sk in (1, 2))
+                                     for name in shapes))
+        for c in descs:
+            for ws_ in (0, 1):
+                step[f"desc_{c.name}_ws{ws_}"] = round(sum(mine.get((m, name, f"desc_{c.name}_ws{ws_}"), 1e9)
+                                                       for name in shapes))
+        print(json.dumps({"part": "fixed_mm_step_us", "rows": m, **step}), flush=True)
+
+
+if kernels.HAVE_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _desc_mm_kernel(X, W, Y, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, WS: tl.constexpr):
+        """fixed_matmul's loop through TMA tensor descriptors (rows past M read as zeros by the copy engine)."""
+        xd = tl.make_tensor_descriptor(X, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
+        wd = tl.make_tensor_descriptor(W, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
+        yd = tl.make_tensor_descriptor(Y, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(M, BLOCK_M)
+        num_n = tl.cdiv(N, BLOCK_N)
+        per_group = GROUP_M * num_n
+        first_m = (pid // per_group) * GROUP_M
+        size_m = tl.minimum(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % per_group) % size_m
+        pid_n = (pid % per_group) // size_m
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES, warp_specialize=WS):
+            x = xd.load([pid_m * BLOCK_M, k0])
+            w = wd.load([pid_n * BLOCK_N, k0])
+            acc = tl.dot(x, w.T, acc)
+        yd.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(Y.dtype.element_ty))
+
+
+def _desc_mm(x: torch.Tensor, w: torch.Tensor, c, ws: bool) -> torch.Tensor:
+    m, k = x.shape
+    n = w.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(m, c.block_m) * triton.cdiv(n, c.block_n),)
+    _desc_mm_kernel[grid](x, w, y, m, n, k, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=8,
+                          NUM_STAGES=c.num_stages, WS=ws, num_warps=c.num_warps, num_stages=c.num_stages)
+    return y
+
+
 def part_tunable(rows: tuple[int, ...] = (128, 1024)) -> None:
     """cuBLAS's own pick against PyTorch TunableOp's (every cuBLASLt algorithm timed on the shape, rotating buffers so
     the L2 does not hold the matrix) for the step's bf16 matmuls, inside CUDA graphs, each call on another copy."""
@@ -916,7 +1035,7 @@ def main() -> None:
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     init_model_parallel(1)
     torch.cuda.set_device(0)
-    parts = (("rope", part_rope), ("gemv", part_gemv), ("mm", part_mm), ("tunable", part_tunable),
+    parts = (("rope", part_rope), ("gemv", part_gemv), ("mm", part_mm), ("fixed_mm", part_fixed_mm), ("tunable", part_tunable),
              ("attn_layers", part_attn_layers), ("nucleus", part_nucleus),
              ("sample", part_sample),
              ("attn", part_attn),

@@ -6,8 +6,10 @@ large ones (prefill) dequantize the layer and use cuBLAS. Batch 1 with 16-bit we
 
 Batch invariance (`batch_invariant: true`): a matmul library picks its kernel, and with it the order in which a
 row's products are summed, by the number of rows; so a sequence's logits change in the last bits with the batch it
-runs in. A layer marked with `invariant_rows` multiplies in chunks of exactly that many rows (the last one padded):
-every call has the same shape, so every row is summed the same way whatever else is in the batch.
+runs in. A layer marked with `invariant_rows` avoids that: 16-bit weights on a GPU through a Triton matmul whose
+summation order never follows the row count (model/fixed_matmul.py); elsewhere (CPUs, int8 weights) in chunks of
+exactly `invariant_rows` rows (the last one padded), so every call has the same shape and every row is summed the
+same way whatever else is in the batch.
 """
 
 from __future__ import annotations
@@ -16,19 +18,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llamakit.model import int8_kernels
+from llamakit.model import fixed_matmul, int8_kernels
 
 
-# rows per matmul call in batch-invariant mode: on GPUs 256 rows are past where a 7B step stops being bound by reading
-# the weights (so a 1,024-row step costs about what one call would), on CPUs any fixed count does
+# rows per matmul call in batch-invariant mode where fixed_matmul does not apply: on GPUs (int8 weights) 256 rows are
+# past where a 7B step stops being bound by reading the weights (so a 1,024-row step costs about what one call would),
+# on CPUs any fixed count does
 INVARIANT_ROWS = {"cuda": 256, "cpu": 16}
 
 
 def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """x @ W.T for `module.weight`; when the layer was quantized, W is int8 and `weight_scale` rescales rows.
-    A layer with `invariant_rows` set computes in chunks of that many rows (see the module's docstring)."""
+    A layer with `invariant_rows` set gives each row the same bits whatever the batch (see the module's docstring)."""
     rows = getattr(module, "invariant_rows", 0)
     if rows:
+        if getattr(module, "weight_scale", None) is None and fixed_matmul.use_fixed_matmul(x, module.weight):
+            return fixed_matmul.invariant_matmul(x, module.weight)
         return _fixed_rows(x, module, rows)
     return _linear(x, module)
 
