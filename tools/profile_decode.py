@@ -729,9 +729,7 @@ def part_fixed_mm(rows: tuple[int, ...] = (1, 16, 64, 128, 256, 512, 1024)) -> N
               "output": (32000, 4096)}
     tiles = [FixedConfig(*t) for t in ((64, 64, 128, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 4),
                                        (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3))]
-    descs = [FixedConfig(*t) for t in ((128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3),
-                                       (64, 128, 64, 4, 4))]
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+
     totals: dict[tuple[int, str, str], float] = {}
     for name, (n, k) in shapes.items():
         copies = max(2, -(-200_000_000 // (n * k * 2)))
@@ -748,9 +746,6 @@ def part_fixed_mm(rows: tuple[int, ...] = (1, 16, 64, 128, 256, 512, 1024)) -> N
             for c in tiles:
                 for sk in (1, 2):
                     cands[f"{c.name}_sk{sk}"] = lambda mod, c=c, sk=sk: fixed_matmul(x, mod.weight, c, sk)
-            for c in descs:  # TMA descriptors, with and without warp specialization (no split)
-                for ws_ in (False, True):
-                    cands[f"desc_{c.name}_ws{int(ws_)}"] = lambda mod, c=c, ws_=ws_: _desc_mm(x, mod.weight, c, ws_)
             ref = torch.nn.functional.linear(x, ws[0]).float()
             for cname, fn in cands.items():
                 try:
@@ -772,15 +767,7 @@ def part_fixed_mm(rows: tuple[int, ...] = (1, 16, 64, 128, 256, 512, 1024)) -> N
                 bits[c.name + "_eq_schedule"] = torch.equal(fixed_matmul(xs, ws[0], c, sk), full)
             except Exception as e:
                 bits[c.name] = str(e)[:80]
-        for c in descs if sk == 1 else ():
-            for ws_ in (False, True):
-                try:
-                    got = _desc_mm(xs, ws[0], c, ws_)
-                    bits[f"desc_{c.name}_ws{int(ws_)}_eq_schedule"] = torch.equal(got, full)
-                    bits[f"desc_{c.name}_ws{int(ws_)}_alone_eq"] = all(
-                        torch.equal(_desc_mm(xs[:r], ws[0], c, ws_), got[:r]) for r in (1, 65, 300))
-                except Exception as e:
-                    bits[f"desc_{c.name}_ws{int(ws_)}"] = str(e)[:80]
+
         print(json.dumps({"part": "fixed_mm_bits", "matrix": name, "split_k": sk, **bits}), flush=True)
         del ws, mods
         torch.cuda.empty_cache()
@@ -791,48 +778,8 @@ def part_fixed_mm(rows: tuple[int, ...] = (1, 16, 64, 128, 256, 512, 1024)) -> N
         for c in tiles:
             step[c.name] = round(sum(min(mine.get((m, name, f"{c.name}_sk{sk}"), 1e9) for sk in (1, 2))
                                      for name in shapes))
-        for c in descs:
-            for ws_ in (0, 1):
-                step[f"desc_{c.name}_ws{ws_}"] = round(sum(mine.get((m, name, f"desc_{c.name}_ws{ws_}"), 1e9)
-                                                       for name in shapes))
+
         print(json.dumps({"part": "fixed_mm_step_us", "rows": m, **step}), flush=True)
-
-
-if kernels.HAVE_TRITON:
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _desc_mm_kernel(X, W, Y, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, WS: tl.constexpr):
-        """fixed_matmul's loop through TMA tensor descriptors (rows past M read as zeros by the copy engine)."""
-        xd = tl.make_tensor_descriptor(X, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
-        wd = tl.make_tensor_descriptor(W, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
-        yd = tl.make_tensor_descriptor(Y, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
-        pid = tl.program_id(0)
-        num_m = tl.cdiv(M, BLOCK_M)
-        num_n = tl.cdiv(N, BLOCK_N)
-        per_group = GROUP_M * num_n
-        first_m = (pid // per_group) * GROUP_M
-        size_m = tl.minimum(num_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % per_group) % size_m
-        pid_n = (pid % per_group) // size_m
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES, warp_specialize=WS):
-            x = xd.load([pid_m * BLOCK_M, k0])
-            w = wd.load([pid_n * BLOCK_N, k0])
-            acc = tl.dot(x, w.T, acc)
-        yd.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(Y.dtype.element_ty))
-
-
-def _desc_mm(x: torch.Tensor, w: torch.Tensor, c, ws: bool) -> torch.Tensor:
-    m, k = x.shape
-    n = w.shape[0]
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(m, c.block_m) * triton.cdiv(n, c.block_n),)
-    _desc_mm_kernel[grid](x, w, y, m, n, k, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=8,
-                          NUM_STAGES=c.num_stages, WS=ws, num_warps=c.num_warps, num_stages=c.num_stages)
-    return y
 
 
 def part_tunable(rows: tuple[int, ...] = (128, 1024)) -> None:
