@@ -65,7 +65,8 @@ FP8_ADVICE = "kv_cache_dtype: fp8 would hold about twice as many"
 
 
 def kv_dtype(dtype: str, kv_cache_dtype: str = "auto") -> str:
-    """The KV cache's dtype name for kv_cache_bytes: the compute dtype, or fp8 (kv_cache_dtype fp8 / fp8_e4m3)."""
+    """The KV cache's dtype name for kv_cache_bytes: the compute dtype, or fp8 (kv_cache_dtype fp8 / fp8_e4m3).
+    The one home of "auto keeps the model's dtype, anything else is fp8": model/kv_cache.py:cache_dtype asks it."""
     return dtype if kv_cache_dtype == "auto" else "fp8"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llamakit.memory import kv_dtype
 from llamakit.model.kernels import FP8, to_cache
 
 # kv_cache_dtype (vLLM's key and values): "auto" keeps the model's dtype; "fp8" / "fp8_e4m3" stores e4m3 bytes,
@@ -13,7 +14,9 @@ KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
 
 
 def cache_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
-    return model_dtype if kv_cache_dtype == "auto" else FP8
+    """The cache's torch dtype: FP8 where memory.kv_dtype (the one home of what kv_cache_dtype means) names fp8,
+    else the model's."""
+    return FP8 if kv_dtype(str(model_dtype), kv_cache_dtype) == "fp8" else model_dtype
 
 
 class KVCache:
