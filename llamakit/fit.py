@@ -12,11 +12,12 @@ from typing import Optional, Sequence
 
 from llamakit import defaults
 from llamakit.checkpoint.params import ModelConfig
-from llamakit.memory import (FP8_ADVICE, GiB, MemoryPlan, kv_dtype, kv_tokens_that_fit, max_batch_that_fits,
-                             plan_memory, weight_dtype)
+from llamakit.memory import (FP8_ADVICE, GiB, MemoryPlan, fp8_advice, kv_dtype, kv_tokens_that_fit,
+                             max_batch_that_fits, plan_memory, weight_dtype)
 
-__all__ = ["resolve_dtype", "weight_dtype", "kv_dtype", "FP8_ADVICE", "reshard_destination", "reshard_command",
-           "mp_within", "Verdict", "verdict", "FitOption", "fit_options", "CARD_SIZES_GB", "capacity_words"]
+__all__ = ["resolve_dtype", "weight_dtype", "kv_dtype", "FP8_ADVICE", "fp8_advice", "reshard_destination",
+           "reshard_command", "mp_within", "Verdict", "verdict", "FitOption", "fit_options", "CARD_SIZES_GB",
+           "capacity_words"]
 
 DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 # Card sizes as sold ("48 GB"); NVML reports a bit less (an RTX A6000: 47.99 GiB), hence USABLE.

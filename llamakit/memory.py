@@ -61,7 +61,15 @@ class MemoryPlan:
 
 
 # what the plan and doctor add when max_batch_size sequences do not fit the cache at once and it is not fp8 yet
+# (fp8_advice decides when)
 FP8_ADVICE = "kv_cache_dtype: fp8 would hold about twice as many"
+
+
+def fp8_advice(kv_tokens: int, rows: int, seq: int, kv_dtype: str) -> str:
+    """FP8_ADVICE when `rows` (max_batch_size) sequences of `seq` tokens do not all fit the cache's `kv_tokens` at
+    once and the cache (`kv_dtype`, kv_dtype's name) is not fp8 yet; '' otherwise. The one home of that decision:
+    KvCapacity.words (the run plan) and doctor's memory-fit rule ask it."""
+    return FP8_ADVICE if kv_dtype != "fp8" and kv_tokens < rows * seq else ""
 
 
 def kv_dtype(dtype: str, kv_cache_dtype: str = "auto") -> str:
@@ -197,7 +205,9 @@ class KvCapacity:
                            + (f" (memory for about {more} of ~{typical} tokens: a higher max_batch_size runs more "
                               "at once)" if more > self.rows else ""))
         of_max = f", {self.sequences()} of max_seq_len {self.seq}" if typical < self.seq else ""
-        fp8 = f"; {FP8_ADVICE}" if self.kv_dtype != "fp8" else ""
+        # a sequence of max_seq_len takes whole blocks: the same test as sequences() < rows above
+        advice = fp8_advice(self.tokens, self.rows, -(-self.seq // self.block_size) * self.block_size, self.kv_dtype)
+        fp8 = f"; {advice}" if advice else ""
         return head + (f"holds about {self.sequences(typical)} sequences of ~{typical} tokens at once{of_max} "
                        f"(max_batch_size {self.rows} is an upper limit){fp8}")
 

@@ -137,6 +137,7 @@ def rule_memory_fit(f: Facts) -> CheckResult:
                            f"{gib(busy.free_bytes)} is free now", "another process uses the GPU: see `nvidia-smi`")
     fit = fit_module()
     words = fit.capacity_words(empty.kv_tokens, r.max_seq_len)
-    if r.kv_cache_dtype == "auto" and empty.kv_tokens < r.max_batch_size * r.max_seq_len:
-        words += f"; {fit.FP8_ADVICE}"
+    advice = fit.fp8_advice(empty.kv_tokens, r.max_batch_size, r.max_seq_len, fit.kv_dtype(dtype, r.kv_cache_dtype))
+    if advice:
+        words += f"; {advice}"
     return CheckResult("memory-fit", OK, f"{head}: fits {of}; {words}")
