@@ -86,3 +86,21 @@ def test_schedule_override_for_a_measurement(monkeypatch):
     with pytest.raises(LlamakitError, match="LLAMAKIT_INT8_MM.*gemv_fastest") as e:
         Q.pick_config(1)
     assert "gemv_n8_k512_w4_s3_cvtbf16" in e.value.fix  # the fix lists the configs
+
+
+def test_fixed_matmul_picks_its_tile_by_rows_and_fits_its_pipeline_to_the_gpu():
+    """The tile: the largest that gives every SM a program, 128-row tiles only past 64 rows; the pipeline: as deep
+    as a block's shared memory allows (an RTX A6000's 99 KiB against an H200's 227 KiB), never below 2."""
+    from llamakit.model import fixed_matmul as F
+
+    small, mid = F.TILES[2], F.TILES[1]
+    assert F.pick_tile(1, 4096, 1, 132) is small  # 7B's wo at batch 1: 64 programs at most
+    assert F.pick_tile(1, 22016, 1, 132) is mid  # w13: 172 programs of 64 x 128
+    assert F.pick_tile(64, 32000, 1, 132) is mid  # 128-row tiles would be half padding
+    assert F.pick_tile(1024, 4096, 1, 132) is F.LARGE
+    assert F.pick_tile(256, 4096, 2, 132) is mid  # w2 at 256 rows: 128 large tiles are too few
+    assert F.split_k(4096, 11008) == 2 and F.split_k(4096, 4096) == 1 and F.split_k(5120, 6912) == 1
+    a6000, h200 = 101376, 232448
+    assert [F.stages(c, h200) for c in F.TILES] == [c.num_stages for c in F.TILES]
+    assert [F.stages(c, a6000) for c in F.TILES] == [2, 3, 2]
+    assert all(F.SPLIT_ALIGN % c.block_k == 0 for c in F.TILES)

@@ -41,8 +41,11 @@ def probe(cc: int) -> dict:
         return k
 
     jit.JITFunction.run = run
+    from llamakit.model import fixed_matmul as F
     from llamakit.model import int8_kernels as Q
     from llamakit.model import kernels as K
+
+    F.smem_per_block = lambda device: SMEM_LIMIT[cc]  # the target's, not this GPU's: the pipeline depth follows it
 
     dev, bf = "cuda", torch.bfloat16
     # (heads, kv heads, dim) per rank: 7B MP=1, 13B MP=2, 70B-style GQA MP=2
@@ -71,6 +74,10 @@ def probe(cc: int) -> dict:
         for m in (1, 2, 4, 16, 32, 64, 256):  # each config of the schedule at the batch sizes it serves
             Q.int8_matmul(torch.empty(m, dim, device=dev, dtype=bf), torch.empty(4096, dim, device=dev,
                           dtype=torch.int8), torch.empty(4096, device=dev, dtype=torch.float32))
+        for cfg in F.TILES:  # batch_invariant's matmul: every tile, with and without split-K, 16-bit weights
+            for split in (1, 2):
+                F.fixed_matmul(torch.empty(300, dim, device=dev, dtype=bf), torch.empty(4096, dim, device=dev,
+                               dtype=bf), cfg, split)
     return {"cc": cc, "triton": triton.__version__, "kernels": seen}
 
 

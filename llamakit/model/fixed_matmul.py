@@ -14,6 +14,7 @@ a row's bits alone and among 700 rows, across the tiles).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,19 @@ TILES: tuple[FixedConfig, ...] = (LARGE, FixedConfig(64, 128, 64, 4, 4), FixedCo
 # parts, and with them the order of the sums, then depend on the shape alone, not on the tile
 SPLIT_ALIGN = 256
 assert all(SPLIT_ALIGN % cfg.block_k == 0 for cfg in TILES)
+
+
+def stages(cfg: FixedConfig, smem: int) -> int:
+    """cfg's pipeline depth, cut to what a block's shared memory holds (the RTX A6000: 99 KiB, an H200: 227): each
+    stage keeps a tile of x and one of W; 8 KiB stay for the rest. Stages change the loads' timing, never the sums."""
+    per_stage = (cfg.block_m + cfg.block_n) * cfg.block_k * 2
+    return max(2, min(cfg.num_stages, (smem - 8192) // per_stage))
+
+
+@functools.lru_cache(maxsize=None)
+def smem_per_block(device: torch.device) -> int:
+    """The shared memory one block may use on `device` (what Triton checks a kernel against)."""
+    return triton.runtime.driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"]
 
 
 def split_k(n: int, k: int) -> int:
@@ -135,7 +149,7 @@ if HAVE_TRITON:
 
 def fixed_matmul(x: torch.Tensor, w: torch.Tensor, cfg: FixedConfig, split: int = 1) -> torch.Tensor:
     """x [M, K] @ w [N, K].T -> [M, N] in x's dtype, K cut into `split` parts. No host sync: CUDA graphs capture
-    it (the parts' buffer comes from the graph's pool)."""
+    it (the parts' buffer comes from the graph's pool). The pipeline is as deep as the GPU's shared memory allows."""
     m, k = x.shape
     n = w.shape[0]
     x = x.contiguous()
@@ -143,10 +157,11 @@ def fixed_matmul(x: torch.Tensor, w: torch.Tensor, cfg: FixedConfig, split: int 
     k_split = triton.cdiv(triton.cdiv(k, split), cfg.block_k) * cfg.block_k
     part = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+    depth = stages(cfg, smem_per_block(x.device)) if x.is_cuda else cfg.num_stages
     _fixed_mm_kernel[grid](x, w, y, part, m, n, k, x.stride(0), w.stride(0), y.stride(0), k_split,
                            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split,
-                           GROUP_M=cfg.group_m, EVEN_K=k % cfg.block_k == 0, NUM_STAGES=cfg.num_stages,
-                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                           GROUP_M=cfg.group_m, EVEN_K=k % cfg.block_k == 0, NUM_STAGES=depth,
+                           num_warps=cfg.num_warps, num_stages=depth)
     if split > 1:
         _parts_sum_kernel[(m, triton.cdiv(n, 1024))](part, y, m, n, y.stride(0), SPLIT_K=split, BLOCK=1024,
                                                      num_warps=4)
