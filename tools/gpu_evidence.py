@@ -4,7 +4,7 @@
 
   tests  the GPU tests (tests/test_gpu.py: Triton kernels on the paged cache, graphs = eager, decoding controls)
   bench  `llamakit bench --preset 7b`: standard, dataset, int8 (JSON each); dataset and standard with
-         --kv-cache-dtype fp8 (in evidence.txt: a call brings back 8 files at most)
+         --kv-cache-dtype fp8 and with --batch-invariant (in evidence.txt: a call brings back 8 files at most)
   run    `llamakit run` of a 7B-shaped checkpoint on disk (the tiny tokenizer's vocabulary) on the dataset
          workload's prompts and max_gen_len per row (ignore_eos), against `llamakit bench --params` of the same
          checkpoint and workload, in the same call
@@ -99,9 +99,11 @@ def main() -> None:
                                 ("int8", ["--quantize", "int8"])):
                 sh(log, f"bench {name}", lk + ["bench", "--preset", "7b", "--json"] + extra, 400,
                    out / f"bench-7b-{name}.json")
-            for name, extra in (("dataset fp8 KV", ["--workload", "dataset"]), ("standard fp8 KV", [])):
-                sh(log, f"bench {name}", lk + ["bench", "--preset", "7b", "--json", "--kv-cache-dtype", "fp8"] + extra,
-                   400)
+            for name, extra in (("dataset fp8 KV", ["--workload", "dataset", "--kv-cache-dtype", "fp8"]),
+                                ("standard fp8 KV", ["--kv-cache-dtype", "fp8"]),
+                                ("dataset batch-invariant", ["--workload", "dataset", "--batch-invariant"]),
+                                ("standard batch-invariant", ["--batch-invariant"])):
+                sh(log, f"bench {name}", lk + ["bench", "--preset", "7b", "--json"] + extra, 400)
         if "run" in a.steps:
             try:
                 recipe = make_run_inputs(work)
