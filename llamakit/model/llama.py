@@ -365,9 +365,9 @@ class Transformer(nn.Module):
 
     def make_batch_invariant(self) -> None:
         """Make a sequence's logits independent of the batch it runs in, bit for bit (`batch_invariant: true`):
-        every matmul in chunks of a fixed row count (llamakit.model.linear); decode attention over one key range per
-        row whatever the batch size (n_splits would cut a small batch's keys into more ranges, summed in another
-        order); and a prefill computed as its tokens' decode steps would be (attention through the decode kernel,
+        every matmul summed in one order at any row count (llamakit.model.linear); decode attention over one key
+        range per row whatever the batch size (n_splits would cut a small batch's keys into more ranges, summed in
+        another order); and a prefill computed as its tokens' decode steps would be (attention through the decode kernel,
         the fused add + RMSNorm), so a sequence preempted and recomputed goes on with the same bits. The other
         kernels (rotary, the eager attention, sampling) treat each row alone."""
         rows = INVARIANT_ROWS[self.device.type]

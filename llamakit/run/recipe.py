@@ -73,8 +73,9 @@ KEYS: dict[str, KeyInfo] = {
                               "e4m3 bytes: twice the tokens in the same memory, keys/values rounded to 3 mantissa bits",
                               "one of auto, fp8, fp8_e4m3"),
     "batch_invariant": KeyInfo("a prompt's tokens and logprobs do not depend on the other prompts in its batch, the "
-                               "batch size or a preemption, bit for bit, also on GPUs in bf16 (fixed-shape matmuls, "
-                               "a prefill computed as decode steps would); some speed for it", "true or false"),
+                               "batch size or a preemption, bit for bit, also on GPUs in bf16 (matmuls that sum in the "
+                               "same order at any batch size, a prefill computed as decode steps would); some speed "
+                               "for it", "true or false"),
     "gpu_memory_utilization": KeyInfo("fraction of each GPU's total memory this run may use (vLLM's name); the paged "
                                       "KV cache gets what is left of it after the weights and the reserve",
                                       "a number > 0 and <= 1 (e.g. 0.34 makes a 141 GB H200 behave like a 48 GB "

@@ -401,7 +401,7 @@ def render_recipe(p: RecipePlan, recipe_name: str, today: _dt.date | None = None
     key("kv_cache_dtype", "auto", "auto = keys/values in the compute dtype; fp8 holds twice the tokens (twice the "
         "sequences at once) and rounds them to 3 mantissa bits (vLLM's key).")
     key("batch_invariant", False, "true = a prompt's text and logprobs do not depend on what else is in its batch, "
-        "bit for bit, also in bf16 on GPUs; costs about a fifth of the speed (docs/run.md).")
+        "bit for bit, also in bf16 on GPUs; costs 10-20 % of the speed (docs/run.md).")
     key("gpu_memory_utilization", 1.0, "Fraction of each GPU's memory this run may use (vLLM's key); e.g. 0.34 "
         "acts as a 48 GB card on a 141 GB H200.")
 
