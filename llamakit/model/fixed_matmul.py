@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llamakit.model.int8_kernels import _sm_count
+from llamakit.model.int8_kernels import _sm_count, add_parts
 from llamakit.model.kernels import HAVE_TRITON
 
 if HAVE_TRITON:
@@ -135,17 +135,6 @@ if HAVE_TRITON:
         else:
             tl.store(P + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], acc, mask=mask)
 
-    @triton.jit
-    def _parts_sum_kernel(P, Y, M, N, stride_ym, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
-        """Add the SPLIT_K partial sums in a fixed order, store in Y's dtype."""
-        m = tl.program_id(0)
-        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < N
-        acc = tl.zeros([BLOCK], tl.float32)
-        for s in tl.static_range(SPLIT_K):
-            acc += tl.load(P + (s * M + m) * N + offs, mask=mask, other=0.0)
-        tl.store(Y + m * stride_ym + offs, acc.to(Y.dtype.element_ty), mask=mask)
-
 
 def fixed_matmul(x: torch.Tensor, w: torch.Tensor, cfg: FixedConfig, split: int = 1) -> torch.Tensor:
     """x [M, K] @ w [N, K].T -> [M, N] in x's dtype, K cut into `split` parts. No host sync: CUDA graphs capture
@@ -163,6 +152,5 @@ def fixed_matmul(x: torch.Tensor, w: torch.Tensor, cfg: FixedConfig, split: int 
                            GROUP_M=cfg.group_m, EVEN_K=k % cfg.block_k == 0, NUM_STAGES=depth,
                            num_warps=cfg.num_warps, num_stages=depth)
     if split > 1:
-        _parts_sum_kernel[(m, triton.cdiv(n, 1024))](part, y, m, n, y.stride(0), SPLIT_K=split, BLOCK=1024,
-                                                     num_warps=4)
+        add_parts(part, None, y)
     return y

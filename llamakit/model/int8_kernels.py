@@ -228,7 +228,8 @@ if HAVE_TRITON:
             tl.store(P + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], acc, mask=mask)
 
     @triton.jit
-    def _splitk_sum_kernel(P, S, Y, M, N, stride_ym, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    def _splitk_sum_kernel(P, S, Y, M, N, stride_ym, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
+                           HAS_SCALE: tl.constexpr):
         """Add the SPLIT_K partial sums in a fixed order (the same result every run), scale, store."""
         m = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -236,8 +237,17 @@ if HAVE_TRITON:
         acc = tl.zeros([BLOCK], tl.float32)
         for s in tl.static_range(SPLIT_K):
             acc += tl.load(P + (s * M + m) * N + offs, mask=mask, other=0.0)
-        acc = acc * tl.load(S + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            acc = acc * tl.load(S + offs, mask=mask, other=0.0).to(tl.float32)
         tl.store(Y + m * stride_ym + offs, acc.to(Y.dtype.element_ty), mask=mask)
+
+
+def add_parts(part: torch.Tensor, scale: torch.Tensor | None, y: torch.Tensor) -> None:
+    """y [M, N] = the fp32 partial sums part [SPLIT_K, M, N] added in a fixed order (times scale [N] when given):
+    the second kernel of every split-K matmul here (int8_matmul, fixed_matmul)."""
+    split, m, n = part.shape
+    _splitk_sum_kernel[(m, triton.cdiv(n, 1024))](part, scale, y, m, n, y.stride(0), SPLIT_K=split, BLOCK=1024,
+                                                  HAS_SCALE=scale is not None, num_warps=4)
 
 
 # Batch 1 with 16-bit weights: the GEMV above, reading bf16 instead of int8, beat cuBLAS on every 7B matrix on an H200
@@ -301,8 +311,7 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None,
                                                      num_stages=cfg.num_stages)
     if split > 1:
         assert scale is not None, "16-bit weights: no split-K"
-        _splitk_sum_kernel[(m, triton.cdiv(n, 1024))](part, scale, y, m, n, y.stride(0), SPLIT_K=split,
-                                                      BLOCK=1024, num_warps=4)
+        add_parts(part, scale, y)
     return y
 
 
