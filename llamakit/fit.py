@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from llamakit import defaults
 from llamakit.checkpoint.params import ModelConfig
 from llamakit.memory import (FP8_ADVICE, GiB, MemoryPlan, fp8_advice, kv_dtype, kv_tokens_that_fit,
-                             max_batch_that_fits, plan_memory, weight_dtype)
+                             max_batch_that_fits, plan_memory, sequences_that_fit, weight_dtype)
 
 __all__ = ["resolve_dtype", "weight_dtype", "kv_dtype", "FP8_ADVICE", "fp8_advice", "reshard_destination",
            "reshard_command", "mp_within", "Verdict", "verdict", "FitOption", "fit_options", "CARD_SIZES_GB",
@@ -106,11 +106,12 @@ def verdict(config: ModelConfig, vocab: int, mp: int, dtype: str, batch: int, se
 
 def capacity_words(kv_tokens: int, seq: int, typical: int | None = None) -> str:
     """What the paged KV cache holds, in tokens and sequences: max_batch_size is only an upper limit, sequences run
-    as their blocks fit ('holds 252,000 tokens: 246 sequences of max_seq_len 1024, about 630 of ~400 tokens')."""
+    as their blocks fit, each in whole blocks ('holds 252,000 tokens: 246 sequences of max_seq_len 1024, about 630 of
+    ~400 tokens')."""
     typical = max(1, min(seq, typical or seq // 2))
-    return (f"the KV cache holds {kv_tokens:,} tokens: {kv_tokens // seq} sequences of max_seq_len {seq}, "
-            f"about {kv_tokens // typical} of ~{typical} tokens (max_batch_size is an upper limit; sequences run "
-            "as their cache blocks fit)")
+    return (f"the KV cache holds {kv_tokens:,} tokens: {sequences_that_fit(kv_tokens, seq)} sequences of max_seq_len "
+            f"{seq}, about {sequences_that_fit(kv_tokens, typical)} of ~{typical} tokens (max_batch_size is an upper "
+            "limit; sequences run as their cache blocks fit)")
 
 
 @dataclass

@@ -67,9 +67,9 @@ FP8_ADVICE = "kv_cache_dtype: fp8 would hold about twice as many"
 
 def fp8_advice(kv_tokens: int, rows: int, seq: int, kv_dtype: str) -> str:
     """FP8_ADVICE when `rows` (max_batch_size) sequences of `seq` tokens do not all fit the cache's `kv_tokens` at
-    once and the cache (`kv_dtype`, kv_dtype's name) is not fp8 yet; '' otherwise. The one home of that decision:
-    KvCapacity.words (the run plan) and doctor's memory-fit rule ask it."""
-    return FP8_ADVICE if kv_dtype != "fp8" and kv_tokens < rows * seq else ""
+    once (in whole blocks) and the cache (`kv_dtype`, kv_dtype's name) is not fp8 yet; '' otherwise. The one home of
+    that decision: KvCapacity.words (the run plan) and doctor's memory-fit rule ask it."""
+    return FP8_ADVICE if kv_dtype != "fp8" and sequences_that_fit(kv_tokens, seq) < rows else ""
 
 
 def kv_dtype(dtype: str, kv_cache_dtype: str = "auto") -> str:
@@ -117,10 +117,11 @@ def plan_memory(config: ModelConfig, vocab_size: int, mp: int, dtype: str, batch
 
 def max_batch_that_fits(config: ModelConfig, vocab_size: int, mp: int, dtype: str, seq: int, gpu_bytes: int,
                         cap: int = 512) -> int:
-    """Largest batch whose plan (every sequence at max_seq_len) fits `gpu_bytes` (0 if not even the weights fit)."""
+    """Largest batch whose plan (every sequence at max_seq_len, in whole KV-cache blocks) fits `gpu_bytes` (0 if not
+    even the weights fit)."""
     base = plan_memory(config, vocab_size, mp, dtype, 0, seq)
     free = gpu_bytes - base.total
-    per_seq = kv_cache_bytes(config, mp, 1, seq, dtype)
+    per_seq = kv_cache_bytes(config, mp, 1, -(-seq // BLOCK_SIZE) * BLOCK_SIZE, dtype)
     if free <= 0 or per_seq <= 0:
         return 0
     return min(cap, free // per_seq)
@@ -138,6 +139,12 @@ def kv_tokens_that_fit(config: ModelConfig, vocab_size: int, mp: int, dtype: str
 # ---------------------------------------------------------------- the paged KV cache: one capacity computation
 
 BLOCK_SIZE = 16  # tokens per KV-cache block (vLLM's default); EngineConfig.block_size
+
+
+def sequences_that_fit(kv_tokens: int, length: int, block_size: int = BLOCK_SIZE) -> int:
+    """Sequences of `length` tokens a cache of `kv_tokens` holds at once: each takes whole blocks."""
+    return (kv_tokens // block_size) // max(1, -(-length // block_size))
+
 # The decode graphs' memory pool: one decode step of `rows` sequences peaks at about STEP_LOGIT_COPIES x the fp32
 # logits over the vocabulary (logits, softmax, top-p sort, sampling); on an H200 (2026-11-30, 7B shape, 1,024 rows)
 # one eager step peaked at 1.50 GiB (12.3 copies) and capturing every bucket took 2.1 GiB, hence the pool factor
@@ -186,8 +193,7 @@ class KvCapacity:
 
     def sequences(self, length: int | None = None) -> int:
         """Sequences of `length` tokens (default max_seq_len) that fit at once, in whole blocks, at most `rows`."""
-        per = -(-min(self.seq, length or self.seq) // self.block_size)
-        return min(self.rows, self.blocks // max(1, per))
+        return min(self.rows, sequences_that_fit(self.tokens, min(self.seq, length or self.seq), self.block_size))
 
     @property
     def fits_one(self) -> bool:
@@ -205,8 +211,7 @@ class KvCapacity:
                            + (f" (memory for about {more} of ~{typical} tokens: a higher max_batch_size runs more "
                               "at once)" if more > self.rows else ""))
         of_max = f", {self.sequences()} of max_seq_len {self.seq}" if typical < self.seq else ""
-        # a sequence of max_seq_len takes whole blocks: the same test as sequences() < rows above
-        advice = fp8_advice(self.tokens, self.rows, -(-self.seq // self.block_size) * self.block_size, self.kv_dtype)
+        advice = fp8_advice(self.tokens, self.rows, self.seq, self.kv_dtype)
         fp8 = f"; {advice}" if advice else ""
         return head + (f"holds about {self.sequences(typical)} sequences of ~{typical} tokens at once{of_max} "
                        f"(max_batch_size {self.rows} is an upper limit){fp8}")

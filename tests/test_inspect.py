@@ -281,13 +281,13 @@ def test_int8_suggested_when_bf16_does_not_fit():
 
 def test_a_batch_beyond_the_cache_fits_as_an_upper_limit(tiny_factory):
     """Paged KV cache: room for 10 sequences of --seq, --batch 20 still fits (the cache holds 10 at once); without
-    room for one sequence it does not."""
+    room for one sequence it does not. A sequence of 8 tokens takes a whole block of 16 (512 bytes a token)."""
     ckpt = tiny_factory("llama2", 1)
-    card = overhead_bytes(open_checkpoint(ckpt).config, 1, "bf16", 8) + 344_704 + 10 * 8 * 512  # room for 10 seqs
+    card = overhead_bytes(open_checkpoint(ckpt).config, 1, "bf16", 8) + 344_704 + 10 * 16 * 512  # room for 10 seqs
     r = inspect_checkpoint(ckpt, batch=20, seq=8, gpus=gpus(1, card, "small"))
     assert r.memory.fits_here is True and r.memory.max_batch_here == 10
     assert "10 sequences of max_seq_len 8" in r.memory.advice[0] and "upper limit" in r.memory.advice[0]
-    r = inspect_checkpoint(ckpt, batch=20, seq=8, gpus=gpus(1, card - 9 * 8 * 512 - 1, "small"))
+    r = inspect_checkpoint(ckpt, batch=20, seq=8, gpus=gpus(1, card - 9 * 16 * 512 - 1, "small"))
     assert r.memory.fits_here is False and r.memory.max_batch_here == 0
     assert "for its weights, reserve and one sequence of 8 tokens" in r.memory.advice[0]
 
