@@ -145,6 +145,7 @@ def sequences_that_fit(kv_tokens: int, length: int, block_size: int = BLOCK_SIZE
     """Sequences of `length` tokens a cache of `kv_tokens` holds at once: each takes whole blocks."""
     return (kv_tokens // block_size) // max(1, -(-length // block_size))
 
+
 # The decode graphs' memory pool: one decode step of `rows` sequences peaks at about STEP_LOGIT_COPIES x the fp32
 # logits over the vocabulary (logits, softmax, top-p sort, sampling); on an H200 (2026-11-30, 7B shape, 1,024 rows)
 # one eager step peaked at 1.50 GiB (12.3 copies) and capturing every bucket took 2.1 GiB, hence the pool factor
