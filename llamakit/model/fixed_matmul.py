@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llamakit.model.int8_kernels import _sm_count, add_parts
-from llamakit.model.kernels import HAVE_TRITON
+from llamakit.model.int8_kernels import add_parts
+from llamakit.model.kernels import HAVE_TRITON, sm_count
 
 if HAVE_TRITON:
     import triton
@@ -89,7 +89,7 @@ def invariant_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x [..., K] @ w [N, K].T with each row's bits independent of how many rows there are."""
     flat = x.reshape(-1, x.shape[-1])
     split = split_k(*w.shape)
-    y = fixed_matmul(flat, w, pick_tile(flat.shape[0], w.shape[0], split, _sm_count(x.device)), split)
+    y = fixed_matmul(flat, w, pick_tile(flat.shape[0], w.shape[0], split, sm_count(x.device)), split)
     return y.view(*x.shape[:-1], w.shape[0])
 
 

@@ -430,9 +430,9 @@ def longest_first(lengths: torch.Tensor) -> torch.Tensor | None:
 
 
 @functools.lru_cache(maxsize=None)
-def sm_count(device_index: int) -> int:
+def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (H100: 132, RTX A6000: 84): how many programs fill it."""
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def n_splits(batch: int, n_kv: int, max_len: int, n_sm: int = 132, block: int = 64) -> int:
@@ -465,7 +465,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: t
     if splits is None:
         n_sm = 132  # CPU (interpreter tests): an H100's count
         if q.is_cuda:
-            n_sm = sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device())
+            n_sm = sm_count(q.device)
         splits = n_splits(b, hkv, max_len, n_sm)
     (k, fp8), (v, _) = _fp8_mode(k, fp8_native), _fp8_mode(v, fp8_native)
     if per_row is None:  # an fp8 cache, one query row per kv head, one key range: 476 us a layer at 1,024 rows on an
