@@ -104,3 +104,5 @@ def test_fixed_matmul_picks_its_tile_by_rows_and_fits_its_pipeline_to_the_gpu():
     assert [F.stages(c, h200) for c in F.TILES] == [c.num_stages for c in F.TILES]
     assert [F.stages(c, a6000) for c in F.TILES] == [2, 3, 2]
     assert all(F.SPLIT_ALIGN % c.block_k == 0 for c in F.TILES)
+    # where K is cut follows the shape, not the tile: 7B's w2, and a K whose half no 128-key tile divides
+    assert F.part_length(11008, 2) == 5632 and F.part_length(11072, 2) == 5632 and F.part_length(4096, 1) == 4096

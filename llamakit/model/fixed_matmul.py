@@ -66,6 +66,12 @@ def smem_per_block(device: torch.device) -> int:
     return triton.runtime.driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"]
 
 
+def part_length(k: int, split: int) -> int:
+    """Length of each part of K but the last: a multiple of SPLIT_ALIGN, never of the tile's block_k, so every tile
+    cuts K at the same places."""
+    return -(-(-(-k // split)) // SPLIT_ALIGN) * SPLIT_ALIGN
+
+
 def split_k(n: int, k: int) -> int:
     """Parts of K, from the matrix's shape alone: 2 where K is at least twice N (7B's w2: enough programs at a few
     rows), else 1."""
@@ -143,7 +149,7 @@ def fixed_matmul(x: torch.Tensor, w: torch.Tensor, cfg: FixedConfig, split: int 
     n = w.shape[0]
     x = x.contiguous()
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    k_split = triton.cdiv(triton.cdiv(k, split), cfg.block_k) * cfg.block_k
+    k_split = part_length(k, split)
     part = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
     depth = stages(cfg, smem_per_block(x.device)) if x.is_cuda else cfg.num_stages
