@@ -286,7 +286,8 @@ def test_batch_invariant_matmul_and_attention_give_a_row_the_same_bits_at_every_
 
     torch.manual_seed(0)
     counts = (1, 3, 64, 65, 128, 129, 300, 700)
-    for n, k in ((4096, 4096), (4096, 11008), (1000, 4096)):
+    # (1000, 11072): an odd N, two parts of K, and a half of K (5,536) that the 128-key tile does not divide
+    for n, k in ((4096, 4096), (4096, 11008), (1000, 11072)):
         layer = nn.Module()
         layer.weight = nn.Parameter(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / 64, requires_grad=False)
         x = torch.randn(700, k, device="cuda", dtype=torch.bfloat16)
@@ -299,7 +300,7 @@ def test_batch_invariant_matmul_and_attention_give_a_row_the_same_bits_at_every_
         sk = fixed_matmul.split_k(n, k)  # the tiles it picks from by row count: the same bits
         assert all(torch.equal(fixed_matmul.fixed_matmul(x, layer.weight, cfg, sk), fixed[-1])
                    for cfg in fixed_matmul.TILES), (n, k)
-        print(f"\n{n}x{k} (split_k {fixed_matmul.split_k(n, k)}): plain matmul's row 0 identical at "
+        print(f"\n{n}x{k} (split_k {sk}): plain matmul's row 0 identical at "
               f"{sum(torch.equal(p, plain[0]) for p in plain)} of {len(counts)} row counts")
     quantize_int8_(layer)  # int8 weights: linear's fixed row chunks
     chunks = [linear(x[:m], layer)[0] for m in counts]
